@@ -1,0 +1,61 @@
+"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]`.
+
+Stages: prepare, train-classifier, score, and run (every stage that exists, in order).
+Config errors and unusable data exit with status 2 and one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from raysys.core.config import ConfigError, RaysysConfig, load_config
+from raysys.data.sources import DataError
+
+STAGES = ["prepare", "train-classifier", "score"]
+
+
+def _run_stage(name: str, cfg: RaysysConfig) -> dict:
+    if name == "prepare":
+        from raysys.stages import prepare
+
+        return prepare.run(cfg)
+    from raysys.ray.session import init_ray
+
+    init_ray(cfg.run.address, cfg.run.num_cpus)
+    if name == "train-classifier":
+        from raysys.stages import train_classifier
+
+        return train_classifier.run(cfg)
+    if name == "score":
+        from raysys.stages import score
+
+        return score.run(cfg)
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raysys", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=[*STAGES, "run"])
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"run.address={args.address}"] if args.address else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        stages = STAGES if args.stage == "run" else [args.stage]
+        for i, name in enumerate(stages, 1):
+            t0 = time.time()
+            print(f"== stage {i}/{len(stages)}: {name}", flush=True)
+            _run_stage(name, cfg)
+            print(f"== {name} finished in {time.time() - t0:.1f}s", flush=True)
+    except (ConfigError, DataError) as exc:
+        print(f"raysys: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

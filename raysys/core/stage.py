@@ -1,0 +1,52 @@
+"""A stage's output folder: resolved config, metrics.json, and a completion marker.
+
+`<run root>/<stage>/config.yaml` holds the resolved config the stage ran with and
+`metrics.json` its metrics. A stage is complete when `metrics.json` records
+`status: done` for the same config digest; rerunning a complete stage is skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from raysys.core import io
+from raysys.core.config import RaysysConfig, to_yaml
+
+
+@dataclass
+class StageDir:
+    root: str
+    """Run root (local path or URI)."""
+    name: str
+    """Stage name: the folder under the run root."""
+    digest: str
+    """Digest of the config sections this stage depends on."""
+    started: float = field(default_factory=time.time)
+
+    @property
+    def path(self) -> str:
+        return io.join(io.resolve(self.root), self.name)
+
+    def file(self, *parts: str) -> str:
+        return io.join(self.path, *parts)
+
+    def is_complete(self) -> bool:
+        if not io.exists(self.file("metrics.json")):
+            return False
+        metrics = io.read_json(self.file("metrics.json"))
+        return metrics.get("status") == "done" and metrics.get("config_digest") == self.digest
+
+    def begin(self, cfg: RaysysConfig) -> None:
+        io.makedirs(self.path)
+        io.write_text(self.file("config.yaml"), to_yaml(cfg))
+
+    def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        out = {"stage": self.name, "status": "done", "config_digest": self.digest,
+               "seconds": round(time.time() - self.started, 3), **metrics}
+        io.write_json(self.file("metrics.json"), out)
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        return io.read_json(self.file("metrics.json"))

@@ -1,0 +1,42 @@
+"""Image bytes <-> arrays. Images travel between stages as encoded bytes, never as objects."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 HxW or HxWxC array -> PNG bytes."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"encode_png expects uint8, got {array.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def check_image(data: bytes) -> tuple[int, int]:
+    """Fully decode `data`; return (width, height) or raise if it is not a readable image."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return img.size
+
+
+def decode(data: bytes, size: int, channels: int) -> np.ndarray:
+    """Encoded bytes -> uint8 array (channels, size, size), converted and resized."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def decode_batch(images: list[bytes], size: int, channels: int) -> np.ndarray:
+    """List of encoded images -> uint8 array (N, channels, size, size)."""
+    out = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for i, data in enumerate(images):
+        out[i] = decode(data, size, channels)
+    return out

@@ -1,0 +1,145 @@
+"""Classifiers by name: small models registered here, anything else from timm.
+
+`create_classifier("resnet18", num_classes=10, in_chans=1)` builds a timm model with random
+weights (nothing is downloaded); `weights=` loads a local file, adapting the classifier head
+and input channels as timm does for pretrained weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks and a linear head: ~0.1M parameters at width 32, for 8-32 px digits."""
+
+    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.features = nn.Sequential(
+            block(in_chans, width),
+            block(width, width),
+            nn.MaxPool2d(2),
+            block(width, 2 * width),
+            nn.MaxPool2d(2),
+            block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+@register("small_cnn")
+def _small_cnn(num_classes: int, in_chans: int, width: int = 32, **_) -> nn.Module:
+    return SmallCNN(num_classes, in_chans, width)
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _load_local_weights(model: nn.Module, path: str) -> None:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(model.state_dict()):
+        raise ValueError(f"{path}: weights do not fit this model (unexpected keys {unexpected[:5]})")
+
+
+def create_classifier(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    *,
+    width: int = 32,
+    weights: Optional[str] = None,
+) -> nn.Module:
+    """Build classifier `name` with random init, or from the local `weights` file."""
+    if weights is not None and not os.path.isfile(weights):
+        raise FileNotFoundError(f"classifier.weights: no such file {weights}")
+    if name in _REGISTRY:
+        model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, width=width)
+        if weights is not None:
+            _load_local_weights(model, weights)
+        return model
+
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(
+            f"classifier.name '{name}' is neither registered ({registered_names()}) nor a timm "
+            f"model; similar timm names: {close}"
+        )
+    if weights is None:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    # timm adapts the head (num_classes) and the stem (in_chans) of pretrained weights.
+    return timm.create_model(
+        name,
+        pretrained=True,
+        pretrained_cfg_overlay={"file": os.path.abspath(weights)},
+        num_classes=num_classes,
+        in_chans=in_chans,
+    )
+
+
+# --- save / load: a directory with classifier.json (how to build it) and model.safetensors ---
+
+def save_classifier(model: nn.Module, directory: str, meta: dict) -> None:
+    """Write `meta` (name, num_classes, in_chans, width, image_size, ...) and the weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "classifier.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_classifier(directory: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Inverse of save_classifier: (model in eval mode, meta)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    meta_path = os.path.join(directory, "classifier.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"no classifier.json in {directory}: not a saved classifier")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    model = create_classifier(meta["name"], meta["num_classes"], meta["in_chans"], width=meta.get("width", 32))
+    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+    return model.to(device).eval(), meta

@@ -1,0 +1,1 @@
+"""The only package that imports ray: Data actor adapters and Train/Tune builders."""

@@ -1,0 +1,23 @@
+"""Start or join Ray: --address / $RAY_ADDRESS joins a cluster, otherwise an embedded Ray starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import ray
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> str:
+    """Idempotent. Returns 'cluster' or 'embedded'."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        return "cluster" if address else "embedded"
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        return "cluster"
+    ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
+    return "embedded"

@@ -1,0 +1,181 @@
+"""Classifier training on Ray Train: a TorchTrainer around the plain-torch loop.
+
+The run is named after the config digest and stored under the stage folder, so rerunning
+the same command after a kill resumes from the last reported checkpoint (Ray Train restores
+a run with the same name and storage path); a changed config starts a fresh run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import pyarrow.compute as pc
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raysys.core import io
+from raysys.core.config import RaysysConfig
+from raysys.core.schema import read_manifest
+from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.scoring.difficulty import assign_folds
+from raysys.training.classifier import evaluate, images_from_manifest, make_optimizer, train_epoch
+
+
+@dataclass
+class ClassifierJob:
+    """One classifier fit: which rows it trains on and where it keeps its checkpoints."""
+
+    cfg: RaysysConfig
+    manifest: str
+    """Prepared manifest (local path or URI)."""
+    num_classes: int
+    groups: dict
+    """Class groups (many/medium/few) for the metrics."""
+    storage: str
+    """Ray Train storage_path (absolute local path or URI)."""
+    name: str
+    """Run name under storage: the same name resumes."""
+    epochs: int
+    fold: Optional[int] = None
+    """Out-of-fold mode: train on every train row except fold `fold` of `folds`."""
+    folds: int = 0
+
+
+def _train_worker(job: ClassifierJob) -> None:
+    cfg = job.cfg
+    logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.run.seed)
+
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
+    train_table = table.filter(pc.equal(table["split"], "train"))
+    if job.fold is not None:
+        folds = assign_folds(
+            train_table["sample_id"].to_pylist(), train_table["label"].to_numpy(), job.folds, cfg.run.seed
+        )
+        train_table = train_table.filter(folds != job.fold)
+    size, chans = cfg.data.image_size, cfg.data.channels
+    train = images_from_manifest(train_table, None, size, chans)
+    val = images_from_manifest(table, "val", size, chans)
+    test = images_from_manifest(table, "test", size, chans)
+
+    model = create_classifier(
+        cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width, weights=cfg.classifier.weights
+    )
+    model = ray.train.torch.prepare_model(model)
+    bare = getattr(model, "module", model)
+    per_rank = len(train) // world
+    steps = -(-per_rank // cfg.train.batch_size)
+    train_cfg = cfg.train
+    if job.epochs != train_cfg.epochs:
+        from dataclasses import replace
+
+        train_cfg = replace(train_cfg, epochs=job.epochs)
+    opt, sched = make_optimizer(model, train_cfg, steps)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        bare.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            print(f"[{job.name}] resuming at epoch {start_epoch + 1}/{job.epochs}", flush=True)
+
+    meta = {
+        "name": cfg.classifier.name,
+        "num_classes": job.num_classes,
+        "in_chans": chans,
+        "width": cfg.classifier.width,
+        "image_size": size,
+    }
+    for epoch in range(start_epoch, job.epochs):
+        t0 = time.time()
+        # The order depends only on (seed, epoch): a resumed run sees the same batches.
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed * 7919 + epoch))
+        shard = perm[rank * per_rank : (rank + 1) * per_rank]
+        gen = torch.Generator().manual_seed(cfg.run.seed * 104729 + epoch * 31 + rank)
+        loss = train_epoch(
+            model, train, shard, opt, sched,
+            batch_size=cfg.train.batch_size, augment=cfg.train.augment, generator=gen, device=device,
+        )
+        val_m = evaluate(bare, val, job.num_classes, job.groups, device)
+        record = {"epoch": epoch + 1, "train_loss": round(loss, 6), "seconds": round(time.time() - t0, 3),
+                  "val": val_m}
+        last = epoch == job.epochs - 1
+        if last:
+            record["test"] = evaluate(bare, test, job.num_classes, job.groups, device)
+        history.append(record)
+        if rank == 0:
+            few = val_m["acc_few"]
+            print(
+                f"[{job.name}] epoch {epoch + 1}/{job.epochs} loss {loss:.4f} val acc {val_m['acc']:.4f}"
+                f" few {few if few is None else round(few, 4)} ({record['seconds']:.1f}s)",
+                flush=True,
+            )
+        metrics = {"epoch": epoch + 1, "train_loss": loss, "val_acc": val_m["acc"], "val_acc_few": val_m["acc_few"]}
+        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "epoch": epoch, "history": history}, os.path.join(d, "state.pt"))
+                save_classifier(bare, os.path.join(d, "model"), meta)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+def fit_classifier(job: ClassifierJob, model_dir: str) -> list[dict]:
+    """Fit (or resume) on Ray Train; copy the final classifier to `model_dir`; return the history."""
+    cfg = job.cfg
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=job.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"classifier run {job.name} finished without a checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = result.checkpoint.to_directory(tmp)
+        io.copy_dir(os.path.join(local, "model"), model_dir)
+        history = torch.load(os.path.join(local, "state.pt"), map_location="cpu", weights_only=False)["history"]
+    if len(history) != job.epochs:
+        raise RuntimeError(f"{job.name}: history has {len(history)} epochs, expected {job.epochs}")
+    return history
+
+
+def history_summary(history: list[dict]) -> dict:
+    """Final-epoch metrics flattened to the names tools rely on (acc, acc_many, ..., macro_f1)."""
+    final = history[-1]
+    out = {}
+    for split in ("val", "test"):
+        if split in final:
+            m = final[split]
+            for key in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", "worst_class_acc"):
+                out[f"{split}_{key}" if split == "val" else key] = m[key]
+            out[f"{split}_per_class_acc"] = m["per_class_acc"]
+    return out
+

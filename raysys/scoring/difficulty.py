@@ -1,0 +1,81 @@
+"""Difficulty scoring in plain torch: s = 1 - p(y|x), with p_true, loss, pred and entropy.
+
+`DifficultyScorer` holds one or more classifiers by key and scores a batch of encoded images,
+each row with the model its key names. Out-of-fold scoring gives each train row the key of
+the fold model that never saw it (`assign_folds`), so memorised images do not all score 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from raysys.data.images import decode_batch
+from raysys.models.classifiers import load_classifier
+from raysys.training.classifier import normalize
+
+
+def scores_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """probs (N, C) softmax, labels (N,) -> difficulty, p_true, loss, pred, entropy."""
+    probs = probs.double()
+    p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    eps = 1e-12
+    return {
+        "difficulty": (1.0 - p_true).float().numpy(),
+        "p_true": p_true.float().numpy(),
+        "loss": (-torch.log(p_true.clamp_min(eps))).float().numpy(),
+        "pred": probs.argmax(1).int().numpy(),
+        "entropy": (-(probs * torch.log(probs.clamp_min(eps))).sum(1)).float().numpy(),
+    }
+
+
+def assign_folds(sample_ids: list[str], labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Stratified, deterministic fold index in [0, k) for each row (no Python hash())."""
+    folds = np.empty(len(sample_ids), dtype=np.int64)
+    keys = [hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest() for sid in sample_ids]
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        order = sorted(rows, key=lambda r: keys[r])
+        for rank, r in enumerate(order):
+            folds[r] = rank % k
+    return folds
+
+
+class DifficultyScorer:
+    """Scores encoded images with classifiers loaded once from saved directories."""
+
+    def __init__(self, model_dirs: dict[str, str], device: str = "cpu"):
+        self.device = torch.device(device)
+        self.models = {}
+        meta = None
+        for key, directory in model_dirs.items():
+            model, m = load_classifier(directory, self.device)
+            self.models[key] = model
+            meta = meta or m
+        if meta is None:
+            raise ValueError("DifficultyScorer needs at least one model directory")
+        self.image_size = meta["image_size"]
+        self.channels = meta["in_chans"]
+
+    @torch.no_grad()
+    def __call__(self, images: list[bytes], labels: np.ndarray, model_keys: list[str]) -> dict[str, np.ndarray]:
+        pixels = torch.from_numpy(decode_batch(images, self.image_size, self.channels))
+        labels_t = torch.as_tensor(np.array(labels, dtype=np.int64))
+        keys = np.asarray(model_keys)
+        num_classes = None
+        probs = None
+        for key in np.unique(keys):
+            if key not in self.models:
+                raise KeyError(f"row asks for model '{key}', loaded: {sorted(self.models)}")
+            rows = np.flatnonzero(keys == key)
+            x = normalize(pixels[rows]).to(self.device)
+            p = torch.softmax(self.models[key](x).float(), dim=1).cpu()
+            if probs is None:
+                num_classes = p.shape[1]
+                probs = torch.empty(len(keys), num_classes)
+            probs[torch.from_numpy(rows)] = p
+        if probs is None:
+            probs = torch.empty(0, 1)
+        return scores_from_probs(probs, labels_t)

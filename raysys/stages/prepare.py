@@ -1,0 +1,86 @@
+"""Stage `prepare`: real images -> long-tailed splits -> <root>/prepare/manifest.parquet.
+
+Needs no Ray. Unreadable images are skipped, counted and listed in metrics.json.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysys.core.config import RaysysConfig, digest
+from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
+from raysys.core.stage import StageDir
+from raysys.data.longtail import assign_splits, class_groups
+from raysys.data.sources import load_source
+
+NAME = "prepare"
+
+
+def stage_dir(cfg: RaysysConfig) -> StageDir:
+    return StageDir(cfg.run.root, NAME, digest(cfg.data, cfg.run.seed))
+
+
+def manifest_path(cfg: RaysysConfig) -> str:
+    return stage_dir(cfg).file("manifest.parquet")
+
+
+def run(cfg: RaysysConfig) -> dict:
+    stage = stage_dir(cfg)
+    if stage.is_complete():
+        print(f"[prepare] complete for this config, skipped ({stage.path})")
+        return stage.metrics()
+    src = load_source(cfg.data.source)  # raises DataError on unusable input, before any write
+    num_classes = len(src.class_names)
+    d = cfg.data
+    plan = assign_splits(
+        src.labels, num_classes,
+        max_per_class=d.max_per_class, imbalance_ratio=d.imbalance_ratio,
+        val_per_class=d.val_per_class, test_per_class=d.test_per_class,
+        pretrain_per_class=d.pretrain_per_class, seed=cfg.run.seed,
+    )
+    stage.begin(cfg)
+    used = np.flatnonzero(plan.split != "")
+    columns = {
+        "sample_id": [sample_id("real", src.paths[i]) for i in used],
+        "image": [src.images[i] for i in used],
+        "path": [src.paths[i] for i in used],
+        "label": [int(src.labels[i]) for i in used],
+        "class_name": [src.class_names[src.labels[i]] for i in used],
+        "split": [str(plan.split[i]) for i in used],
+        "origin": ["real"] * len(used),
+    }
+    if len(set(columns["sample_id"])) != len(used):
+        raise RuntimeError("duplicate sample ids: two inputs share a path")
+    write_manifest(to_table(columns), manifest_path(cfg))
+
+    counts = {}
+    split_arr = np.asarray(columns["split"])
+    labels_arr = np.asarray(columns["label"])
+    for split in ("train", "val", "test", "pretrain"):
+        counts[split] = np.bincount(labels_arr[split_arr == split], minlength=num_classes).tolist()
+    groups = class_groups(plan.train_counts, d.many_threshold, d.few_threshold)
+    metrics = stage.finish({
+        "source": d.source,
+        "num_classes": num_classes,
+        "class_names": src.class_names,
+        "images_read": len(src) + len(src.bad_files),
+        "bad_files_count": len(src.bad_files),
+        "bad_files": src.bad_files,
+        "rows": len(used),
+        "counts": counts,
+        "groups": groups,
+    })
+    print(
+        f"[prepare] {len(used)} rows: train {sum(counts['train'])} ({counts['train']}), "
+        f"val {sum(counts['val'])}, test {sum(counts['test'])}, pretrain {sum(counts['pretrain'])}; "
+        f"{len(src.bad_files)} unreadable file(s) skipped -> {manifest_path(cfg)}"
+    )
+    return metrics
+
+
+def load(cfg: RaysysConfig):
+    """(manifest table, prepare metrics) of a completed prepare stage, or a clear error."""
+    stage = stage_dir(cfg)
+    if not stage.is_complete():
+        raise RuntimeError(f"prepare has not run for this config: run `raysys prepare CONFIG` first ({stage.path})")
+    return read_manifest(manifest_path(cfg)), stage.metrics()
