@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -123,6 +123,8 @@ class ScoreConfig:
     """Largest scoring actor pool (autoscaled between min and max)."""
     num_gpus: float = 0.0
     """GPUs per scoring actor (fractions allowed)."""
+    cpus_per_actor: float = 1.0
+    """CPUs reserved per scoring actor; Ray sets the actor's torch threads to match."""
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
     """Splits to score. Train rows use `mode`; the others use the full model (never trained on)."""
 
@@ -143,7 +145,7 @@ def _all_keys(dc_type, prefix: str = "") -> list[str]:
     for f in fields(dc_type):
         path = f"{prefix}{f.name}"
         keys.append(path)
-        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[misc]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
         if is_dataclass(default):
             keys.extend(_all_keys(type(default), path + "."))
     return keys

@@ -58,6 +58,9 @@ def empty_columns() -> dict[str, list]:
 
 def to_table(columns: dict[str, list]) -> pa.Table:
     """Build a manifest table from a dict of columns; missing columns are filled with nulls."""
+    extra = set(columns) - set(MANIFEST_SCHEMA.names)
+    if extra:
+        raise ValueError(f"columns not in the manifest schema: {sorted(extra)}")
     n = len(next(iter(columns.values()))) if columns else 0
     arrays = []
     for f in MANIFEST_SCHEMA:

@@ -47,6 +47,7 @@ def score_table(table: pa.Table, model_dirs: dict[str, str], cfg: ScoreConfig) -
         fn_constructor_kwargs={"model_dirs": model_dirs, "use_gpu": cfg.num_gpus > 0},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_gpus=cfg.num_gpus,
+        num_cpus=cfg.cpus_per_actor,
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
     )

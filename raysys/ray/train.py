@@ -82,7 +82,7 @@ def _train_worker(job: ClassifierJob) -> None:
         train_cfg = replace(train_cfg, epochs=job.epochs)
     opt, sched = make_optimizer(model, train_cfg, steps)
 
-    start_epoch, history = 0, []
+    start_epoch, history, resumes = 0, [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -91,6 +91,7 @@ def _train_worker(job: ClassifierJob) -> None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start_epoch, history = state["epoch"] + 1, state["history"]
+        resumes = state.get("resumes", []) + [start_epoch]  # epochs already done when resumed
         if rank == 0:
             print(f"[{job.name}] resuming at epoch {start_epoch + 1}/{job.epochs}", flush=True)
 
@@ -129,15 +130,23 @@ def _train_worker(job: ClassifierJob) -> None:
         if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "epoch": epoch, "history": history}, os.path.join(d, "state.pt"))
+                            "epoch": epoch, "history": history, "resumes": resumes}, os.path.join(d, "state.pt"))
                 save_classifier(bare, os.path.join(d, "model"), meta)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
 
 
-def fit_classifier(job: ClassifierJob, model_dir: str) -> list[dict]:
-    """Fit (or resume) on Ray Train; copy the final classifier to `model_dir`; return the history."""
+@dataclass
+class FitResult:
+    history: list[dict]
+    """One record per epoch: train_loss, seconds, val metrics (and test metrics on the last)."""
+    resumed_at_epochs: list[int]
+    """Epochs already done each time the run was resumed from a checkpoint (empty: never)."""
+
+
+def fit_classifier(job: ClassifierJob, model_dir: str) -> FitResult:
+    """Fit (or resume) on Ray Train; copy the final classifier to `model_dir`."""
     cfg = job.cfg
     trainer = TorchTrainer(
         _train_worker,
@@ -161,10 +170,11 @@ def fit_classifier(job: ClassifierJob, model_dir: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         local = result.checkpoint.to_directory(tmp)
         io.copy_dir(os.path.join(local, "model"), model_dir)
-        history = torch.load(os.path.join(local, "state.pt"), map_location="cpu", weights_only=False)["history"]
+        state = torch.load(os.path.join(local, "state.pt"), map_location="cpu", weights_only=False)
+    history = state["history"]
     if len(history) != job.epochs:
         raise RuntimeError(f"{job.name}: history has {len(history)} epochs, expected {job.epochs}")
-    return history
+    return FitResult(history, state.get("resumes", []))
 
 
 def history_summary(history: list[dict]) -> dict:

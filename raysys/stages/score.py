@@ -50,7 +50,7 @@ def _fit_fold_models(cfg: RaysysConfig, stage: StageDir, prep: dict) -> tuple[di
                 epochs=cfg.score.fold_epochs or cfg.train.epochs, fold=fold, folds=k,
             ),
             directory,
-        )
+        ).history
         model_dirs[key] = directory
         fold_metrics.append({"fold": fold, **{m: history_summary(history)[m] for m in ("acc", "acc_few", "macro_f1")}})
     return model_dirs, fold_metrics

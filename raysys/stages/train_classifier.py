@@ -39,7 +39,8 @@ def run(cfg: RaysysConfig) -> dict:
         name=f"classifier-{stage.digest}",
         epochs=cfg.train.epochs,
     )
-    history = fit_classifier(job, model_dir(cfg))
+    fit = fit_classifier(job, model_dir(cfg))
+    history = fit.history
     summary = history_summary(history)
     metrics = stage.finish({
         "classifier": cfg.classifier.name,
@@ -47,6 +48,7 @@ def run(cfg: RaysysConfig) -> dict:
         "train_images": sum(prep["counts"]["train"]),
         "images_per_s": round(sum(prep["counts"]["train"]) * len(history) / sum(h["seconds"] for h in history), 2),
         **summary,
+        "resumed_at_epochs": fit.resumed_at_epochs,
         "epochs": history,
     })
     print(

@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make quickstart   set up .venv/ and run the pipeline on the built-in long-tailed MNIST
+#   make test         set up .venv/ and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup quickstart test test-slow benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/raysys run configs/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/scoring_throughput.py
+
+clean:
+	rm -rf runs/ .pytest_cache

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny configs under a temporary run root, one session-wide local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from raysys.core.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """configs/tiny.yaml with its run root in a fresh temporary folder."""
+
+    def make(*overrides: str):
+        return load_config(TINY, [f"run.root={tmp_path / 'run'}", *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray for every integration test (2 CPUs); shut down at the end."""
+    import ray
+
+    from raysys.ray.session import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(None, num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,68 @@
+"""A killed classifier run resumes from its checkpoint; config mistakes fail before any work."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raysys.stages import prepare, train_classifier
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.integration
+RAYSYS = [sys.executable, "-m", "raysys.cli"]
+
+
+def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
+    overrides = [f"run.root={tmp_path / 'run'}", "train.epochs=150"]
+    from raysys.core.config import load_config
+
+    cfg = load_config(TINY, overrides)
+    prepare.run(cfg)
+    proc = subprocess.Popen(
+        [*RAYSYS, "train-classifier", str(TINY), *overrides],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    pattern = str(tmp_path / "run" / "train_classifier" / "ray" / "classifier-*" / "checkpoint_*")
+    deadline = time.time() + 240
+    try:
+        while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert glob.glob(pattern), "no checkpoint appeared before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray
+        proc.wait()
+    assert not train_classifier.stage_dir(cfg).is_complete()
+
+    metrics = train_classifier.run(cfg)  # the same command again, on the test session's Ray
+    resumed = metrics["resumed_at_epochs"]
+    assert len(resumed) == 1 and 1 <= resumed[0] < 150
+    assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 151))
+
+
+def test_misspelt_key_fails_before_any_work(tmp_path):
+    root = tmp_path / "run"
+    t0 = time.time()
+    out = subprocess.run(
+        [*RAYSYS, "prepare", str(TINY), f"run.root={root}", "data.imbalanse_ratio=3"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    elapsed = time.time() - t0
+    assert out.returncode == 2
+    assert "data.imbalanse_ratio" in out.stderr and "data.imbalance_ratio" in out.stderr
+    assert not root.exists()
+    print(f"misspelt key rejected in {elapsed:.1f}s")
+
+
+def test_bad_data_source_fails_before_any_work(tmp_path):
+    root = tmp_path / "run"
+    out = subprocess.run(
+        [*RAYSYS, "prepare", str(TINY), f"run.root={root}", f"data.source=folder:{tmp_path / 'nothing'}"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert out.returncode == 2 and "image folder not found" in out.stderr
+    assert not root.exists()

@@ -1,0 +1,80 @@
+"""prepare -> train-classifier -> score on the tiny config, on the session-wide local Ray."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from raysys.core.schema import MANIFEST_SCHEMA, read_manifest
+from raysys.stages import prepare, score, train_classifier
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, ray_session):
+    from raysys.core.config import load_config
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = load_config(TINY, [f"run.root={root}"])
+    return cfg, prepare.run(cfg), train_classifier.run(cfg), score.run(cfg)
+
+
+def test_prepare_writes_splits_and_metrics(tiny_run):
+    cfg, prep, _, _ = tiny_run
+    table = read_manifest(prepare.manifest_path(cfg))
+    assert table.schema == MANIFEST_SCHEMA
+    counts = prep["counts"]
+    assert counts["train"][0] == 60 and counts["train"][-1] == 6
+    assert counts["val"] == [10] * 10 and counts["test"] == [20] * 10 and counts["pretrain"] == [20] * 10
+    assert len(set(table["sample_id"].to_pylist())) == len(table)
+    assert prep["bad_files_count"] == 0
+    root = cfg.run.root
+    assert os.path.isfile(os.path.join(root, "prepare", "config.yaml"))
+
+
+def test_classifier_metrics_per_epoch(tiny_run):
+    cfg, prep, trained, _ = tiny_run
+    assert len(trained["epochs"]) == cfg.train.epochs
+    for record in trained["epochs"]:
+        for key in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", "per_class_acc"):
+            assert key in record["val"]
+        assert len(record["val"]["per_class_acc"]) == 10
+    first, last = trained["epochs"][0], trained["epochs"][-1]
+    assert last["train_loss"] < first["train_loss"]
+    assert trained["acc"] > 0.5  # well above chance (0.1) on the balanced test split
+    assert trained["acc_many"] > trained["acc_few"]  # the long tail shows
+    assert os.path.isfile(os.path.join(train_classifier.model_dir(cfg), "model.safetensors"))
+
+
+def test_scores_cover_every_train_row_out_of_fold(tiny_run):
+    cfg, prep, trained, scored = tiny_run
+    table = read_manifest(score.manifest_path(cfg))
+    train = table.filter(pc.equal(table["split"], "train"))
+    d = train["difficulty"].to_numpy(zero_copy_only=False)
+    assert len(train) == sum(prep["counts"]["train"]) and not np.isnan(d).any()
+    assert ((d >= 0) & (d <= 1)).all()
+    p_true = train["p_true"].to_numpy(zero_copy_only=False)
+    assert np.allclose(d, 1 - p_true, atol=1e-6)
+    assert set(train["score_mode"].to_pylist()) == {"oof-k2-fold0", "oof-k2-fold1"}
+    assert set(table.filter(pc.equal(table["split"], "test"))["score_mode"].to_pylist()) == {"full"}
+    assert pc.all(pc.is_null(table.filter(pc.equal(table["split"], "pretrain"))["difficulty"])).as_py()
+    assert scored["mode"] == "oof" and scored["folds"] == 2
+    # A model that trained on a row finds it easier than one that never saw it.
+    assert scored["mean_difficulty"]["train"] > scored["train_mean_difficulty_full_model"] + 0.05
+    groups = scored["train_mean_difficulty_by_group"]
+    assert groups["few"] > groups["many"]
+    assert os.path.getsize(os.path.join(cfg.run.root, "score", "difficulty_hist.png")) > 5000
+    with open(os.path.join(cfg.run.root, "score", "metrics.json")) as f:
+        assert json.load(f)["status"] == "done"
+
+
+def test_rerun_of_complete_stages_is_skipped(tiny_run):
+    cfg, prep, trained, scored = tiny_run
+    mtime = os.path.getmtime(score.manifest_path(cfg))
+    assert train_classifier.run(cfg)["seconds"] == trained["seconds"]
+    assert score.run(cfg)["seconds"] == scored["seconds"]
+    assert os.path.getmtime(score.manifest_path(cfg)) == mtime

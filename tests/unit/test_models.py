@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from raysys.models.classifiers import create_classifier, load_classifier, registered_names, save_classifier
+
+# Every registered model plus timm backbones the docs name, through the same contract.
+CONTRACT = [(name, 28) for name in registered_names()] + [("resnet18", 32), ("vit_tiny_patch16_224", 32)]
+
+
+@pytest.mark.parametrize("name,size", CONTRACT)
+def test_contract_shapes_grads_and_round_trip(name, size, tmp_path):
+    kwargs = {"img_size": size} if name.startswith("vit") else {}
+    if kwargs:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=7, in_chans=1, **kwargs)
+    else:
+        model = create_classifier(name, num_classes=7, in_chans=1)
+    x = torch.randn(2, 1, size, size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    if not kwargs:
+        meta = {"name": name, "num_classes": 7, "in_chans": 1, "width": 32, "image_size": size}
+        save_classifier(model, str(tmp_path / "m"), meta)
+        loaded, meta2 = load_classifier(str(tmp_path / "m"))
+        model.eval()
+        assert meta2 == meta
+        assert torch.allclose(model(x), loaded(x), atol=1e-6)
+
+
+def test_timm_local_weights_adapt_head_and_channels(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_classifier("resnet18", num_classes=1000, in_chans=3)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = create_classifier("resnet18", num_classes=10, in_chans=3, weights=str(path))
+    assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert model.get_classifier().out_features == 10
+
+
+def test_unknown_name_and_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="neither registered"):
+        create_classifier("resnet_imaginary", 10)
+    with pytest.raises(FileNotFoundError, match="classifier.weights"):
+        create_classifier("small_cnn", 10, weights=str(tmp_path / "none.pth"))

@@ -1,0 +1,55 @@
+import os
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from raysys.core.schema import MANIFEST_SCHEMA, read_manifest, sample_id, to_table, write_manifest
+
+
+def _rows(n):
+    return {
+        "sample_id": [sample_id("real", f"p{i}") for i in range(n)],
+        "image": [b"\x89PNG" + bytes([i]) for i in range(n)],
+        "label": list(range(n)),
+        "class_name": [f"c{i}" for i in range(n)],
+        "split": ["train"] * n,
+        "origin": ["real"] * n,
+        "difficulty": [0.1 * i for i in range(n)],
+    }
+
+
+def test_write_is_atomic_and_readable_by_pandas_and_duckdb(tmp_path):
+    path = str(tmp_path / "m" / "manifest.parquet")
+    write_manifest(to_table(_rows(5)), path)
+    assert os.listdir(tmp_path / "m") == ["manifest.parquet"]  # no temporary file left behind
+    table = read_manifest(path)
+    assert table.schema == MANIFEST_SCHEMA and len(table) == 5
+    df = pd.read_parquet(path)
+    assert list(df["label"]) == [0, 1, 2, 3, 4]
+    assert df["prompt"].isna().all()
+    n, mean = duckdb.sql(f"SELECT count(*), avg(difficulty) FROM '{path}'").fetchall()[0]
+    assert n == 5 and mean == pytest.approx(0.2, abs=1e-6)
+
+
+def test_rewrite_replaces_whole_file(tmp_path):
+    path = str(tmp_path / "manifest.parquet")
+    write_manifest(to_table(_rows(5)), path)
+    write_manifest(to_table(_rows(2)), path)
+    assert len(read_manifest(path)) == 2
+
+
+def test_schema_refuses_unknown_columns_and_null_required():
+    with pytest.raises(ValueError, match="not in the manifest schema"):
+        to_table({**_rows(1), "colour": ["red"]})
+    rows = _rows(2)
+    rows["label"] = [1, None]
+    with pytest.raises((ValueError, pa.ArrowInvalid)):
+        to_table(rows)
+
+
+def test_sample_id_is_stable_and_distinct():
+    assert sample_id("real", "a/b.png") == sample_id("real", "a/b.png")
+    assert sample_id("real", "a/b.png") != sample_id("real", "a/c.png")
+    assert len(sample_id("x")) == 20
