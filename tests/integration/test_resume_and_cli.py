@@ -66,3 +66,17 @@ def test_bad_data_source_fails_before_any_work(tmp_path):
     )
     assert out.returncode == 2 and "image folder not found" in out.stderr
     assert not root.exists()
+
+
+def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "jobs/prepare.py", str(TINY), f"run.root={tmp_path / 'run'}", "data.max_per_class=40"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    from raysys.core.schema import read_manifest
+
+    table = read_manifest(str(tmp_path / "run" / "prepare" / "manifest.parquet"))
+    splits = table["split"].to_pylist()
+    assert splits.count("train") == sum([40, 31, 24, 19, 14, 11, 9, 7, 5, 4])
+    assert splits.count("test") == 200
