@@ -1,0 +1,268 @@
+"""One diffusers pipeline for text, difficulty and image guidance.
+
+`DifficultyDiffusionPipeline` generates a batch where every image has its own prompt, class,
+difficulty s (or none), source image with image guidance λ (or none) and seed:
+
+- **Text**: the prompt is encoded by the CLIP text encoder (Stable Diffusion layout).
+- **Difficulty** (Wang et al.): the difficulty encoder's k tokens are appended to the text
+  tokens that feed the UNet's cross-attention. A row without s gets the encoder's learned
+  null tokens, so every row has the same sequence length.
+- **Image guidance** (DisCL): img2img that starts from the source image noised to step
+  (1-λ)·T; λ=0 is pure text-to-image, λ=1 returns the source unchanged. Rows with different λ
+  are denoised in separate groups, each with its own timesteps.
+- **Classifier-free guidance**: the unconditional branch is the negative prompt followed by
+  the null difficulty tokens; `guidance_scale` > 1 pushes away from it, so text and difficulty
+  are guided together. `guidance_scale` <= 1 runs the conditional branch only.
+- **Seeds**: each row's starting noise comes from its own `torch.Generator(seed)`, and the
+  schedulers offered are deterministic, so a row's image does not depend on the batch it is in.
+
+With a VAE (`vae` set, SD 1.x/2.x layout) the UNet works on latents; without one (the built-in
+quickstart model) it works on pixels in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from raysys.generation.difficulty_encoder import DifficultyEncoder
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+
+@dataclass
+class GenerationOutput(BaseOutput):
+    images: np.ndarray
+    """uint8 (B, H, W, C); float (B, C, H, W) in [-1, 1] when output_type='pt'; latents for 'latent'."""
+
+
+class DifficultyDiffusionPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->difficulty_encoder->unet->vae"
+    _optional_components = ["vae", "difficulty_encoder"]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        difficulty_encoder: Optional[DifficultyEncoder] = None,
+        vae: Optional[AutoencoderKL] = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+            difficulty_encoder=difficulty_encoder, vae=vae,
+        )
+
+    # ---- sizes -------------------------------------------------------------------------
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.vae.config.in_channels if self.vae is not None else self.unet.config.in_channels)
+
+    def use_scheduler(self, name: str) -> None:
+        """Swap the sampling scheduler: ddim, dpm++, unipc or euler (same noise schedule)."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{name}' (choose from {sorted(SCHEDULERS)})")
+        if not isinstance(self.scheduler, SCHEDULERS[name]):
+            self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+
+    # ---- conditioning ------------------------------------------------------------------
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    def condition(
+        self,
+        prompts: Sequence[str],
+        class_labels: Optional[torch.Tensor],
+        difficulty: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Cross-attention context: text tokens, then k difficulty tokens if there is an encoder.
+
+        difficulty: (B,) float with NaN where a row has no difficulty; None: no row has one.
+        """
+        text = self.encode_text(prompts)
+        if self.difficulty_encoder is None:
+            return text
+        n = len(prompts)
+        device = text.device
+        if difficulty is None:
+            difficulty = torch.full((n,), float("nan"))
+        if class_labels is None:
+            class_labels = torch.zeros(n, dtype=torch.long)
+        difficulty = difficulty.to(device=device, dtype=torch.float32)
+        tokens = self.difficulty_encoder.tokens(
+            class_labels.to(device), difficulty, ~torch.isnan(difficulty)
+        )
+        return torch.cat([text, tokens.to(text.dtype)], dim=1)
+
+    def unconditional(self, negative_prompts: Sequence[str]) -> torch.Tensor:
+        text = self.encode_text(negative_prompts)
+        if self.difficulty_encoder is None:
+            return text
+        return torch.cat([text, self.difficulty_encoder.null(len(text)).to(text.dtype)], dim=1)
+
+    # ---- latents <-> images ------------------------------------------------------------
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (B, C, H, W) -> UNet space (deterministic: the posterior mean)."""
+        if self.vae is None:
+            return images
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents.clamp(-1, 1)
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return images.clamp(-1, 1)
+
+    def noise_for(self, seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """One noise tensor per seed, drawn on the CPU: independent of batch and device."""
+        return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+
+    # ---- sampling ----------------------------------------------------------------------
+
+    def _denoise(self, latents, context, uncond, timesteps, guidance_scale):
+        for t in timesteps:
+            if uncond is not None:
+                x = torch.cat([latents, latents])
+                ctx = torch.cat([uncond, context])
+            else:
+                x, ctx = latents, context
+            x = self.scheduler.scale_model_input(x, t)
+            eps = self.unet(x, t, encoder_hidden_states=ctx).sample
+            if uncond is not None:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            latents = self.scheduler.step(eps, t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Sequence[str],
+        seeds: Sequence[int],
+        class_labels: Optional[Sequence[int]] = None,
+        difficulty: Optional[Sequence[Optional[float]]] = None,
+        source_images: Optional[torch.Tensor] = None,
+        guidance: Optional[Sequence[Optional[float]]] = None,
+        negative_prompt: str | Sequence[str] = "",
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 25,
+        scheduler: Optional[str] = None,
+        output_type: str = "np",
+    ) -> GenerationOutput:
+        """Generate one image per prompt.
+
+        Args:
+            prompt: B prompts.
+            seeds: B seeds, one per image.
+            class_labels: B class indices (for the difficulty encoder).
+            difficulty: B values of s in [0, 1], or None per row (no difficulty condition).
+            source_images: (B, C, H, W) in [-1, 1] for image guidance; rows whose guidance is
+                None ignore theirs.
+            guidance: B values of λ in [0, 1] (None per row: text only, λ=0).
+            negative_prompt: one negative prompt for all rows, or B of them.
+            guidance_scale: classifier-free guidance scale (<= 1: no guidance).
+            num_inference_steps: T, the number of sampling steps.
+            scheduler: ddim, dpm++, unipc or euler (None: keep the current one if it is one of
+                these, else ddim). All four are deterministic given the starting noise.
+            output_type: "np" for uint8 (B, H, W, C), "pt" for float (B, C, H, W) in [-1, 1],
+                "latent" for the UNet-space result before decoding and clamping.
+        """
+        n = len(prompt)
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+        if scheduler is not None:
+            self.use_scheduler(scheduler)
+        elif not isinstance(self.scheduler, tuple(SCHEDULERS.values())):
+            self.use_scheduler("ddim")  # the saved training scheduler (DDPM) samples with extra noise
+        device = self.unet.device
+        dtype = self.unet.dtype
+        labels_t = torch.as_tensor(list(class_labels) if class_labels is not None else [0] * n, dtype=torch.long)
+        diff_t = None
+        if difficulty is not None:
+            diff_t = torch.tensor([float("nan") if d is None else float(d) for d in difficulty], dtype=torch.float32)
+            bad = diff_t[~torch.isnan(diff_t)]
+            if ((bad < 0) | (bad > 1)).any():
+                raise ValueError("difficulty values must lie in [0, 1]")
+        lambdas = [0.0 if g is None else float(g) for g in (guidance or [None] * n)]
+        if any(not 0.0 <= g <= 1.0 for g in lambdas):
+            raise ValueError("guidance (λ) values must lie in [0, 1]")
+        if any(g > 0 for g in lambdas) and source_images is None:
+            raise ValueError("image guidance λ > 0 needs source_images")
+
+        context = self.condition(prompt, labels_t, diff_t).to(dtype)
+        negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
+        uncond = self.unconditional(negatives).to(dtype) if guidance_scale > 1.0 else None
+
+        size = self.unet.config.sample_size
+        noise = self.noise_for(seeds, (self.unet.config.in_channels, size, size)).to(device, dtype)
+        out = torch.empty(n, self.unet.config.in_channels, size, size, device=device, dtype=dtype)
+        source_latents = None
+        if source_images is not None:
+            source_latents = self.encode_images(source_images.to(device, dtype))
+
+        for lam in sorted(set(lambdas)):
+            rows = torch.tensor([i for i, g in enumerate(lambdas) if g == lam], device=device)
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            start_steps = int(round(num_inference_steps * (1.0 - lam)))
+            if lam > 0 and start_steps == 0:  # λ = 1: the source itself
+                out[rows] = source_latents[rows]
+                continue
+            t_start = num_inference_steps - start_steps
+            timesteps = self.scheduler.timesteps[t_start * self.scheduler.order:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(t_start * self.scheduler.order)
+            if lam == 0:
+                latents = noise[rows] * self.scheduler.init_noise_sigma
+            else:
+                t0 = timesteps[:1].repeat(len(rows))
+                latents = self.scheduler.add_noise(source_latents[rows], noise[rows], t0)
+            out[rows] = self._denoise(
+                latents, context[rows], None if uncond is None else uncond[rows], timesteps, guidance_scale
+            )
+
+        if output_type == "latent":
+            return GenerationOutput(images=out.float().cpu())
+        images = self.decode_latents(out).float()
+        if output_type == "pt":
+            return GenerationOutput(images=images.cpu())
+        arr = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return GenerationOutput(images=arr)

@@ -1,0 +1,109 @@
+"""The difficulty encoder and the pipeline, built at tiny size from config (no download)."""
+
+import numpy as np
+import pytest
+import torch
+
+from raysys.generation.components import ComponentSpec, GeneratorNotFound, build_components, load_pipeline
+from raysys.generation.difficulty_encoder import DifficultyEncoder
+from raysys.generation.pipeline import DifficultyDiffusionPipeline
+
+WORDS = "a photo of the digit zero one two three".split()
+
+
+def tiny_pipeline(vae: bool, seed: int = 0) -> DifficultyDiffusionPipeline:
+    torch.manual_seed(seed)
+    spec = ComponentSpec(image_size=16 if not vae else 16, block_out_channels=[16, 32], cross_attention_dim=32,
+                         attention_head_dim=8, vae=vae, vocabulary=WORDS)
+    pipe = build_components(spec)
+    pipe.difficulty_encoder = DifficultyEncoder(num_classes=4, cross_attention_dim=32, num_tokens=2, hidden_dim=32)
+    pipe.register_modules(difficulty_encoder=pipe.difficulty_encoder)
+    with torch.no_grad():  # random, non-zero null tokens so the unconditional branch differs
+        pipe.difficulty_encoder.null_tokens.normal_()
+    return pipe
+
+
+def test_encoder_tokens_depend_on_class_and_difficulty(tmp_path):
+    enc = DifficultyEncoder(num_classes=3, cross_attention_dim=16, num_tokens=4, hidden_dim=32)
+    labels, s = torch.tensor([0, 0, 1]), torch.tensor([0.2, 0.8, 0.2])
+    out = enc(labels, s)
+    assert out.shape == (3, 4, 16)
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[0], out[2])
+    no_class = DifficultyEncoder(num_classes=3, cross_attention_dim=16, use_class=False)
+    o = no_class(labels, s)
+    assert torch.allclose(o[0], o[2]) and not torch.allclose(o[0], o[1])
+    mixed = enc.tokens(labels, torch.tensor([0.2, float("nan"), 0.2]), torch.tensor([True, False, True]))
+    assert torch.equal(mixed[1], enc.null_tokens) and torch.allclose(mixed[0], out[0])
+    enc.save_pretrained(tmp_path / "enc")
+    assert (tmp_path / "enc" / "diffusion_pytorch_model.safetensors").is_file()
+    again = DifficultyEncoder.from_pretrained(tmp_path / "enc")
+    assert again.config.num_tokens == 4 and torch.allclose(again(labels, s), out)
+
+
+@pytest.mark.parametrize("vae", [False, True], ids=["pixel", "latent-sd-layout"])
+def test_same_seed_same_image_whatever_the_batch(vae):
+    pipe = tiny_pipeline(vae)
+    prompts = ["a photo of the digit one", "a photo of the digit two", "a photo of the digit three"]
+    kwargs = dict(class_labels=[1, 2, 3], difficulty=[0.3, None, 0.9], guidance_scale=2.0, num_inference_steps=4)
+    batch = pipe(prompts, seeds=[11, 12, 13], **kwargs).images
+    single = pipe(prompts[1:2], seeds=[12], class_labels=[2], difficulty=[None], guidance_scale=2.0,
+                  num_inference_steps=4).images
+    assert batch.shape == (3, 16, 16, 1) and batch.dtype == np.uint8
+    assert np.abs(batch[1].astype(int) - single[0].astype(int)).max() <= 1
+    other_seed = pipe(prompts[1:2], seeds=[99], class_labels=[2], difficulty=[None], guidance_scale=2.0,
+                      num_inference_steps=4).images
+    assert np.abs(other_seed[0].astype(int) - single[0].astype(int)).max() > 10
+
+
+def test_difficulty_and_guidance_change_the_output():
+    pipe = tiny_pipeline(False)
+    base = dict(prompt=["a photo of the digit one"] * 2, seeds=[5, 5], class_labels=[1, 1], num_inference_steps=4)
+    out = pipe(difficulty=[0.1, 0.9], output_type="latent", **base).images
+    assert (out[0] - out[1]).abs().max() > 1e-3  # only s differs
+    same = pipe(difficulty=[0.1, 0.1], output_type="latent", **base).images
+    assert torch.allclose(same[0], same[1], atol=1e-5)
+    cfg = pipe(difficulty=[0.1, 0.1], guidance_scale=3.0, output_type="latent", **base).images
+    assert (same - cfg).abs().max() > 1e-3
+
+
+def test_image_guidance_endpoints_and_spectrum():
+    pipe = tiny_pipeline(False)
+    torch.manual_seed(1)
+    source = torch.rand(4, 1, 16, 16) * 2 - 1
+    out = pipe(["a photo of the digit two"] * 4, seeds=[3] * 4, source_images=source,
+               guidance=[1.0, 0.75, 0.25, 0.0], num_inference_steps=8, output_type="pt").images
+    dist = [(out[i] - source[i]).abs().mean().item() for i in range(4)]
+    assert dist[0] == pytest.approx(0.0, abs=1e-6)  # λ = 1 returns the source
+    assert dist[1] < dist[2]  # closer to the source at higher λ
+    text_only = pipe(["a photo of the digit two"], seeds=[3], num_inference_steps=8, output_type="pt").images
+    assert torch.allclose(out[3], text_only[0], atol=1e-5)  # λ = 0 is pure text-to-image
+    with pytest.raises(ValueError, match="needs source_images"):
+        pipe(["x"], seeds=[0], guidance=[0.5])
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "unipc", "euler"])
+def test_every_scheduler_samples_finite_images(name):
+    pipe = tiny_pipeline(False)
+    out = pipe(["a photo of the digit one"], seeds=[0], num_inference_steps=5, scheduler=name, output_type="pt").images
+    assert torch.isfinite(out).all() and out.abs().max() <= 1.0
+    assert type(pipe.scheduler).__name__.lower().startswith({"ddim": "ddim", "dpm++": "dpm", "unipc": "unipc",
+                                                             "euler": "euler"}[name])
+
+
+def test_pipeline_round_trip_through_save_pretrained(tmp_path):
+    pipe = tiny_pipeline(True)
+    kwargs = dict(prompt=["a photo of the digit three"], seeds=[7], class_labels=[3], difficulty=[0.6],
+                  guidance_scale=2.0, num_inference_steps=3, output_type="pt")
+    before = pipe(**kwargs).images
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = load_pipeline(str(tmp_path / "pipe"))
+    assert isinstance(loaded.difficulty_encoder, DifficultyEncoder) and loaded.vae is not None
+    assert torch.allclose(loaded(**kwargs).images, before, atol=1e-5)
+
+
+def test_missing_base_model_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GeneratorNotFound, match="without model_index.json"):
+        load_pipeline(str(tmp_path / "empty"))
+    with pytest.raises(GeneratorNotFound, match="no such local directory"):
+        load_pipeline("nobody/no-such-model-here")
