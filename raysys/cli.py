@@ -7,6 +7,7 @@ Config errors and unusable data exit with status 2 and one line naming the probl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"run.address={args.address}"] if args.address else [])
     try:
         cfg = load_config(args.config, overrides)
+        if (cfg.run.address or os.environ.get("RAY_ADDRESS")) and "://" not in cfg.run.root:
+            print(f"raysys: warning: run.root '{cfg.run.root}' is a local path; on a multi-node cluster "
+                  "every node must see it (a shared file system), else use an s3:// or gs:// URI",
+                  file=sys.stderr)
         stages = STAGES if args.stage == "run" else [args.stage]
         for i, name in enumerate(stages, 1):
             t0 = time.time()

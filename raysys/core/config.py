@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -163,27 +165,62 @@ def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
 
 def _check_values(cfg: RaysysConfig, origin: str) -> None:
     problems = []
-    if cfg.data.imbalance_ratio < 1:
+    d, t, sc = cfg.data, cfg.train, cfg.score
+    if d.imbalance_ratio < 1:
         problems.append("data.imbalance_ratio must be >= 1")
-    if cfg.data.channels not in (1, 3):
+    if d.channels not in (1, 3):
         problems.append("data.channels must be 1 or 3")
-    if cfg.data.few_threshold > cfg.data.many_threshold:
+    if d.image_size < 4:
+        problems.append("data.image_size must be >= 4")
+    if d.val_per_class < 1 or d.test_per_class < 1:
+        problems.append("data.val_per_class and data.test_per_class must be >= 1 (metrics need both splits)")
+    if d.max_per_class < 0 or d.pretrain_per_class < 0:
+        problems.append("data.max_per_class and data.pretrain_per_class must be >= 0")
+    if d.few_threshold > d.many_threshold:
         problems.append("data.few_threshold must be <= data.many_threshold")
-    if cfg.score.mode not in ("oof", "full"):
-        problems.append(f"score.mode must be 'oof' or 'full', got '{cfg.score.mode}'")
-    if cfg.score.mode == "oof" and cfg.score.folds < 2:
+    if t.epochs < 1 or t.batch_size < 1 or t.checkpoint_every < 1 or t.num_workers < 1:
+        problems.append("train.epochs, train.batch_size, train.checkpoint_every and train.num_workers must be >= 1")
+    if t.lr <= 0:
+        problems.append("train.lr must be > 0")
+    if sc.mode not in ("oof", "full"):
+        problems.append(f"score.mode must be 'oof' or 'full', got '{sc.mode}'")
+    if sc.mode == "oof" and sc.folds < 2:
         problems.append("score.folds must be >= 2 in oof mode")
-    if cfg.score.min_actors < 1 or cfg.score.max_actors < cfg.score.min_actors:
+    if sc.fold_epochs is not None and sc.fold_epochs < 1:
+        problems.append("score.fold_epochs must be >= 1 (or null)")
+    if sc.batch_size < 1:
+        problems.append("score.batch_size must be >= 1")
+    if sc.min_actors < 1 or sc.max_actors < sc.min_actors:
         problems.append("score needs 1 <= min_actors <= max_actors")
-    for split in cfg.score.splits:
+    if not sc.splits:
+        problems.append("score.splits must name at least one split")
+    for split in sc.splits:
         if split not in ("train", "val", "test", "pretrain"):
             problems.append(f"score.splits: unknown split '{split}'")
+    if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
+        if not os.path.isfile(cfg.classifier.weights):
+            problems.append(f"classifier.weights: no such file {cfg.classifier.weights}")
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems))
 
 
+def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
+    try:
+        cfg: RaysysConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, origin) from None
+    if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
+        # Workers run in their own directories: hand them an absolute path.
+        cfg.classifier.weights = os.path.abspath(os.path.expanduser(cfg.classifier.weights))
+    _check_values(cfg, origin)
+    return cfg
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RaysysConfig:
-    """Load YAML `path` (optional) over the defaults, then `key=value` overrides; validate all."""
+    """Load YAML `path` (optional) over the defaults, then `key=value` overrides; validate all.
+
+    Problems are reported against where they came from: the file, or "command line".
+    """
     merged: DictConfig = OmegaConf.structured(RaysysConfig)
     if path is not None:
         path = Path(path)
@@ -193,6 +230,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         except OmegaConfBaseException as exc:
             raise _explain(exc, str(path)) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        _to_config(merged, str(path))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
@@ -200,9 +240,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except (OmegaConfBaseException, ValidationError) as exc:
         raise _explain(exc, "command line") from None
-    cfg: RaysysConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    _check_values(cfg, str(path) if path else "config")
-    return cfg
+    return _to_config(merged, "command line" if overrides else str(path or "config"))
 
 
 def to_yaml(cfg: Any) -> str:

@@ -78,7 +78,7 @@ def read_text(location: str) -> str:
 
 
 def write_json(location: str, obj: Any) -> None:
-    write_text(location, json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
+    write_text(location, json.dumps(obj, indent=2, sort_keys=False, default=float, allow_nan=False) + "\n")
 
 
 def read_json(location: str) -> Any:

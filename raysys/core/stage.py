@@ -39,14 +39,28 @@ class StageDir:
         return metrics.get("status") == "done" and metrics.get("config_digest") == self.digest
 
     def begin(self, cfg: RaysysConfig) -> None:
+        """Mark the stage as running (replacing any old 'done' marker) before touching outputs."""
         io.makedirs(self.path)
+        io.write_json(self.file("metrics.json"), {"stage": self.name, "status": "running",
+                                                  "config_digest": self.digest})
         io.write_text(self.file("config.yaml"), to_yaml(cfg))
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         out = {"stage": self.name, "status": "done", "config_digest": self.digest,
                "seconds": round(time.time() - self.started, 3), **metrics}
-        io.write_json(self.file("metrics.json"), out)
+        io.write_json(self.file("metrics.json"), _finite(out))
         return out
 
     def metrics(self) -> dict[str, Any]:
         return io.read_json(self.file("metrics.json"))
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, so metrics.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Optional
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -32,6 +33,10 @@ class ComponentSpec:
     """UNet channels per resolution level."""
     layers_per_block: int = 1
     """ResNet layers per UNet block."""
+    cross_attention_levels: Optional[list[bool]] = None
+    """Per UNet level, whether its blocks have (self + cross) attention. None: every level but
+    the lowest-resolution one, as Stable Diffusion. Attention at high resolution is what costs
+    most on a CPU; the mid block always has it."""
     cross_attention_dim: int = 64
     """Width of the text encoder (and of the difficulty tokens)."""
     text_layers: int = 2
@@ -66,11 +71,14 @@ def build_components(spec: ComponentSpec) -> DifficultyDiffusionPipeline:
         )
         sample_size = spec.image_size // 2 ** (len(spec.vae_block_out_channels) - 1)
         unet_channels = spec.latent_channels
+    attention = spec.cross_attention_levels or [True] * (levels - 1) + [False]
+    if len(attention) != levels:
+        raise ValueError(f"cross_attention_levels has {len(attention)} entries for {levels} UNet levels")
     unet = UNet2DConditionModel(
         sample_size=sample_size, in_channels=unet_channels, out_channels=unet_channels,
         block_out_channels=list(spec.block_out_channels), layers_per_block=spec.layers_per_block,
-        down_block_types=["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
         cross_attention_dim=spec.cross_attention_dim, attention_head_dim=spec.attention_head_dim,
         norm_num_groups=min(32, spec.block_out_channels[0]),
     )

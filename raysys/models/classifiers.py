@@ -64,6 +64,10 @@ def registered_names() -> list[str]:
 
 
 def _load_local_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict; tensors whose shape differs (a head for another class count) are
+    left at their random init, with a warning. Anything else that does not fit is an error."""
+    import warnings
+
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -71,9 +75,27 @@ def _load_local_weights(model: nn.Module, path: str) -> None:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or len(missing) == len(model.state_dict()):
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if any(not k.startswith("head.") for k in mismatched):
+        raise ValueError(f"{path}: weights do not fit this model (shape mismatch in {mismatched[:5]}; "
+                         "only the classifier head may differ)")
+    if mismatched:
+        warnings.warn(f"{path}: {mismatched} have another shape (class count); left at random init")
+    fitting = {k: v for k, v in state.items() if k not in mismatched}
+    missing, unexpected = model.load_state_dict(fitting, strict=False)
+    if unexpected or len(missing) == len(own):
         raise ValueError(f"{path}: weights do not fit this model (unexpected keys {unexpected[:5]})")
+
+
+def _timm_model(name: str, **kwargs) -> nn.Module:
+    import timm
+
+    try:  # models with a fixed input grid (ViT, ...) take img_size; CNNs refuse it
+        return timm.create_model(name, **kwargs)
+    except TypeError:
+        kwargs.pop("img_size", None)
+        return timm.create_model(name, **kwargs)
 
 
 def create_classifier(
@@ -83,8 +105,12 @@ def create_classifier(
     *,
     width: int = 32,
     weights: Optional[str] = None,
+    image_size: Optional[int] = None,
 ) -> nn.Module:
-    """Build classifier `name` with random init, or from the local `weights` file."""
+    """Build classifier `name` with random init, or from the local `weights` file.
+
+    image_size is passed to timm models that need it (ViT and other fixed-grid models).
+    """
     if weights is not None and not os.path.isfile(weights):
         raise FileNotFoundError(f"classifier.weights: no such file {weights}")
     if name in _REGISTRY:
@@ -101,15 +127,17 @@ def create_classifier(
             f"classifier.name '{name}' is neither registered ({registered_names()}) nor a timm "
             f"model; similar timm names: {close}"
         )
+    size = {"img_size": image_size} if image_size is not None else {}
     if weights is None:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        return _timm_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **size)
     # timm adapts the head (num_classes) and the stem (in_chans) of pretrained weights.
-    return timm.create_model(
+    return _timm_model(
         name,
         pretrained=True,
         pretrained_cfg_overlay={"file": os.path.abspath(weights)},
         num_classes=num_classes,
         in_chans=in_chans,
+        **size,
     )
 
 
@@ -140,6 +168,8 @@ def load_classifier(directory: str, device: str | torch.device = "cpu") -> tuple
         raise FileNotFoundError(f"no classifier.json in {directory}: not a saved classifier")
     with open(meta_path) as f:
         meta = json.load(f)
-    model = create_classifier(meta["name"], meta["num_classes"], meta["in_chans"], width=meta.get("width", 32))
+    model = create_classifier(
+        meta["name"], meta["num_classes"], meta["in_chans"], width=meta.get("width", 32), image_size=meta.get("image_size")
+    )
     model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
     return model.to(device).eval(), meta

@@ -69,7 +69,8 @@ def _train_worker(job: ClassifierJob) -> None:
     test = images_from_manifest(table, "test", size, chans)
 
     model = create_classifier(
-        cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width, weights=cfg.classifier.weights
+        cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width, weights=cfg.classifier.weights,
+        image_size=size,
     )
     model = ray.train.torch.prepare_model(model)
     bare = getattr(model, "module", model)
@@ -104,7 +105,9 @@ def _train_worker(job: ClassifierJob) -> None:
     }
     for epoch in range(start_epoch, job.epochs):
         t0 = time.time()
-        # The order depends only on (seed, epoch): a resumed run sees the same batches.
+        # Everything random depends only on (seed, epoch, rank), never on what ran before, so a
+        # resumed run continues exactly as the uninterrupted one would (batch order, shifts, dropout).
+        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed * 7919 + epoch))
         shard = perm[rank * per_rank : (rank + 1) * per_rank]
         gen = torch.Generator().manual_seed(cfg.run.seed * 104729 + epoch * 31 + rank)

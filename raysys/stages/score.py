@@ -36,17 +36,23 @@ def manifest_path(cfg: RaysysConfig) -> str:
     return stage_dir(cfg).file("manifest.parquet")
 
 
+def fold_digest(cfg: RaysysConfig) -> str:
+    """What the fold models depend on: the classifier setup and k, not how scoring runs."""
+    return digest(train_classifier.stage_dir(cfg).digest, cfg.score.folds, cfg.score.fold_epochs)
+
+
 def _fit_fold_models(cfg: RaysysConfig, stage: StageDir, prep: dict) -> tuple[dict[str, str], list[dict]]:
     k = cfg.score.folds
+    fd = fold_digest(cfg)
     model_dirs, fold_metrics = {}, []
     for fold in range(k):
         key = f"oof-k{k}-fold{fold}"
-        directory = stage.file("folds", f"fold{fold}", "model")
+        directory = stage.file("folds", fd, f"fold{fold}", "model")
         print(f"[score] fold model {fold + 1}/{k}")
         history = fit_classifier(
             ClassifierJob(
                 cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
-                groups=prep["groups"], storage=stage.file("folds", "ray"), name=f"{key}-{stage.digest}",
+                groups=prep["groups"], storage=stage.file("folds", "ray"), name=f"{key}-{fd}",
                 epochs=cfg.score.fold_epochs or cfg.train.epochs, fold=fold, folds=k,
             ),
             directory,
@@ -93,7 +99,7 @@ def run(cfg: RaysysConfig) -> dict:
     rows = np.flatnonzero(wanted)
     score_ids, score_rows, score_keys = list(ids[rows]), list(rows), list(keys[rows])
     train_rows = rows[splits[rows] == "train"]
-    if cfg.score.mode == "oof":
+    if cfg.score.mode == "oof" and len(train_rows):
         # The same train rows scored by the full model too: shows what out-of-fold scoring corrects.
         score_ids += [f"{sid}#full" for sid in ids[train_rows]]
         score_rows += list(train_rows)
@@ -133,24 +139,27 @@ def run(cfg: RaysysConfig) -> dict:
 
     difficulty = result["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
     labels = table["label"].to_numpy()
-    is_train = splits == "train"
-    by_group = {g: difficulty[is_train & np.isin(labels, members)] for g, members in prep["groups"].items()}
+    train_scored = "train" in cfg.score.splits
+    hist_split = "train" if train_scored else cfg.score.splits[0]
+    in_hist = splits == hist_split
+    by_group = {g: difficulty[in_hist & np.isin(labels, members)] for g, members in prep["groups"].items()}
     difficulty_histogram(by_group, stage.file("difficulty_hist.png"),
-                         f"train difficulty by class group ({cfg.score.mode})")
+                         f"{hist_split} difficulty by class group ({cfg.score.mode if train_scored else 'full'})")
     per_split = {s: float(np.nanmean(difficulty[splits == s])) for s in cfg.score.splits if (splits == s).any()}
     missing = int(np.isnan(difficulty[wanted]).sum())
     if missing:
         raise RuntimeError(f"{missing} rows were not scored")
+    oof_used = cfg.score.mode == "oof" and train_scored
     metrics = stage.finish({
-        "mode": cfg.score.mode,
-        "folds": cfg.score.folds if cfg.score.mode == "oof" else None,
+        "mode": "oof" if oof_used else "full",
+        "folds": cfg.score.folds if oof_used else None,
         "modes_used": sorted(set(keys[rows].tolist())),
         "rows_scored": int(len(rows)),
         "scoring_seconds": round(score_seconds, 3),
         "fold_training_seconds": round(fold_seconds, 3),
         "images_per_s": round(len(to_score) / score_seconds, 2),
         "mean_difficulty": per_split,
-        "train_mean_difficulty_by_group": {g: float(v.mean()) if len(v) else None for g, v in by_group.items()},
+        f"{hist_split}_mean_difficulty_by_group": {g: float(v.mean()) if len(v) else None for g, v in by_group.items()},
         **comparison,
         "fold_models": fold_metrics,
         "actors": {"min": cfg.score.min_actors, "max": cfg.score.max_actors, "num_gpus": cfg.score.num_gpus},

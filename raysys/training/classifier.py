@@ -82,6 +82,8 @@ def train_epoch(
     total, count = 0.0, 0
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
+        if len(idx) < 2 and start > 0:
+            break  # BatchNorm cannot train on one image; every rank has the same shard length
         x = normalize(data.images[idx])
         if augment:
             x = random_shift(x, 2, generator)
@@ -110,6 +112,8 @@ def predict_proba(model: nn.Module, images_uint8: torch.Tensor, batch_size: int,
 def evaluate(
     model: nn.Module, data: LabelledImages, num_classes: int, groups: dict[str, list[int]], device: torch.device
 ) -> dict:
+    if len(data) == 0:
+        raise ValueError("evaluate: no images to evaluate on")
     probs = predict_proba(model, data.images, 512, device)
     pred = probs.argmax(1).numpy()
     return classification_metrics(data.labels.numpy(), pred, num_classes, groups)

@@ -33,10 +33,29 @@ def test_wrong_type_names_key():
 
 
 def test_invalid_value_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="score.mode"):
+    with pytest.raises(ConfigError, match=r"^command line: .*score\.mode"):
         load_config(TINY, ["score.mode=sometimes"])
+    for override in ("train.checkpoint_every=0", "data.val_per_class=0", "train.batch_size=0", "score.splits=[]"):
+        with pytest.raises(ConfigError, match="command line"):
+            load_config(TINY, [override])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: .*train\.epochs"):
+        load_config(bad)
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_relative_weights_path_becomes_absolute_and_missing_file_fails_early(tmp_path, monkeypatch):
+    (tmp_path / "w.pth").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TINY, ["classifier.weights=w.pth"])
+    assert cfg.classifier.weights == str(tmp_path / "w.pth")
+    with pytest.raises(ConfigError, match="classifier.weights: no such file"):
+        load_config(TINY, ["classifier.weights=missing.pth"])
 
 
 def test_resolved_yaml_round_trips_and_digest_tracks_changes(tmp_path):

@@ -9,25 +9,18 @@ CONTRACT = [(name, 28) for name in registered_names()] + [("resnet18", 32), ("vi
 
 @pytest.mark.parametrize("name,size", CONTRACT)
 def test_contract_shapes_grads_and_round_trip(name, size, tmp_path):
-    kwargs = {"img_size": size} if name.startswith("vit") else {}
-    if kwargs:
-        import timm
-
-        model = timm.create_model(name, pretrained=False, num_classes=7, in_chans=1, **kwargs)
-    else:
-        model = create_classifier(name, num_classes=7, in_chans=1)
+    model = create_classifier(name, num_classes=7, in_chans=1, image_size=size)
     x = torch.randn(2, 1, size, size)
     out = model(x)
     assert out.shape == (2, 7)
     out.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    if not kwargs:
-        meta = {"name": name, "num_classes": 7, "in_chans": 1, "width": 32, "image_size": size}
-        save_classifier(model, str(tmp_path / "m"), meta)
-        loaded, meta2 = load_classifier(str(tmp_path / "m"))
-        model.eval()
-        assert meta2 == meta
-        assert torch.allclose(model(x), loaded(x), atol=1e-6)
+    meta = {"name": name, "num_classes": 7, "in_chans": 1, "width": 32, "image_size": size}
+    save_classifier(model, str(tmp_path / "m"), meta)
+    loaded, meta2 = load_classifier(str(tmp_path / "m"))
+    model.eval()
+    assert meta2 == meta
+    assert torch.allclose(model(x), loaded(x), atol=1e-5)
 
 
 def test_timm_local_weights_adapt_head_and_channels(tmp_path):
@@ -39,6 +32,20 @@ def test_timm_local_weights_adapt_head_and_channels(tmp_path):
     model = create_classifier("resnet18", num_classes=10, in_chans=3, weights=str(path))
     assert torch.equal(model.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
     assert model.get_classifier().out_features == 10
+    gray = create_classifier("resnet18", num_classes=10, in_chans=1, weights=str(path))
+    assert gray.conv1.weight.shape[1] == 1  # RGB stem folded into one channel by timm
+    assert torch.allclose(gray.conv1.weight[:, 0], source.conv1.weight.sum(1), atol=1e-5)
+
+
+def test_small_cnn_weights_keep_body_and_reinit_other_head(tmp_path):
+    source = create_classifier("small_cnn", num_classes=10, in_chans=1)
+    torch.save(source.state_dict(), tmp_path / "cnn.pth")
+    with pytest.warns(UserWarning, match="head"):
+        model = create_classifier("small_cnn", num_classes=5, in_chans=1, weights=str(tmp_path / "cnn.pth"))
+    assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
+    assert model.head.out_features == 5
+    with pytest.raises(ValueError, match="do not fit"):
+        create_classifier("small_cnn", num_classes=10, in_chans=3, weights=str(tmp_path / "cnn.pth"))
 
 
 def test_unknown_name_and_missing_weights_are_clear_errors(tmp_path):

@@ -89,3 +89,16 @@ def test_training_learns_digits_and_scorer_agrees(digits_split, tmp_path):
     # right predictions are easier than wrong ones
     right = s["pred"] == test.labels[:64].numpy()
     assert s["difficulty"][right].mean() < s["difficulty"][~right].mean() if (~right).any() else True
+
+
+def test_fold_of_a_row_does_not_depend_on_row_order():
+    """Fold training (in the worker) and fold scoring (in the score stage) both call
+    assign_folds; a row must land in the same fold whatever order the rows come in,
+    or a fold model could score rows it trained on."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    ids = [f"s{i}" for i in range(200)]
+    folds = dict(zip(ids, assign_folds(ids, labels, 3, seed=1)))
+    perm = rng.permutation(200)
+    shuffled = assign_folds([ids[i] for i in perm], labels[perm], 3, seed=1)
+    assert all(folds[ids[i]] == f for i, f in zip(perm, shuffled))

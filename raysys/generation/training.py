@@ -1,0 +1,64 @@
+"""The ε-prediction diffusion loss, shared by base-model pretraining and LoRA fine-tuning.
+
+Plain torch: the Ray Train adapters call `diffusion_loss` inside their worker loops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from raysys.generation.pipeline import DifficultyDiffusionPipeline
+
+
+def training_scheduler(pipe: DifficultyDiffusionPipeline) -> DDPMScheduler:
+    """The noise schedule the pipeline was trained with, as a DDPM scheduler for add_noise."""
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023): min(SNR, γ) / SNR."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1.0 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(
+    pipe: DifficultyDiffusionPipeline,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    *,
+    class_labels: Optional[torch.Tensor] = None,
+    difficulty: Optional[torch.Tensor] = None,
+    condition_dropout: float = 0.1,
+    snr_gamma: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Mean ε-prediction MSE on a batch of images in [-1, 1].
+
+    With probability `condition_dropout` a row's condition is dropped (prompt -> "",
+    difficulty -> none, i.e. the null tokens), which trains the unconditional branch that
+    classifier-free guidance uses.
+    """
+    n = len(images)
+    device = images.device
+    latents = pipe.encode_images(images)
+    noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator).to(device)
+    noisy = scheduler.add_noise(latents, noise, t)
+
+    drop = (torch.rand(n, generator=generator) < condition_dropout).tolist()
+    prompts = ["" if d else p for p, d in zip(prompts, drop)]
+    if difficulty is not None:
+        difficulty = difficulty.clone().float()
+        difficulty[torch.tensor(drop, dtype=torch.bool)] = float("nan")
+    context = pipe.condition(prompts, class_labels, difficulty)
+    pred = pipe.unet(noisy, t, encoder_hidden_states=context.to(pipe.unet.dtype)).sample
+    per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(scheduler, t, snr_gamma)
+    return per_sample.mean()
