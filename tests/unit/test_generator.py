@@ -107,3 +107,41 @@ def test_missing_base_model_is_a_clear_error(tmp_path):
         load_pipeline(str(tmp_path / "empty"))
     with pytest.raises(GeneratorNotFound, match="no such local directory"):
         load_pipeline("nobody/no-such-model-here")
+
+
+def test_diffusion_loss_trains_every_conditioned_part():
+    from raysys.generation.training import diffusion_loss, min_snr_weights, training_scheduler
+
+    pipe = tiny_pipeline(False)
+    sched = training_scheduler(pipe)
+    t = torch.tensor([0, 500, 999])
+    w = min_snr_weights(sched, t, gamma=5.0)
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    assert torch.allclose(w, torch.clamp(snr, max=5.0) / snr)
+    assert w[0] < 1.0 and w[2] == pytest.approx(1.0)  # low noise is down-weighted, high noise kept
+
+    images = torch.rand(8, 1, 16, 16) * 2 - 1
+    prompts = ["a photo of the digit one"] * 8
+    labels, s = torch.arange(8) % 4, torch.linspace(0, 1, 8)
+    parts = [pipe.unet, pipe.text_encoder, pipe.difficulty_encoder]
+    params = [p for m in parts for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    loss = diffusion_loss(pipe, sched, images, prompts, class_labels=labels, difficulty=s,
+                          condition_dropout=0.0, generator=g)
+    loss.backward()
+    for m in parts:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), type(m).__name__
+
+    def fixed_loss():
+        return diffusion_loss(pipe, sched, images, prompts, class_labels=labels, difficulty=s,
+                              condition_dropout=0.0, generator=torch.Generator().manual_seed(1))
+
+    with torch.no_grad():
+        before = fixed_loss().item()
+    for _ in range(30):
+        opt.zero_grad()
+        diffusion_loss(pipe, sched, images, prompts, class_labels=labels, difficulty=s, generator=g).backward()
+        opt.step()
+    with torch.no_grad():
+        assert fixed_loss().item() < 0.8 * before
