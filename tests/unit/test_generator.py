@@ -145,3 +145,22 @@ def test_diffusion_loss_trains_every_conditioned_part():
         opt.step()
     with torch.no_grad():
         assert fixed_loss().item() < 0.8 * before
+
+
+def test_pretrain_base_writes_a_loadable_text_to_image_model(tmp_path):
+    from raysys.data.images import decode_batch
+    from raysys.data.sources import load_builtin_digits
+    from raysys.generation.pretrain import PretrainConfig, pretrain_base
+
+    src = load_builtin_digits()
+    images = decode_batch(src.images[:200], 8, 1)
+    cfg = PretrainConfig(image_size=8, block_out_channels=[16, 32], cross_attention_levels=[False, True],
+                         cross_attention_dim=32, steps=60, batch_size=16, lr=0.003)
+    metrics = pretrain_base(images, src.labels[:200], src.class_names, cfg, str(tmp_path / "base"), log=None)
+    assert metrics["loss_end"] < 0.8 * metrics["loss_start"]
+    assert metrics["prompts"][7] == "a photo of the digit seven"
+    pipe = load_pipeline(str(tmp_path / "base"))
+    assert pipe.difficulty_encoder is None and pipe.vae is None and pipe.image_size == 8
+    assert pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("seven").input_ids)[1] == "seven</w>"
+    out = pipe(["a photo of the digit seven"] * 2, seeds=[1, 2], num_inference_steps=4).images
+    assert out.shape == (2, 8, 8, 1) and out.dtype == np.uint8 and out.std() > 0
