@@ -78,3 +78,16 @@ def test_rerun_of_complete_stages_is_skipped(tiny_run):
     assert train_classifier.run(cfg)["seconds"] == trained["seconds"]
     assert score.run(cfg)["seconds"] == scored["seconds"]
     assert os.path.getmtime(score.manifest_path(cfg)) == mtime
+
+
+def test_two_data_parallel_workers_train_one_model(tmp_path, ray_session):
+    from raysys.core.config import load_config
+    from tests.conftest import TINY
+
+    cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", "train.num_workers=2", "train.epochs=12",
+                             "train.batch_size=16"])
+    prepare.run(cfg)
+    metrics = train_classifier.run(cfg)
+    assert metrics["num_workers"] == 2 and len(metrics["epochs"]) == 12
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    assert metrics["acc"] > 0.4  # well above chance on the balanced test split

@@ -106,3 +106,21 @@ def test_natural_distribution_keeps_the_rest():
 def test_class_groups_use_thresholds():
     groups = class_groups([300, 101, 100, 20, 19, 6], many_threshold=100, few_threshold=20)
     assert groups == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+
+
+def test_prepare_stage_lists_corrupt_files_in_metrics(tmp_path):
+    from raysys.core.config import load_config
+    from raysys.core.schema import read_manifest
+    from raysys.stages import prepare
+    from tests.conftest import TINY
+
+    root = _folder(tmp_path, per_class=(6, 6))
+    (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", f"data.source=folder:{root}", "data.max_per_class=3",
+                             "data.imbalance_ratio=1", "data.val_per_class=1", "data.test_per_class=1",
+                             "data.pretrain_per_class=1", "data.channels=3"])
+    metrics = prepare.run(cfg)
+    assert metrics["images_read"] == 13 and metrics["bad_files_count"] == 1
+    assert metrics["bad_files"][0]["path"].endswith("broken.png")
+    assert metrics["counts"]["train"] == [3, 3] and metrics["class_names"] == ["class_0", "class_1"]
+    assert len(read_manifest(prepare.manifest_path(cfg))) == 12
