@@ -18,22 +18,14 @@ STAGES = ["prepare", "train-classifier", "score"]
 
 
 def _run_stage(name: str, cfg: RaysysConfig) -> dict:
-    if name == "prepare":
-        from raysys.stages import prepare
+    import importlib
 
-        return prepare.run(cfg)
-    from raysys.ray.session import init_ray
+    stage = importlib.import_module(f"raysys.stages.{name.replace('-', '_')}")
+    if name != "prepare" and not stage.stage_dir(cfg).is_complete():  # a complete stage needs no Ray
+        from raysys.ray.session import init_ray
 
-    init_ray(cfg.run.address, cfg.run.num_cpus)
-    if name == "train-classifier":
-        from raysys.stages import train_classifier
-
-        return train_classifier.run(cfg)
-    if name == "score":
-        from raysys.stages import score
-
-        return score.run(cfg)
-    raise ValueError(name)
+        init_ray(cfg.run.address, cfg.run.num_cpus)
+    return stage.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
