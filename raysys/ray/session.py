@@ -14,8 +14,6 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> s
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return "cluster" if address else "embedded"
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return "cluster"

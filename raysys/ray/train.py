@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import pyarrow.compute as pc
@@ -76,11 +76,7 @@ def _train_worker(job: ClassifierJob) -> None:
     bare = getattr(model, "module", model)
     per_rank = len(train) // world
     steps = -(-per_rank // cfg.train.batch_size)
-    train_cfg = cfg.train
-    if job.epochs != train_cfg.epochs:
-        from dataclasses import replace
-
-        train_cfg = replace(train_cfg, epochs=job.epochs)
+    train_cfg = replace(cfg.train, epochs=job.epochs)  # fold models may train for other epochs
     opt, sched = make_optimizer(model, train_cfg, steps)
 
     start_epoch, history, resumes = 0, [], []

@@ -64,7 +64,6 @@ class DifficultyScorer:
         pixels = torch.from_numpy(decode_batch(images, self.image_size, self.channels))
         labels_t = torch.as_tensor(np.array(labels, dtype=np.int64))
         keys = np.asarray(model_keys)
-        num_classes = None
         probs = None
         for key in np.unique(keys):
             if key not in self.models:
@@ -73,8 +72,7 @@ class DifficultyScorer:
             x = normalize(pixels[rows]).to(self.device)
             p = torch.softmax(self.models[key](x).float(), dim=1).cpu()
             if probs is None:
-                num_classes = p.shape[1]
-                probs = torch.empty(len(keys), num_classes)
+                probs = torch.empty(len(keys), p.shape[1])
             probs[torch.from_numpy(rows)] = p
         if probs is None:
             probs = torch.empty(0, 1)

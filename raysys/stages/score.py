@@ -36,6 +36,11 @@ def manifest_path(cfg: RaysysConfig) -> str:
     return stage_dir(cfg).file("manifest.parquet")
 
 
+def fold_key(folds: int, fold: int) -> str:
+    """score_mode of the rows fold model `fold` scores (and that model's key)."""
+    return f"oof-k{folds}-fold{fold}"
+
+
 def fold_digest(cfg: RaysysConfig) -> str:
     """What the fold models depend on: the classifier setup and k, not how scoring runs."""
     return digest(train_classifier.stage_dir(cfg).digest, cfg.score.folds, cfg.score.fold_epochs)
@@ -46,7 +51,7 @@ def _fit_fold_models(cfg: RaysysConfig, stage: StageDir, prep: dict) -> tuple[di
     fd = fold_digest(cfg)
     model_dirs, fold_metrics = {}, []
     for fold in range(k):
-        key = f"oof-k{k}-fold{fold}"
+        key = fold_key(k, fold)
         directory = stage.file("folds", fd, f"fold{fold}", "model")
         print(f"[score] fold model {fold + 1}/{k}")
         history = fit_classifier(
@@ -58,7 +63,8 @@ def _fit_fold_models(cfg: RaysysConfig, stage: StageDir, prep: dict) -> tuple[di
             directory,
         ).history
         model_dirs[key] = directory
-        fold_metrics.append({"fold": fold, **{m: history_summary(history)[m] for m in ("acc", "acc_few", "macro_f1")}})
+        summary = history_summary(history)
+        fold_metrics.append({"fold": fold, **{m: summary[m] for m in ("acc", "acc_few", "macro_f1")}})
     return model_dirs, fold_metrics
 
 
@@ -94,7 +100,7 @@ def run(cfg: RaysysConfig) -> dict:
             table["label"].to_numpy()[train_rows], cfg.score.folds, cfg.run.seed,
         )
         for row, fold in zip(train_rows, folds):
-            keys[row] = f"oof-k{cfg.score.folds}-fold{fold}"
+            keys[row] = fold_key(cfg.score.folds, fold)
 
     rows = np.flatnonzero(wanted)
     score_ids, score_rows, score_keys = list(ids[rows]), list(rows), list(keys[rows])
