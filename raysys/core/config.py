@@ -37,6 +37,10 @@ class RunSection:
     """Ray cluster address. None: use $RAY_ADDRESS if set, else start an embedded Ray."""
     num_cpus: Optional[int] = None
     """CPUs for an embedded Ray (None: all of this machine's). Ignored on a cluster."""
+    hf_home: Optional[str] = None
+    """Hugging Face cache folder, exported as HF_HOME to this process and every Ray worker,
+    so that workers share one copy of the weights (a shared mount, or the same node-local
+    path on every node). None: leave HF_HOME as the environment has it."""
 
 
 @dataclass
@@ -132,6 +136,102 @@ class ScoreConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    """The base text-to-image model and how it samples."""
+
+    base: str = "builtin"
+    """builtin: the small pixel-space model that the pretrain-generator stage trains from scratch
+    on the pretrain split (the quickstart); otherwise a local directory in the Stable Diffusion
+    1.5/2.1 layout or a hub id, loaded with from_pretrained (local directory first)."""
+    prompt_template: str = "a photo of the digit {name}"
+    """Prompt per image; {name} is the class name."""
+    negative_prompt: str = ""
+    """Negative prompt for classifier-free guidance."""
+    guidance_scale: float = 2.0
+    """Classifier-free guidance scale (<= 1: no guidance)."""
+    scheduler: str = "ddim"
+    """Sampling scheduler: ddim, dpm++, unipc or euler."""
+    num_inference_steps: int = 20
+    """Sampling steps T."""
+
+
+@dataclass
+class PretrainConfig:
+    """The built-in base generator (generator.base = builtin) and how long it trains."""
+
+    image_size: int = 20
+    """Generated image side in pixels (classifiers resize to their own input size)."""
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
+    """UNet channels per level."""
+    cross_attention_levels: list[bool] = field(default_factory=lambda: [False, False, True])
+    """UNet levels with cross-attention (the mid block always has it); high-resolution attention
+    is what costs most on a CPU."""
+    cross_attention_dim: int = 64
+    """Text encoder width (and the difficulty tokens' width)."""
+    prediction_type: str = "sample"
+    """What the UNet predicts: sample (x0: clean backgrounds at this size), epsilon or v_prediction."""
+    steps: int = 1000
+    """Optimiser steps."""
+    batch_size: int = 64
+    """Images per step."""
+    lr: float = 0.002
+    """Peak AdamW learning rate (one-cycle schedule)."""
+    ema_decay: float = 0.995
+    """Exponential moving average of the weights that is saved (0: save the raw weights)."""
+    condition_dropout: float = 0.1
+    """Share of rows trained with an empty prompt (for classifier-free guidance)."""
+    cpus: int = 2
+    """CPUs reserved for the pretraining task (its torch threads)."""
+    use_gpu: bool = False
+    """Train on one GPU."""
+
+
+@dataclass
+class FinetuneConfig:
+    """LoRA fine-tuning of the base generator on Ray Train, plus the proof of control."""
+
+    variants: list[str] = field(default_factory=lambda: ["difficulty", "plain"])
+    """Models to fine-tune: difficulty = LoRA + difficulty encoder (Wang et al.); plain = LoRA
+    only (Real-Fake), the uncontrolled model the proof of control compares against."""
+    lora_rank: int = 8
+    """LoRA rank on the UNet's attention projections (to_q, to_k, to_v, to_out.0)."""
+    lora_alpha: float = 8.0
+    """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+    difficulty_tokens: int = 4
+    """k: difficulty tokens appended to the text tokens."""
+    class_input: bool = True
+    """Feed the class embedding to the difficulty encoder (False: s only, the paper's ablation)."""
+    steps: int = 300
+    """Optimiser steps (each worker draws batch_size rows per step)."""
+    batch_size: int = 32
+    """Rows per worker per step."""
+    lr: float = 0.001
+    """Peak AdamW learning rate for LoRA and the difficulty encoder (cosine decay)."""
+    snr_gamma: Optional[float] = 5.0
+    """Min-SNR-γ loss weighting (null: plain MSE)."""
+    condition_dropout: float = 0.1
+    """Share of rows trained without prompt and difficulty (the unconditional branch)."""
+    num_workers: int = 1
+    """Ray Train data-parallel workers."""
+    use_gpu: bool = False
+    """One GPU per worker; enables bf16 autocast and gradient checkpointing below."""
+    cpus_per_worker: int = 2
+    """CPUs reserved per worker (its torch threads)."""
+    mixed_precision: str = "bf16"
+    """bf16 or no: autocast on GPU (CPU runs in fp32)."""
+    gradient_checkpointing: bool = True
+    """Recompute UNet activations in backward on GPU (saves memory)."""
+    checkpoint_every: int = 100
+    """Report a checkpoint every N steps (and after the last)."""
+    max_failures: int = 0
+    """Worker failures tolerated within one run (resume on rerun regardless)."""
+    grid_levels: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    """Requested difficulties s of the proof-of-control grid."""
+    grid_seeds: int = 4
+    """Seeds per (class, s) cell of the grid."""
+
+
+@dataclass
 class RaysysConfig:
     """The whole run: one section per component."""
 
@@ -140,6 +240,9 @@ class RaysysConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 def _all_keys(dc_type, prefix: str = "") -> list[str]:
@@ -197,6 +300,29 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
     for split in sc.splits:
         if split not in ("train", "val", "test", "pretrain"):
             problems.append(f"score.splits: unknown split '{split}'")
+    g, pt, ft = cfg.generator, cfg.pretrain, cfg.finetune
+    if g.scheduler not in ("ddim", "dpm++", "unipc", "euler"):
+        problems.append(f"generator.scheduler must be ddim, dpm++, unipc or euler, got '{g.scheduler}'")
+    if g.num_inference_steps < 1:
+        problems.append("generator.num_inference_steps must be >= 1")
+    if "{name}" not in g.prompt_template:
+        problems.append("generator.prompt_template must contain {name}")
+    if pt.prediction_type not in ("epsilon", "v_prediction", "sample"):
+        problems.append(f"pretrain.prediction_type must be epsilon, v_prediction or sample, got '{pt.prediction_type}'")
+    if len(pt.cross_attention_levels) != len(pt.block_out_channels):
+        problems.append("pretrain.cross_attention_levels needs one entry per pretrain.block_out_channels")
+    if pt.steps < 1 or pt.batch_size < 1 or pt.image_size < 8:
+        problems.append("pretrain.steps and pretrain.batch_size must be >= 1, pretrain.image_size >= 8")
+    if not 0 <= pt.ema_decay < 1:
+        problems.append("pretrain.ema_decay must be in [0, 1)")
+    if not ft.variants or any(v not in ("difficulty", "plain") for v in ft.variants):
+        problems.append(f"finetune.variants must be a non-empty subset of [difficulty, plain], got {ft.variants}")
+    if ft.steps < 1 or ft.batch_size < 1 or ft.num_workers < 1 or ft.checkpoint_every < 1 or ft.lora_rank < 1:
+        problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
+    if ft.mixed_precision not in ("bf16", "no"):
+        problems.append(f"finetune.mixed_precision must be bf16 or no, got '{ft.mixed_precision}'")
+    if any(not 0 <= s <= 1 for s in ft.grid_levels) or ft.grid_seeds < 1:
+        problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
     if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
         if not os.path.isfile(cfg.classifier.weights):
             problems.append(f"classifier.weights: no such file {cfg.classifier.weights}")
@@ -212,6 +338,9 @@ def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
     if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
         # Workers run in their own directories: hand them an absolute path.
         cfg.classifier.weights = os.path.abspath(os.path.expanduser(cfg.classifier.weights))
+    base = os.path.expanduser(cfg.generator.base)
+    if cfg.generator.base != "builtin" and "://" not in base and os.path.exists(base):
+        cfg.generator.base = os.path.abspath(base)  # a local directory, not a hub id
     _check_values(cfg, origin)
     return cfg
 

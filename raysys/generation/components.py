@@ -17,6 +17,7 @@ from typing import Optional
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from raysys.core.config import ConfigError
 from raysys.generation.pipeline import DifficultyDiffusionPipeline
 from raysys.generation.tokenizer import make_clip_tokenizer
 
@@ -53,6 +54,8 @@ class ComponentSpec:
     """Words that get one token each in the local tokenizer (any text still encodes)."""
     max_prompt_tokens: int = 16
     """Tokenizer max length (prompts are padded/truncated to it)."""
+    prediction_type: str = "epsilon"
+    """What the UNet predicts: epsilon (SD 1.x), v_prediction (SD 2.x) or sample (x0)."""
 
 
 def build_components(spec: ComponentSpec) -> DifficultyDiffusionPipeline:
@@ -90,14 +93,35 @@ def build_components(spec: ComponentSpec) -> DifficultyDiffusionPipeline:
         num_attention_heads=max(1, spec.cross_attention_dim // 32), max_position_embeddings=spec.max_prompt_tokens,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                              prediction_type=spec.prediction_type)
     return DifficultyDiffusionPipeline(
         unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
     )
 
 
-class GeneratorNotFound(FileNotFoundError):
+class GeneratorNotFound(ConfigError):
     """generator.base is neither a local pipeline directory nor a reachable hub id."""
+
+
+def check_base(base: str) -> None:
+    """Cheap check, before any work starts, that `base` can be loaded: a local directory with
+    model_index.json, or a hub id whose model_index.json is reachable (or already cached)."""
+    if os.path.isdir(base):
+        if not os.path.isfile(os.path.join(base, "model_index.json")):
+            raise GeneratorNotFound(f"generator.base '{base}' is a directory without model_index.json: "
+                                    "not a diffusers pipeline (expected the Stable Diffusion 1.5/2.1 layout)")
+        return
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(base, "model_index.json")
+    except Exception as exc:  # offline, unknown id, no cache
+        raise GeneratorNotFound(
+            f"generator.base '{base}': no such local directory, and it is not reachable as a hub id "
+            f"({type(exc).__name__}). Download the model to a directory (e.g. `huggingface-cli download "
+            f"{base} --local-dir DIR`) and set generator.base=DIR."
+        ) from None
 
 
 def load_pipeline(base: str, **kwargs) -> DifficultyDiffusionPipeline:

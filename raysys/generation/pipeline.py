@@ -18,10 +18,17 @@ difficulty s (or none), source image with image guidance λ (or none) and seed:
 
 With a VAE (`vae` set, SD 1.x/2.x layout) the UNet works on latents; without one (the built-in
 quickstart model) it works on pixels in [-1, 1].
+
+**LoRA**: the pipeline has diffusers' `StableDiffusionLoraLoaderMixin`, so `load_lora_weights`
+/ `save_lora_weights` read and write the standard `pytorch_lora_weights.safetensors`.
+`save_pretrained` writes the base components untouched plus that LoRA file beside them, and
+`from_pretrained` loads it back, so a fine-tuned pipeline (LoRA and difficulty encoder
+included) round-trips through one directory.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -36,6 +43,7 @@ from diffusers import (
     UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -55,7 +63,31 @@ class GenerationOutput(BaseOutput):
     """uint8 (B, H, W, C); float (B, C, H, W) in [-1, 1] when output_type='pt'; latents for 'latent'."""
 
 
-class DifficultyDiffusionPipeline(DiffusionPipeline):
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+"""diffusers' standard LoRA file name (what `load_lora_weights(directory)` looks for)."""
+
+
+def unet_lora_layers(unet: UNet2DConditionModel) -> Optional[dict[str, torch.Tensor]]:
+    """The UNet's LoRA weights in diffusers' format (keys without the 'unet.' prefix); None if
+    the UNet has no LoRA adapter."""
+    if not getattr(unet, "peft_config", None):
+        return None
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+def unet_lora_metadata(unet: UNet2DConditionModel) -> Optional[dict]:
+    """The adapter's rank, alpha and target modules, stored with the weights so that loaders
+    rebuild the same scaling."""
+    if not getattr(unet, "peft_config", None):
+        return None
+    config = next(iter(unet.peft_config.values())).to_dict()
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+
+class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     model_cpu_offload_seq = "text_encoder->difficulty_encoder->unet->vae"
     _optional_components = ["vae", "difficulty_encoder"]
 
@@ -73,6 +105,39 @@ class DifficultyDiffusionPipeline(DiffusionPipeline):
             unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
             difficulty_encoder=difficulty_encoder, vae=vae,
         )
+
+    # ---- saving and loading with LoRA ----------------------------------------------------
+
+    def save_lora(self, directory: str) -> None:
+        """Write the UNet's LoRA as `pytorch_lora_weights.safetensors` (standard diffusers format)."""
+        layers = unet_lora_layers(self.unet)
+        if layers is None:
+            raise ValueError("the UNet has no LoRA adapter to save")
+        self.save_lora_weights(directory, unet_lora_layers=layers,
+                               unet_lora_adapter_metadata=unet_lora_metadata(self.unet))
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Save every component; a UNet with LoRA is saved as its base weights plus the LoRA file."""
+        layers = unet_lora_layers(self.unet)
+        if layers is None:
+            super().save_pretrained(save_directory, **kwargs)
+            return
+        metadata = unet_lora_metadata(self.unet)
+        self.unet.unload_lora()  # back to the base weights for the component folders
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+            self.save_lora_weights(save_directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+        finally:
+            self.load_lora_weights(str(save_directory))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load the components, then the LoRA file if the directory has one."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        location = str(pretrained_model_name_or_path)
+        if os.path.isfile(os.path.join(location, LORA_WEIGHTS)):
+            pipe.load_lora_weights(location)
+        return pipe
 
     # ---- sizes -------------------------------------------------------------------------
 

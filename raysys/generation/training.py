@@ -20,10 +20,17 @@ def training_scheduler(pipe: DifficultyDiffusionPipeline) -> DDPMScheduler:
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023): min(SNR, γ) / SNR."""
+    """Min-SNR-γ loss weights (Hang et al. 2023) for the scheduler's prediction type:
+    min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v, min(SNR, γ) for x0 ("sample")."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1.0 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+    clipped = torch.clamp(snr, max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1.0)
+    return clipped
 
 
 def diffusion_loss(
@@ -38,7 +45,10 @@ def diffusion_loss(
     snr_gamma: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Mean ε-prediction MSE on a batch of images in [-1, 1].
+    """Mean diffusion MSE on a batch of images in [-1, 1].
+
+    The target follows the scheduler's `prediction_type`: the noise ε (Stable Diffusion 1.x),
+    the velocity v (SD 2.x), or the clean image x0 ("sample", the built-in pixel model).
 
     With probability `condition_dropout` a row's condition is dropped (prompt -> "",
     difficulty -> none, i.e. the null tokens), which trains the unconditional branch that
@@ -58,7 +68,14 @@ def diffusion_loss(
         difficulty[torch.tensor(drop, dtype=torch.bool)] = float("nan")
     context = pipe.condition(prompts, class_labels, difficulty)
     pred = pipe.unet(noisy, t, encoder_hidden_states=context.to(pipe.unet.dtype)).sample
-    per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, t)
+    else:
+        target = latents
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if snr_gamma is not None:
         per_sample = per_sample * min_snr_weights(scheduler, t, snr_gamma)
     return per_sample.mean()

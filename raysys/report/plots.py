@@ -30,3 +30,55 @@ def difficulty_histogram(values_by_group: dict[str, np.ndarray], location: str, 
     fig.savefig(buf, format="png")
     plt.close(fig)
     io.write_bytes(location, buf.getvalue())
+
+
+def image_grid(
+    images: np.ndarray,
+    location: str,
+    *,
+    row_labels: list[str],
+    col_labels: list[str],
+    title: str,
+    col_title: str = "",
+) -> None:
+    """A grid of uint8 images (rows, cols, H, W, C) with row and column labels, written as PNG."""
+    rows, cols = images.shape[:2]
+    cell = 0.6
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + cols * cell, 0.6 + rows * cell), dpi=100, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            img = images[r, c]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=7)
+    fig.suptitle(f"{title}\n{col_title}" if col_title else title, fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    io.write_bytes(location, buf.getvalue())
+
+
+def requested_vs_measured(levels: list[float], measured_by_model: dict[str, list[float]], location: str,
+                          title: str) -> None:
+    """Mean measured difficulty per requested s, one line per model, written as PNG."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for name, values in measured_by_model.items():
+        ax.plot(levels, values, marker="o", label=name)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="measured = requested")
+    ax.set_xlabel("requested s")
+    ax.set_ylabel("mean measured 1 - p(y|x)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    io.write_bytes(location, buf.getvalue())

@@ -150,13 +150,15 @@ def test_diffusion_loss_trains_every_conditioned_part():
 def test_pretrain_base_writes_a_loadable_text_to_image_model(tmp_path):
     from raysys.data.images import decode_batch
     from raysys.data.sources import load_builtin_digits
-    from raysys.generation.pretrain import PretrainConfig, pretrain_base
+    from raysys.core.config import PretrainConfig
+    from raysys.generation.pretrain import pretrain_base
 
     src = load_builtin_digits()
     images = decode_batch(src.images[:200], 8, 1)
     cfg = PretrainConfig(image_size=8, block_out_channels=[16, 32], cross_attention_levels=[False, True],
                          cross_attention_dim=32, steps=60, batch_size=16, lr=0.003)
-    metrics = pretrain_base(images, src.labels[:200], src.class_names, cfg, str(tmp_path / "base"), log=None)
+    metrics = pretrain_base(images, src.labels[:200], src.class_names, cfg, "a photo of the digit {name}",
+                            str(tmp_path / "base"), log=None)
     assert metrics["loss_end"] < 0.8 * metrics["loss_start"]
     assert metrics["prompts"][7] == "a photo of the digit seven"
     pipe = load_pipeline(str(tmp_path / "base"))
