@@ -24,7 +24,7 @@ def _run_stage(name: str, cfg: RaysysConfig) -> dict:
     if name != "prepare" and not stage.stage_dir(cfg).is_complete():  # a complete stage needs no Ray
         from raysys.ray.session import init_ray
 
-        init_ray(cfg.run.address, cfg.run.num_cpus)
+        init_ray(cfg.run.address, cfg.run.num_cpus, {"HF_HOME": cfg.run.hf_home} if cfg.run.hf_home else None)
     return stage.run(cfg)
 
 
