@@ -1,6 +1,7 @@
 """`raysys <stage> CONFIG [key=value ...] [--address ADDR]`.
 
-Stages: prepare, train-classifier, score, and run (every stage that exists, in order).
+Stages: prepare, train-classifier, score, pretrain-generator (only when generator.base is
+builtin), finetune, and run (every stage that applies, in order).
 Config errors and unusable data exit with status 2 and one line naming the problem.
 """
 
@@ -14,7 +15,13 @@ import time
 from raysys.core.config import ConfigError, RaysysConfig, load_config
 from raysys.data.sources import DataError
 
-STAGES = ["prepare", "train-classifier", "score"]
+STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune"]
+
+
+def _stages_for(cfg: RaysysConfig) -> list[str]:
+    from raysys.stages import pretrain_generator
+
+    return [s for s in STAGES if s != "pretrain-generator" or pretrain_generator.needed(cfg)]
 
 
 def _run_stage(name: str, cfg: RaysysConfig) -> dict:
@@ -42,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raysys: warning: run.root '{cfg.run.root}' is a local path; on a multi-node cluster "
                   "every node must see it (a shared file system), else use an s3:// or gs:// URI",
                   file=sys.stderr)
-        stages = STAGES if args.stage == "run" else [args.stage]
+        stages = _stages_for(cfg) if args.stage == "run" else [args.stage]
         for i, name in enumerate(stages, 1):
             t0 = time.time()
             print(f"== stage {i}/{len(stages)}: {name}", flush=True)

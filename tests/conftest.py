@@ -34,3 +34,14 @@ def ray_session():
     init_ray(None, num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, ray_session):
+    """prepare -> train-classifier -> score on the tiny config, once for every integration test
+    that needs finished classifier stages: (cfg, prepare, train_classifier, score metrics)."""
+    from raysys.stages import prepare, score, train_classifier
+
+    root = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = load_config(TINY, [f"run.root={root}"])
+    return cfg, prepare.run(cfg), train_classifier.run(cfg), score.run(cfg)

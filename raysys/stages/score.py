@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from raysys.core import io
 from raysys.core.config import RaysysConfig, digest
 from raysys.core.schema import SCORE_COLUMNS, conform, write_manifest
 from raysys.core.stage import StageDir

@@ -13,16 +13,6 @@ from raysys.stages import prepare, score, train_classifier
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, ray_session):
-    from raysys.core.config import load_config
-    from tests.conftest import TINY
-
-    root = tmp_path_factory.mktemp("tiny") / "run"
-    cfg = load_config(TINY, [f"run.root={root}"])
-    return cfg, prepare.run(cfg), train_classifier.run(cfg), score.run(cfg)
-
-
 def test_prepare_writes_splits_and_metrics(tiny_run):
     cfg, prep, _, _ = tiny_run
     table = read_manifest(prepare.manifest_path(cfg))

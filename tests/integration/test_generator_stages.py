@@ -1,0 +1,102 @@
+"""pretrain-generator -> finetune on the tiny config, on the session-wide local Ray; a killed
+fine-tune resumes from its checkpoint."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raysys.core.config import load_config
+from raysys.generation.pipeline import LORA_WEIGHTS
+from raysys.stages import finetune, pretrain_generator
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_run):
+    cfg = tiny_run[0]
+    return cfg, pretrain_generator.run(cfg), finetune.run(cfg)
+
+
+def test_pretrained_base_is_a_pipeline_and_recognition_is_measured(tiny_generator):
+    cfg, pre, _ = tiny_generator
+    assert pre["status"] == "done" and pre["steps"] == cfg.pretrain.steps
+    assert pre["loss_end"] < pre["loss_start"]
+    assert pre["pretrain_images"] == 10 * cfg.data.pretrain_per_class
+    assert 0.0 <= pre["recognition"] <= 1.0 and len(pre["recognition_per_class"]) == 10
+    assert pre["recognition_images"] == 10 * pretrain_generator.RECOGNITION_SEEDS
+    assert os.path.isfile(os.path.join(pretrain_generator.pipeline_dir(cfg), "model_index.json"))
+    assert os.path.getsize(pretrain_generator.stage_dir(cfg).file("samples.png")) > 1000
+
+
+def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
+    cfg, _, fine = tiny_generator
+    assert set(fine["variants"]) == {"difficulty", "plain"}
+    for variant in ("difficulty", "plain"):
+        adapters = finetune.adapters_dir(cfg, variant)
+        assert os.path.isfile(os.path.join(adapters, LORA_WEIGHTS))
+        assert os.path.isdir(os.path.join(adapters, "difficulty_encoder")) == (variant == "difficulty")
+        v = fine["variants"][variant]
+        assert v["steps"] == cfg.finetune.steps and v["resumed_at_steps"] == []
+        c = fine["control"][variant]
+        n = 10 * len(cfg.finetune.grid_levels) * cfg.finetune.grid_seeds
+        assert c["images"] == n and len(c["measured_mean_by_level"]) == len(cfg.finetune.grid_levels)
+        assert all(0 <= x <= 1 for x in c["measured_mean_by_level"])
+    rho = fine["difficulty_spearman"]
+    assert rho is not None and -1 <= rho <= 1  # value at tiny size is noise; quickstart size is reported
+    for png in ("control_grid.png", "hard_factors.png", "requested_vs_measured.png", "difficulty_control_hist.png"):
+        assert os.path.getsize(finetune.stage_dir(cfg).file(png)) > 1000, png
+    # The fine-tuned generator loads from its files alone and honours the difficulty condition.
+    from raysys.generation.finetune import load_finetuned
+
+    pipe = load_finetuned(pretrain_generator.pipeline_dir(cfg), finetune.adapters_dir(cfg, "difficulty"))
+    out = pipe(["a photo of the digit one"] * 2, seeds=[3, 3], class_labels=[1, 1], difficulty=[0.1, 0.9],
+               num_inference_steps=4, output_type="pt").images
+    assert out.shape == (2, 1, 8, 8) and (out[0] - out[1]).abs().max() > 0
+    metrics = json.loads(open(finetune.stage_dir(cfg).file("metrics.json")).read())
+    assert metrics["status"] == "done" and "difficulty_spearman" in metrics
+
+
+def test_rerun_skips_complete_generator_stages(tiny_generator):
+    cfg, pre, fine = tiny_generator
+    t0 = time.time()
+    assert pretrain_generator.run(cfg)["config_digest"] == pre["config_digest"]
+    assert finetune.run(cfg)["config_digest"] == fine["config_digest"]
+    assert time.time() - t0 < 5
+
+
+def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, ray_session):
+    cfg, _, _ = tiny_generator
+    root = tmp_path / "run"
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator"):  # reuse the finished stages
+        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+    overrides = [f"run.root={root}", "finetune.variants=[plain]", "finetune.steps=400", "finetune.checkpoint_every=5"]
+    again = load_config(TINY, overrides)
+    assert pretrain_generator.stage_dir(again).is_complete()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raysys.cli", "finetune", str(TINY), *overrides],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    pattern = str(root / "finetune" / "ray" / "finetune-plain-*" / "checkpoint_*")
+    deadline = time.time() + 240
+    try:
+        while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert glob.glob(pattern), "no checkpoint appeared before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not finetune.stage_dir(again).is_complete()
+    metrics = finetune.run(again)
+    resumed = metrics["variants"]["plain"]["resumed_at_steps"]
+    assert len(resumed) == 1 and 5 <= resumed[0] < 400 and resumed[0] % 5 == 0
+    assert metrics["variants"]["plain"]["losses_logged"] == 400  # one loss per step, none repeated or lost
