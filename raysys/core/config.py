@@ -207,8 +207,12 @@ class FinetuneConfig:
     """Rows per worker per step."""
     lr: float = 0.001
     """Peak AdamW learning rate for LoRA and the difficulty encoder (cosine decay)."""
-    snr_gamma: Optional[float] = 5.0
-    """Min-SNR-γ loss weighting (null: plain MSE)."""
+    snr_gamma: Optional[float] = None
+    """Min-SNR-γ loss weighting (null: plain MSE). With x0-prediction it down-weights the
+    noisiest steps, where the difficulty condition acts: on the quickstart it removed control."""
+    sampling: str = "difficulty_balanced"
+    """How each step draws its rows: uniform, or difficulty_balanced (every tenth of the s
+    range equally often; measured difficulty piles up near 0)."""
     condition_dropout: float = 0.1
     """Share of rows trained without prompt and difficulty (the unconditional branch)."""
     num_workers: int = 1
@@ -319,6 +323,8 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
         problems.append(f"finetune.variants must be a non-empty subset of [difficulty, plain], got {ft.variants}")
     if ft.steps < 1 or ft.batch_size < 1 or ft.num_workers < 1 or ft.checkpoint_every < 1 or ft.lora_rank < 1:
         problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
+    if ft.sampling not in ("uniform", "difficulty_balanced"):
+        problems.append(f"finetune.sampling must be uniform or difficulty_balanced, got '{ft.sampling}'")
     if ft.mixed_precision not in ("bf16", "no"):
         problems.append(f"finetune.mixed_precision must be bf16 or no, got '{ft.mixed_precision}'")
     if any(not 0 <= s <= 1 for s in ft.grid_levels) or ft.grid_seeds < 1:

@@ -54,7 +54,7 @@ def pretrain_base(
     average_params = list(average.unet.parameters()) + list(average.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
-    x = torch.from_numpy(images).float().div_(127.5).sub_(1.0)
+    x = torch.from_numpy(np.array(images)).float().div_(127.5).sub_(1.0)  # a writable copy
     prompts = [prompt_template.format(name=n) for n in class_names]
     g = torch.Generator().manual_seed(seed)
     pipe.unet.train()

@@ -88,6 +88,7 @@ def _finetune_worker(job: FinetuneJob) -> None:
         pipe.unet.enable_gradient_checkpointing()
     autocast = torch.bfloat16 if on_gpu and cfg.mixed_precision == "bf16" else None
     rows = _load_rows(job, pipe.image_size, pipe.image_channels, rank, world)
+    weights = ft.sampling_weights(rows.difficulty, cfg.sampling)
     scheduler = training_scheduler(pipe)
     params = ft.trainable_parameters(pipe)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -112,7 +113,7 @@ def _finetune_worker(job: FinetuneJob) -> None:
     pipe.unet.train()
     t0, done_here = time.time(), 0
     for step in range(start, cfg.steps):
-        idx = ft.batch_indices(len(rows), cfg.batch_size, job.seed, step, rank)
+        idx = ft.batch_indices(len(rows), cfg.batch_size, job.seed, step, rank, weights)
         g = torch.Generator().manual_seed(job.seed * 7919 + step * 31 + rank)
         loss = ft.finetune_step(
             pipe, scheduler, rows, idx, use_difficulty=use_difficulty, condition_dropout=cfg.condition_dropout,

@@ -201,3 +201,15 @@ def test_spearman_and_within_class():
     measured = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     assert within_class_spearman(labels, requested, measured) == pytest.approx(1.0)
     assert within_class_spearman(labels, requested, measured[[2, 1, 0, 5, 4, 3]]) == pytest.approx(-1.0)
+
+
+def test_difficulty_balanced_sampling_draws_every_bin_equally():
+    difficulty = torch.tensor([0.02] * 90 + [0.55] * 8 + [0.97] * 2)
+    assert ft.sampling_weights(difficulty, "uniform") is None
+    weights = ft.sampling_weights(difficulty, "difficulty_balanced")
+    idx = ft.batch_indices(100, 3000, seed=0, step=0, rank=0, weights=weights)
+    share = np.bincount(np.digitize(difficulty[idx].numpy(), [0.1, 0.9]), minlength=3) / 3000
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.04)  # uniform draws would give 0.90 / 0.08 / 0.02
+    assert torch.equal(idx, ft.batch_indices(100, 3000, seed=0, step=0, rank=0, weights=weights))
+    with pytest.raises(ValueError, match="unknown sampling"):
+        ft.sampling_weights(difficulty, "by_class")
