@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -236,6 +237,100 @@ class FinetuneConfig:
 
 
 @dataclass
+class PlanConfig:
+    """One synthetic set: which model, how many images, which classes, which s / λ, which prompts."""
+
+    name: str = "difficulty"
+    """Name of the set: its rows are written under <root>/synthesize/<name>/ (letters, digits, -, _)."""
+    model: str = "difficulty"
+    """Generator: difficulty (LoRA + difficulty encoder), plain (LoRA only) or base (no fine-tune)."""
+    kind: str = "text"
+    """text: text-to-image rows, `ratio` x the real train set, shared over classes by
+    `class_shares`, s drawn from `difficulty`. discl: image-guided rows (DisCL): every hard real
+    image chosen by `sources` x every λ in `guidance_levels` x `seeds_per_source` seeds."""
+    ratio: float = 0.1
+    """text plans: images as a share of the real train set (0.1 = +10%)."""
+    class_shares: str = "uniform"
+    """text plans: uniform (same count per class), inverse_frequency (proportional to
+    1 / train count: long tails get most), or fill_to_max (every class up to the largest
+    class's train count; `ratio` is then ignored)."""
+    difficulty: str = "normal"
+    """Distribution of requested s (model difficulty only): fixed, uniform, normal (clipped to
+    [0, 1]), beta, or empirical (resampled from the real train set's measured difficulty)."""
+    difficulty_params: list[float] = field(default_factory=lambda: [0.5, 0.1])
+    """Parameters of `difficulty`: fixed [s]; uniform [low, high]; normal [mu, sigma] (the
+    paper's default 0.5, 0.1); beta [alpha, beta]; empirical []."""
+    sources: str = "tail"
+    """discl plans: which real train images guide generation: tail (every image of a few-class),
+    top_k (the `source_k` hardest images by measured difficulty) or threshold (measured
+    difficulty >= `source_threshold`)."""
+    source_k: int = 100
+    """discl with sources=top_k: number of images."""
+    source_threshold: float = 0.5
+    """discl with sources=threshold: minimum measured difficulty."""
+    guidance_levels: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    """discl: image guidance levels λ (DisCL uses subsets of 0.1 ... 0.9)."""
+    seeds_per_source: int = 8
+    """discl: seeds per (source image, λ) (DisCL: 8)."""
+    prompts: str = "template"
+    """template (generator.prompt_template per class), file:<path> (a YAML/JSON mapping from
+    class name to a list of descriptions, one drawn per row), or caption (the `prompt` column of
+    the source image, or of a random train image of the class)."""
+
+
+@dataclass
+class FilterConfig:
+    """Which generated images are kept."""
+
+    clip_model: Optional[str] = None
+    """CLIP model (local directory or hub id, loaded with transformers' CLIPModel) that scores
+    image-text and image-source similarity; None: use the classifier filter instead."""
+    clip_text_threshold: float = 0.25
+    """Keep an image whose CLIP image-text cosine similarity is at least this (DisCL: 0.25-0.30)."""
+    clip_image_threshold: float = 0.0
+    """Image-guided rows: keep if CLIP image-source cosine similarity is at least this."""
+    classifier_min_p: float = 0.0
+    """Without CLIP: keep an image if the baseline classifier gives its requested class at least
+    this probability (0 keeps everything; hard images have low p by design, so keep it low)."""
+
+
+@dataclass
+class SynthesisConfig:
+    """Mass synthesis on Ray Data: plans -> generate -> filter -> re-score -> Parquet shards."""
+
+    plans: list[PlanConfig] = field(default_factory=lambda: [PlanConfig()])
+    """The synthetic sets to generate."""
+    output: Optional[str] = None
+    """Where shards go (local path or pyarrow URI); None: <root>/synthesize."""
+    batch_size: int = 32
+    """Images per generation call (per actor batch)."""
+    min_actors: int = 1
+    """Smallest generation actor pool (>= 1; an autoscaler still starts GPU nodes from 0)."""
+    max_actors: int = 1
+    """Largest generation actor pool (Ray Data grows the pool under load, and an autoscaling
+    cluster adds nodes for it)."""
+    initial_actors: Optional[int] = None
+    """Actors started first (None: min_actors)."""
+    num_gpus: float = 0.0
+    """GPUs per generation actor (fractions allowed, e.g. 0.5 for two actors per GPU)."""
+    cpus_per_actor: float = 1.0
+    """CPUs per generation actor (its torch threads on a CPU-only machine)."""
+    filter_actors: int = 1
+    """Actors of the CLIP filter stage and of the re-score stage (each)."""
+    filter_cpus: float = 0.0
+    """CPUs reserved per filter / re-score actor (0: they share the generation actors' CPUs;
+    their models are small next to the generator's)."""
+    filter_num_gpus: float = 0.0
+    """GPUs per filter / re-score actor (fractions allowed)."""
+    image_format: str = "png"
+    """Encoding of the written images: png or webp (lossless)."""
+    rows_per_block: int = 256
+    """Plan rows per Ray Data input block (and at most per written Parquet part)."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """Filter stage."""
+
+
+@dataclass
 class RaysysConfig:
     """The whole run: one section per component."""
 
@@ -247,6 +342,7 @@ class RaysysConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 def _all_keys(dc_type, prefix: str = "") -> list[str]:
@@ -329,11 +425,69 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
         problems.append(f"finetune.mixed_precision must be bf16 or no, got '{ft.mixed_precision}'")
     if any(not 0 <= s <= 1 for s in ft.grid_levels) or ft.grid_seeds < 1:
         problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
+    problems += _synthesis_problems(cfg.synthesis)
     if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
         if not os.path.isfile(cfg.classifier.weights):
             problems.append(f"classifier.weights: no such file {cfg.classifier.weights}")
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems))
+
+
+PLAN_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+DISTRIBUTION_PARAMS = {"fixed": 1, "uniform": 2, "normal": 2, "beta": 2, "empirical": 0}
+
+
+def _synthesis_problems(sy: "SynthesisConfig") -> list[str]:
+    problems = []
+    names = [p.name for p in sy.plans]
+    if len(set(names)) != len(names):
+        problems.append(f"synthesis.plans: names must be unique, got {names}")
+    for i, p in enumerate(sy.plans):
+        at = f"synthesis.plans[{i}] ({p.name})"
+        if not PLAN_NAME.match(p.name):
+            problems.append(f"{at}: name may hold only letters, digits, - and _")
+        if p.model not in ("difficulty", "plain", "base"):
+            problems.append(f"{at}: model must be difficulty, plain or base, got '{p.model}'")
+        if p.kind not in ("text", "discl"):
+            problems.append(f"{at}: kind must be text or discl, got '{p.kind}'")
+        if p.ratio < 0:
+            problems.append(f"{at}: ratio must be >= 0")
+        if p.class_shares not in ("uniform", "inverse_frequency", "fill_to_max"):
+            problems.append(f"{at}: class_shares must be uniform, inverse_frequency or fill_to_max")
+        if p.difficulty not in DISTRIBUTION_PARAMS:
+            problems.append(f"{at}: difficulty must be one of {sorted(DISTRIBUTION_PARAMS)}, got '{p.difficulty}'")
+        elif len(p.difficulty_params) != DISTRIBUTION_PARAMS[p.difficulty]:
+            problems.append(f"{at}: difficulty {p.difficulty} takes {DISTRIBUTION_PARAMS[p.difficulty]} "
+                            f"difficulty_params, got {p.difficulty_params}")
+        elif p.difficulty in ("fixed", "uniform") and any(not 0 <= v <= 1 for v in p.difficulty_params):
+            problems.append(f"{at}: difficulty_params of {p.difficulty} must lie in [0, 1]")
+        elif p.difficulty in ("normal", "beta") and p.difficulty_params[1] <= 0 or (
+                p.difficulty == "beta" and p.difficulty_params[0] <= 0):
+            problems.append(f"{at}: difficulty_params of {p.difficulty} must be > 0 (sigma; alpha, beta)")
+        if p.sources not in ("tail", "top_k", "threshold"):
+            problems.append(f"{at}: sources must be tail, top_k or threshold, got '{p.sources}'")
+        if p.kind == "discl" and (not p.guidance_levels or any(not 0 < g <= 1 for g in p.guidance_levels)):
+            problems.append(f"{at}: guidance_levels must be non-empty and lie in (0, 1]")
+        if p.seeds_per_source < 1 or p.source_k < 1:
+            problems.append(f"{at}: seeds_per_source and source_k must be >= 1")
+        if not (p.prompts in ("template", "caption") or p.prompts.startswith("file:")):
+            problems.append(f"{at}: prompts must be template, caption or file:<path>, got '{p.prompts}'")
+        elif p.prompts.startswith("file:") and "://" not in p.prompts and not os.path.isfile(p.prompts[5:]):
+            problems.append(f"{at}: prompts file not found: {p.prompts[5:]}")
+    if sy.batch_size < 1 or sy.rows_per_block < 1 or sy.filter_actors < 1:
+        problems.append("synthesis.batch_size, rows_per_block and filter_actors must be >= 1")
+    if sy.min_actors < 1 or sy.max_actors < sy.min_actors:
+        problems.append("synthesis needs 1 <= min_actors <= max_actors (GPU nodes scale from 0; the pool from 1)")
+    if sy.initial_actors is not None and not sy.min_actors <= sy.initial_actors <= sy.max_actors:
+        problems.append("synthesis.initial_actors must lie in [min_actors, max_actors]")
+    if min(sy.num_gpus, sy.cpus_per_actor, sy.filter_cpus, sy.filter_num_gpus) < 0:
+        problems.append("synthesis.num_gpus, cpus_per_actor, filter_cpus and filter_num_gpus must be >= 0")
+    if sy.image_format not in ("png", "webp"):
+        problems.append(f"synthesis.image_format must be png or webp, got '{sy.image_format}'")
+    f = sy.filter
+    if not 0 <= f.classifier_min_p <= 1:
+        problems.append("synthesis.filter.classifier_min_p must lie in [0, 1]")
+    return problems
 
 
 def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
@@ -347,6 +501,9 @@ def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
     base = os.path.expanduser(cfg.generator.base)
     if cfg.generator.base != "builtin" and "://" not in base and os.path.exists(base):
         cfg.generator.base = os.path.abspath(base)  # a local directory, not a hub id
+    for plan in cfg.synthesis.plans:
+        if plan.prompts.startswith("file:") and "://" not in plan.prompts:
+            plan.prompts = "file:" + os.path.abspath(os.path.expanduser(plan.prompts[5:]))
     _check_values(cfg, origin)
     return cfg
 

@@ -17,6 +17,22 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encode_image(array: np.ndarray, image_format: str = "png") -> bytes:
+    """uint8 HxW, HxWx1 or HxWx3 array -> PNG or lossless WebP bytes."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if image_format == "png":
+        return encode_png(array)
+    if image_format != "webp":
+        raise ValueError(f"image_format must be png or webp, got '{image_format}'")
+    if array.dtype != np.uint8:
+        raise ValueError(f"encode_image expects uint8, got {array.dtype}")
+    img = Image.fromarray(array)
+    buf = io.BytesIO()
+    (img.convert("RGB") if img.mode == "L" else img).save(buf, format="WEBP", lossless=True)
+    return buf.getvalue()
+
+
 def check_image(data: bytes) -> tuple[int, int]:
     """Fully decode `data`; return (width, height) or raise if it is not a readable image."""
     with Image.open(io.BytesIO(data)) as img:

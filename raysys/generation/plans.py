@@ -1,0 +1,229 @@
+"""Sampling plans: the rows a synthesis run must generate, decided before any image exists.
+
+A plan row says everything that determines one synthetic image: class, prompt, requested
+difficulty s (or none), source image and image guidance λ (or none), seed and generator. Its
+`sample_id` is a hash of exactly those fields, so the same config always plans the same ids
+and a rerun can tell what is already written.
+
+Two kinds of plan (`PlanConfig.kind`):
+
+- **text** (Wang et al.): `ratio` x the real train set, shared over classes by `class_shares`
+  (uniform, inverse_frequency, fill_to_max), s drawn from the `difficulty` distribution.
+- **discl** (DisCL): the hard real train images (`sources`: tail classes, top-k or threshold
+  on measured difficulty) x every λ in `guidance_levels` x `seeds_per_source` seeds.
+
+Every random choice comes from a numpy Generator seeded by a SHA-256 of (run seed, plan name,
+purpose), never from Python's salted `hash()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from raysys.core import io
+from raysys.core.config import PlanConfig
+from raysys.core.schema import sample_id
+
+PLAN_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("plan", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),  # difficulty | plain | base
+    pa.field("label", pa.int32(), nullable=False),
+    pa.field("class_name", pa.string(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("requested_difficulty", pa.float32()),  # s, null: no difficulty condition
+    pa.field("guidance", pa.float32()),  # λ, null: text only
+    pa.field("source_id", pa.string()),  # real image that guides this row
+    pa.field("source_image", pa.binary()),  # its encoded bytes
+    pa.field("seed", pa.int64(), nullable=False),
+])
+
+
+def stable_int(*parts: object) -> int:
+    """A 31-bit integer from the parts (SHA-256; identical on every machine and run)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFFFFFF
+
+
+def rng_for(*parts: object) -> np.random.Generator:
+    return np.random.default_rng(stable_int(*parts))
+
+
+def allocate(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split `total` into integers proportional to `weights` (largest remainder; ties by index)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if total <= 0 or weights.sum() <= 0:
+        return np.zeros(len(weights), dtype=np.int64)
+    raw = total * weights / weights.sum()
+    counts = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def class_counts(plan: PlanConfig, train_counts: np.ndarray) -> np.ndarray:
+    """Images per class of a text plan, from the real train count per class."""
+    train_counts = np.asarray(train_counts, dtype=np.int64)
+    if plan.class_shares == "fill_to_max":
+        return train_counts.max() - train_counts
+    total = int(round(plan.ratio * train_counts.sum()))
+    if plan.class_shares == "uniform":
+        return allocate(total, np.ones(len(train_counts)))
+    if plan.class_shares == "inverse_frequency":
+        return allocate(total, 1.0 / np.maximum(train_counts, 1))
+    raise ValueError(f"unknown class_shares '{plan.class_shares}'")
+
+
+def sample_difficulty(plan: PlanConfig, n: int, rng: np.random.Generator,
+                      empirical: Optional[np.ndarray] = None) -> np.ndarray:
+    """n values of s in [0, 1] from the plan's distribution."""
+    p = plan.difficulty_params
+    if plan.difficulty == "fixed":
+        s = np.full(n, p[0])
+    elif plan.difficulty == "uniform":
+        s = rng.uniform(p[0], p[1], n)
+    elif plan.difficulty == "normal":
+        s = np.clip(rng.normal(p[0], p[1], n), 0.0, 1.0)
+    elif plan.difficulty == "beta":
+        s = rng.beta(p[0], p[1], n)
+    elif plan.difficulty == "empirical":
+        if empirical is None or len(empirical) == 0:
+            raise ValueError(f"plan '{plan.name}': difficulty empirical needs measured difficulty on the train split")
+        s = rng.choice(np.asarray(empirical, dtype=np.float64), size=n, replace=True)
+    else:
+        raise ValueError(f"unknown difficulty distribution '{plan.difficulty}'")
+    return s.astype(np.float32)
+
+
+def load_descriptions(location: str, class_names: Sequence[str]) -> dict[str, list[str]]:
+    """A YAML/JSON file mapping class name -> list of descriptions; every class must have one."""
+    text = io.read_text(location)
+    data = json.loads(text) if location.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{location}: expected a mapping from class name to a list of descriptions")
+    missing = [c for c in class_names if not data.get(c)]
+    if missing:
+        raise ValueError(f"{location}: no descriptions for classes {missing}")
+    return {c: [str(d) for d in data[c]] for c in class_names}
+
+
+class Prompter:
+    """Chooses each row's prompt the way the plan says (template, file:<path> or caption)."""
+
+    def __init__(self, plan: PlanConfig, template: str, class_names: Sequence[str], rng: np.random.Generator,
+                 captions: Optional[dict[int, list[str]]] = None):
+        self.mode, self.template, self.class_names, self.rng = plan.prompts, template, class_names, rng
+        self.descriptions = load_descriptions(plan.prompts[5:], class_names) if plan.prompts.startswith("file:") else None
+        self.captions = captions or {}
+        if plan.prompts == "caption" and not any(self.captions.values()):
+            raise ValueError(f"plan '{plan.name}': prompts=caption, but the train split has no `prompt` column values")
+
+    def __call__(self, label: int, source_caption: Optional[str] = None) -> str:
+        name = self.class_names[label]
+        if self.descriptions is not None:
+            options = self.descriptions[name]
+            return options[int(self.rng.integers(len(options)))]
+        if self.mode == "caption":
+            if source_caption:
+                return source_caption
+            options = self.captions.get(label) or []
+            if not options:
+                raise ValueError(f"prompts=caption: no train image of class '{name}' has a caption")
+            return options[int(self.rng.integers(len(options)))]
+        return self.template.format(name=name)
+
+
+def choose_sources(plan: PlanConfig, train: pa.Table, few_classes: Sequence[int]) -> np.ndarray:
+    """Row indices of the real train images that guide a discl plan (ordered by sample_id)."""
+    labels = train["label"].to_numpy()
+    ids = np.asarray(train["sample_id"].to_pylist(), dtype=object)
+    difficulty = train["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+    if plan.sources == "tail":
+        rows = np.flatnonzero(np.isin(labels, list(few_classes)))
+    else:
+        if np.isnan(difficulty).all():
+            raise ValueError(f"plan '{plan.name}': sources={plan.sources} needs measured difficulty (run score)")
+        scored = np.flatnonzero(~np.isnan(difficulty))
+        if plan.sources == "top_k":
+            order = sorted(scored, key=lambda r: (-difficulty[r], ids[r]))
+            rows = np.asarray(order[: plan.source_k], dtype=np.int64)
+        else:
+            rows = scored[difficulty[scored] >= plan.source_threshold]
+    return np.asarray(sorted(rows, key=lambda r: ids[r]), dtype=np.int64)
+
+
+def build_plan(
+    plan: PlanConfig,
+    train: pa.Table,
+    class_names: Sequence[str],
+    few_classes: Sequence[int],
+    prompt_template: str,
+    run_seed: int,
+) -> pa.Table:
+    """The plan's rows as a PLAN_SCHEMA table.
+
+    `train`: the real train rows of the scored manifest (sample_id, label, image, difficulty,
+    prompt). Deterministic: the same arguments give the same table, ids and seeds included.
+    """
+    labels = train["label"].to_numpy()
+    difficulty = train["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+    empirical = difficulty[~np.isnan(difficulty)]
+    captions_col = train["prompt"].to_pylist() if "prompt" in train.column_names else [None] * len(train)
+    captions: dict[int, list[str]] = {}
+    for label, caption in zip(labels, captions_col):
+        if caption:
+            captions.setdefault(int(label), []).append(caption)
+    prompter = Prompter(plan, prompt_template, class_names, rng_for(run_seed, plan.name, "prompts"), captions)
+    conditioned = plan.model == "difficulty"
+    s_rng = rng_for(run_seed, plan.name, "difficulty")
+
+    rows: dict[str, list] = {f.name: [] for f in PLAN_SCHEMA}
+
+    def add(label: int, index: object, s: Optional[float], lam: Optional[float], source_row: Optional[int],
+            prompt: str) -> None:
+        source_id = None if source_row is None else train["sample_id"][source_row].as_py()
+        seed = stable_int(run_seed, plan.name, label, source_id, lam, index)
+        s_value = None if s is None else round(float(s), 4)
+        lam_value = None if lam is None else round(float(lam), 4)
+        rows["sample_id"].append(sample_id("synthetic", plan.name, plan.model, label, source_id, lam_value,
+                                           s_value, seed, prompt))
+        rows["plan"].append(plan.name)
+        rows["model"].append(plan.model)
+        rows["label"].append(int(label))
+        rows["class_name"].append(class_names[label])
+        rows["prompt"].append(prompt)
+        rows["requested_difficulty"].append(s_value)
+        rows["guidance"].append(lam_value)
+        rows["source_id"].append(source_id)
+        rows["source_image"].append(None if source_row is None else train["image"][source_row].as_py())
+        rows["seed"].append(seed)
+
+    if plan.kind == "text":
+        counts = class_counts(plan, np.bincount(labels, minlength=len(class_names)))
+        for label, count in enumerate(counts):
+            s_values = sample_difficulty(plan, int(count), s_rng, empirical) if conditioned else [None] * count
+            for j in range(int(count)):
+                add(label, j, s_values[j], None, None, prompter(label))
+    elif plan.kind == "discl":
+        sources = choose_sources(plan, train, few_classes)
+        n = len(sources) * len(plan.guidance_levels) * plan.seeds_per_source
+        s_values = iter(sample_difficulty(plan, n, s_rng, empirical) if conditioned else [None] * n)
+        for source_row in sources:
+            label = int(labels[source_row])
+            for lam in plan.guidance_levels:
+                for k in range(plan.seeds_per_source):
+                    add(label, k, next(s_values), lam, int(source_row),
+                        prompter(label, captions_col[source_row]))
+    else:
+        raise ValueError(f"unknown plan kind '{plan.kind}'")
+    table = pa.table(rows, schema=PLAN_SCHEMA)
+    ids = table["sample_id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"plan '{plan.name}' has {len(ids) - len(set(ids))} duplicate sample ids")
+    return table

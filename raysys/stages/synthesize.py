@@ -1,0 +1,209 @@
+"""Stage `synthesize`: every plan of `synthesis.plans`, generated exactly once on Ray Data.
+
+1. **Plan**: each plan's rows are decided up front (`raysys.generation.plans`), with
+   deterministic sample ids; `<output>/<plan>/_plan.json` records the plan's digest.
+2. **Skip what is written**: ids already in `<output>/<plan>/part-*.parquet` are dropped from the
+   work; a finished plan generates nothing. An output folder that holds an older, different
+   plan of the same name is moved aside to `<plan>.replaced-<digest>` (nothing is deleted).
+3. **Generate -> [CLIP filter] -> re-score and write** on actor pools (`raysys.ray.synthesis`).
+4. **Check**: duplicate ids (a batch retried with another cut) are removed, then the written
+   set must equal the planned set: nothing missing, nothing twice, or the stage fails.
+
+Writes metrics.json (`planned`, `generated`, `filtered`, `written`, `duplicates`,
+`images_per_s`, per plan and per actor) and difficulty_hist.png (real vs requested vs measured).
+Read a plan's images with `read_plan(plan_dir(cfg, name))`; export them to an image folder
+with `raysys export <plan dir> OUT`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raysys.core import io
+from raysys.core.config import PlanConfig, RaysysConfig, digest
+from raysys.core.schema import read_manifest
+from raysys.core.stage import StageDir
+from raysys.stages import finetune, pretrain_generator, score, train_classifier
+
+NAME = "synthesize"
+
+
+def stage_dir(cfg: RaysysConfig) -> StageDir:
+    return StageDir(cfg.run.root, NAME, digest(finetune.stage_dir(cfg).digest, cfg.synthesis))
+
+
+def output_root(cfg: RaysysConfig) -> str:
+    return io.resolve(cfg.synthesis.output) if cfg.synthesis.output else stage_dir(cfg).path
+
+
+def plan_dir(cfg: RaysysConfig, name: str) -> str:
+    """Folder of one plan's Parquet parts."""
+    return io.join(output_root(cfg), name)
+
+
+def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:
+    """What a plan's rows and images depend on (not how many actors make them)."""
+    return digest(finetune.stage_dir(cfg).digest, cfg.generator, plan, cfg.synthesis.image_format,
+                  cfg.synthesis.filter, cfg.run.seed)
+
+
+def _claim_output(directory: str, plan_hash: str) -> None:
+    """Make `directory` hold this plan's rows only; an older plan's folder is moved aside."""
+    marker = io.join(directory, "_plan.json")
+    if io.exists(marker):
+        old = io.read_json(marker).get("digest")
+        if old == plan_hash:
+            return
+        fs, path = io.filesystem(directory)
+        aside = f"{path}.replaced-{old}"
+        fs.move(path, aside)
+        print(f"[synthesize] {directory} held another plan (digest {old}); moved to {aside}")
+    io.makedirs(directory)
+    io.write_json(marker, {"digest": plan_hash})
+
+
+def _generator_specs(cfg: RaysysConfig, models: set[str]) -> dict:
+    from raysys.generation.synthesis import GeneratorSpec
+
+    base = pretrain_generator.base_location(cfg)
+    if pretrain_generator.needed(cfg):
+        base = io.local_copy(base)
+    label_base = f"builtin:{pretrain_generator.stage_dir(cfg).digest}" if pretrain_generator.needed(cfg) else base
+    specs = {}
+    for model in sorted(models):
+        if model == "base":
+            specs[model] = GeneratorSpec(base=base, label=label_base)
+            continue
+        if model not in cfg.finetune.variants:
+            raise RuntimeError(f"a plan uses model '{model}', but finetune.variants is {cfg.finetune.variants}: "
+                               f"add '{model}' to finetune.variants or use another model")
+        specs[model] = GeneratorSpec(base=base, adapters=io.local_copy(finetune.adapters_dir(cfg, model)),
+                                     label=f"{label_base}+{model}:{finetune.stage_dir(cfg).digest}")
+    return specs
+
+
+def _check_inputs(cfg: RaysysConfig) -> None:
+    if not score.stage_dir(cfg).is_complete():
+        raise RuntimeError(f"synthesize needs the scored manifest: run `raysys score CONFIG` first "
+                           f"({score.stage_dir(cfg).path})")
+    if any(p.model != "base" for p in cfg.synthesis.plans) and not finetune.stage_dir(cfg).is_complete():
+        raise RuntimeError(f"synthesize needs the fine-tuned generators: run `raysys finetune CONFIG` first "
+                           f"({finetune.stage_dir(cfg).path})")
+    if pretrain_generator.needed(cfg) and not pretrain_generator.stage_dir(cfg).is_complete():
+        raise RuntimeError("generator.base is builtin: run `raysys pretrain-generator CONFIG` first")
+
+
+def run(cfg: RaysysConfig) -> dict:
+    stage = stage_dir(cfg)
+    if stage.is_complete():
+        print(f"[synthesize] complete for this config, skipped ({stage.path})")
+        return stage.metrics()
+    _check_inputs(cfg)
+    from raysys.generation.plans import build_plan
+    from raysys.generation.synthesis import SamplingSettings, read_plan, remove_duplicates, written_ids
+    from raysys.ray.synthesis import run_synthesis
+
+    stage.begin(cfg)
+    prep = io.read_json(io.join(io.resolve(cfg.run.root), "prepare", "metrics.json"))
+    table = read_manifest(score.manifest_path(cfg))
+    train = table.filter(pc.equal(table["split"], "train"))
+
+    # 1-2. Plans, and what is still to do.
+    t0 = time.time()
+    plans, todo, already = {}, [], {}
+    for p in cfg.synthesis.plans:
+        rows = build_plan(p, train, prep["class_names"], prep["groups"]["few"], cfg.generator.prompt_template,
+                          cfg.run.seed)
+        plans[p.name] = rows
+        _claim_output(plan_dir(cfg, p.name), plan_digest(cfg, p))
+        done = written_ids(plan_dir(cfg, p.name))
+        already[p.name] = sum(1 for sid in rows["sample_id"].to_pylist() if sid in done)
+        remaining = rows.filter(pa.array([sid not in done for sid in rows["sample_id"].to_pylist()]))
+        todo.append(remaining)
+        print(f"[synthesize] plan {p.name}: {len(rows)} rows planned ({p.kind}, model {p.model}), "
+              f"{already[p.name]} already written, {len(remaining)} to generate")
+    plan_seconds = time.time() - t0
+    work = pa.concat_tables(todo)
+
+    # 3. Generate, filter, re-score, write.
+    run_info = None
+    if len(work):
+        g = cfg.generator
+        sampling = SamplingSettings(g.guidance_scale, g.num_inference_steps, g.scheduler, g.negative_prompt)
+        models = set(work["model"].to_pylist())
+        run_info = run_synthesis(work, _generator_specs(cfg, models), sampling, cfg.synthesis,
+                                 train_classifier.model_dir(cfg), output_root(cfg))
+
+    # 4. Exactly once: repair a re-cut retry, then the written set must equal the plan.
+    per_plan, removed_total = {}, 0
+    for name, rows in plans.items():
+        directory = plan_dir(cfg, name)
+        removed_total += remove_duplicates(directory)
+        counts = written_ids(directory)
+        planned_ids = set(rows["sample_id"].to_pylist())
+        missing = planned_ids - set(counts)
+        extra = set(counts) - planned_ids
+        duplicates = sum(c - 1 for c in counts.values())
+        if missing or extra or duplicates:
+            raise RuntimeError(f"plan {name}: {len(missing)} planned rows not written, {len(extra)} rows not in the "
+                               f"plan, {duplicates} duplicates in {directory}; rerun to finish")
+        written = read_plan(directory, kept_only=False)
+        keep = written["keep"].to_numpy(zero_copy_only=False).astype(bool)
+        measured = written["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+        requested = written["requested_difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+        per_plan[name] = {
+            "planned": len(rows), "already_written": already[name], "written": len(written),
+            "kept": int(keep.sum()), "filtered": int((~keep).sum()), "duplicates": duplicates,
+            "measured_difficulty_mean": float(np.mean(measured[keep])) if keep.any() else None,
+            "requested_difficulty_mean": float(np.nanmean(requested[keep])) if keep.any() and not np.isnan(requested[keep]).all() else None,
+            "path": directory,
+        }
+    summary = run_info.summary if run_info else None
+    generated = len(summary) if summary is not None else 0
+    seconds = run_info.wall_seconds if run_info else 0.0
+    metrics = {
+        "planned": sum(p["planned"] for p in per_plan.values()),
+        "generated": generated,
+        "filtered": sum(p["filtered"] for p in per_plan.values()),
+        "written": sum(p["written"] for p in per_plan.values()),
+        "kept": sum(p["kept"] for p in per_plan.values()),
+        "duplicates": sum(p["duplicates"] for p in per_plan.values()),
+        "duplicates_removed": removed_total,
+        "images_per_s": round(generated / seconds, 3) if seconds > 0 else None,
+        "generation_seconds": round(seconds, 3),
+        "plan_seconds": round(plan_seconds, 3),
+        "plans": per_plan,
+        "actors": run_info.actors if run_info else {},
+        "pool": {"min": cfg.synthesis.min_actors, "max": cfg.synthesis.max_actors,
+                 "num_gpus": cfg.synthesis.num_gpus, "cpus_per_actor": cfg.synthesis.cpus_per_actor},
+        "filter": "clip" if cfg.synthesis.filter.clip_model else f"classifier p >= {cfg.synthesis.filter.classifier_min_p}",
+        "output": output_root(cfg),
+    }
+    _plot(cfg, stage, plans)
+    metrics = stage.finish(metrics)
+    print(f"[synthesize] planned {metrics['planned']}, generated {generated} now, written {metrics['written']} "
+          f"(kept {metrics['kept']}, filtered {metrics['filtered']}), duplicates {metrics['duplicates']}, "
+          f"{metrics['images_per_s']} images/s -> {output_root(cfg)}")
+    return metrics
+
+
+def _plot(cfg: RaysysConfig, stage: StageDir, plans: dict) -> None:
+    """Requested vs measured difficulty of the kept images of every plan that requested s."""
+    from raysys.generation.synthesis import read_plan
+    from raysys.report.plots import difficulty_histogram
+
+    hist = {}
+    real = read_manifest(score.manifest_path(cfg), columns=["split", "difficulty"])
+    hist["real train"] = real.filter(pc.equal(real["split"], "train"))["difficulty"].to_numpy(zero_copy_only=False)
+    for name in plans:
+        kept = read_plan(plan_dir(cfg, name))
+        if len(kept):
+            hist[f"{name} (measured)"] = kept["difficulty"].to_numpy(zero_copy_only=False)
+            requested = kept["requested_difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+            if not np.isnan(requested).all():
+                hist[f"{name} (requested)"] = requested[~np.isnan(requested)]
+    difficulty_histogram(hist, stage.file("difficulty_hist.png"), "difficulty: real train vs synthetic")
