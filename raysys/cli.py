@@ -1,7 +1,9 @@
-"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]`.
+"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]` and `raysys export SOURCE OUT`.
 
 Stages: prepare, train-classifier, score, pretrain-generator (only when generator.base is
-builtin), finetune, and run (every stage that applies, in order).
+builtin), finetune, synthesize, and run (every stage that applies, in order).
+`export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to an image
+folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv.
 Config errors and unusable data exit with status 2 and one line naming the problem.
 """
 
@@ -15,7 +17,7 @@ import time
 from raysys.core.config import ConfigError, RaysysConfig, load_config
 from raysys.data.sources import DataError
 
-STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune"]
+STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize"]
 
 
 def _stages_for(cfg: RaysysConfig) -> list[str]:
@@ -35,7 +37,28 @@ def _run_stage(name: str, cfg: RaysysConfig) -> dict:
     return stage.run(cfg)
 
 
+def export_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="raysys export", description="Export a manifest to an image folder.")
+    parser.add_argument("source", help="manifest .parquet file, or a folder of part-*.parquet (a synthesis plan)")
+    parser.add_argument("out", help="output folder: <out>/<class_name>/<sample_id>.<ext> and <out>/labels.csv")
+    parser.add_argument("--all", action="store_true", help="also rows a filter rejected (those without image bytes are skipped)")
+    parser.add_argument("--split", default=None, help="only rows of this split (train, val, test, ...)")
+    args = parser.parse_args(argv)
+    from raysys.data.export import export_images
+
+    try:
+        n = export_images(args.source, args.out, kept_only=not args.all, split=args.split)
+    except FileNotFoundError as exc:
+        print(f"raysys: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[export] {n} images -> {args.out} (labels.csv beside them)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="raysys", description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=[*STAGES, "run"])
     parser.add_argument("config", help="YAML config file (see configs/)")

@@ -45,3 +45,12 @@ def tiny_run(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("tiny") / "run"
     cfg = load_config(TINY, [f"run.root={root}"])
     return cfg, prepare.run(cfg), train_classifier.run(cfg), score.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_run):
+    """pretrain-generator -> finetune on top of `tiny_run`: (cfg, pretrain, finetune metrics)."""
+    from raysys.stages import finetune, pretrain_generator
+
+    cfg = tiny_run[0]
+    return cfg, pretrain_generator.run(cfg), finetune.run(cfg)

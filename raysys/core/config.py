@@ -426,6 +426,10 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
     if any(not 0 <= s <= 1 for s in ft.grid_levels) or ft.grid_seeds < 1:
         problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
     problems += _synthesis_problems(cfg.synthesis)
+    for p in cfg.synthesis.plans:
+        if p.model != "base" and p.model not in cfg.finetune.variants:
+            problems.append(f"synthesis plan '{p.name}' uses model '{p.model}', which finetune.variants "
+                            f"{cfg.finetune.variants} does not train: add it there, or use another model")
     if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
         if not os.path.isfile(cfg.classifier.weights):
             problems.append(f"classifier.weights: no such file {cfg.classifier.weights}")

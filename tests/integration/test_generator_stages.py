@@ -20,12 +20,6 @@ from tests.conftest import REPO, TINY
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_run):
-    cfg = tiny_run[0]
-    return cfg, pretrain_generator.run(cfg), finetune.run(cfg)
-
-
 def test_pretrained_base_is_a_pipeline_and_recognition_is_measured(tiny_generator):
     cfg, pre, _ = tiny_generator
     assert pre["status"] == "done" and pre["steps"] == cfg.pretrain.steps
@@ -78,7 +72,8 @@ def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, 
     root = tmp_path / "run"
     for stage in ("prepare", "train_classifier", "score", "pretrain_generator"):  # reuse the finished stages
         shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
-    overrides = [f"run.root={root}", "finetune.variants=[plain]", "finetune.steps=400", "finetune.checkpoint_every=5"]
+    overrides = [f"run.root={root}", "finetune.variants=[plain]",
+                 "synthesis.plans=[{name: plain, model: plain}]", "finetune.steps=400", "finetune.checkpoint_every=5"]
     again = load_config(TINY, overrides)
     assert pretrain_generator.stage_dir(again).is_complete()
     proc = subprocess.Popen(

@@ -84,7 +84,8 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
 
 def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path):
     root = tmp_path / "run"
-    cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "train.epochs=4", "finetune.variants=[plain]"]
+    cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "train.epochs=4", "finetune.variants=[plain]",
+           "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -93,7 +94,7 @@ def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path):
     table = read_manifest(str(root / "score" / "manifest.parquet"))
     train = [d for d, s in zip(table["difficulty"].to_pylist(), table["split"].to_pylist()) if s == "train"]
     assert len(train) == 246 and all(d is not None and 0 <= d <= 1 for d in train)
-    stages = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune")
+    stages = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize")
     for stage in stages:
         assert (root / stage / "config.yaml").is_file() and (root / stage / "metrics.json").is_file()
     assert first.stdout.count("== stage ") == len(stages)
