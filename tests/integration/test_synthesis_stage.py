@@ -1,0 +1,146 @@
+"""The synthesize stage on the session-wide local Ray: exactly the plan is written, a rerun writes
+nothing, and a killed driver or a killed generation actor still ends with exactly the plan."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from raysys.core.config import load_config
+from raysys.core.schema import read_manifest
+from raysys.data.images import decode
+from raysys.generation.plans import class_counts
+from raysys.generation.synthesis import list_parts, read_plan, written_ids
+from raysys.stages import score, synthesize
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.integration
+
+# A plan big enough to take several seconds: one plain-LoRA text plan, small batches.
+BIG = ["synthesis.plans=[{name: many, model: plain, ratio: 1.2}]", "synthesis.batch_size=4",
+       "synthesis.rows_per_block=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthesis(tiny_generator):
+    cfg = tiny_generator[0]
+    return cfg, synthesize.run(cfg)
+
+
+def _copy_finished(cfg, root):
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune"):
+        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+
+
+def test_synthesis_writes_exactly_the_plan(tiny_synthesis):
+    cfg, m = tiny_synthesis
+    table = read_manifest(score.manifest_path(cfg))
+    train = table.filter(np.asarray(table["split"].to_pylist()) == "train")
+    counts = np.bincount(train["label"].to_numpy(), minlength=10)
+    expected = {p.name: int(class_counts(p, counts).sum()) for p in cfg.synthesis.plans if p.kind == "text"}
+    discl = next(p for p in cfg.synthesis.plans if p.kind == "discl")
+    expected[discl.name] = discl.source_k * len(discl.guidance_levels) * discl.seeds_per_source
+    assert {name: p["planned"] for name, p in m["plans"].items()} == expected
+    assert m["planned"] == m["written"] == m["generated"] == sum(expected.values())
+    assert m["duplicates"] == 0 and m["filtered"] == 0 and m["kept"] == m["written"]  # classifier_min_p 0
+    assert m["images_per_s"] > 0 and sum(a["images"] for a in m["actors"].values()) == m["generated"]
+    assert all(0 < a["utilisation"] <= 1.0 for a in m["actors"].values())
+
+    rows = read_plan(synthesize.plan_dir(cfg, "difficulty"))
+    assert len(rows) == expected["difficulty"] and rows["requested_difficulty"].null_count == 0
+    assert rows["difficulty"].null_count == 0 and rows["generator"].null_count == 0
+    assert decode(rows["image"][0].as_py(), 8, 1).shape == (1, 8, 8)
+    assert read_plan(synthesize.plan_dir(cfg, "plain"))["requested_difficulty"].null_count == expected["plain"]
+    guided = read_plan(synthesize.plan_dir(cfg, "discl"))
+    assert sorted(set(guided["guidance"].to_pylist())) == pytest.approx(discl.guidance_levels)
+    hardest = sorted(zip(train["difficulty"].to_pylist(), train["sample_id"].to_pylist()),
+                     key=lambda t: (-t[0], t[1]))[: discl.source_k]
+    assert set(guided["source_id"].to_pylist()) == {sid for _, sid in hardest}
+    assert os.path.getsize(synthesize.stage_dir(cfg).file("difficulty_hist.png")) > 1000
+
+
+def test_rerun_of_a_finished_plan_writes_nothing(tiny_synthesis):
+    cfg, first = tiny_synthesis
+    parts = {p: os.stat(p).st_mtime_ns for name in first["plans"] for p in list_parts(synthesize.plan_dir(cfg, name))}
+    again = load_config(TINY, [f"run.root={cfg.run.root}", "synthesis.batch_size=7"])  # a new stage digest
+    assert not synthesize.stage_dir(again).is_complete()
+    m = synthesize.run(again)
+    assert m["generated"] == 0 and m["written"] == first["written"] and m["duplicates"] == 0
+    assert all(p["already_written"] == p["planned"] for p in m["plans"].values())
+    after = {p: os.stat(p).st_mtime_ns for name in m["plans"] for p in list_parts(synthesize.plan_dir(cfg, name))}
+    assert after == parts
+
+
+def test_killed_driver_resumes_with_exactly_the_plan(tiny_generator, tmp_path):
+    cfg = tiny_generator[0]
+    root = tmp_path / "run"
+    _copy_finished(cfg, root)
+    overrides = [f"run.root={root}", *BIG]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raysys.cli", "synthesize", str(TINY), *overrides],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    plan = root / "synthesize" / "many"
+    deadline = time.time() + 180
+    try:
+        while len(list_parts(str(plan))) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(list_parts(str(plan))) >= 3, "no parts appeared before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cfg2 = load_config(TINY, overrides)
+    before = len(written_ids(str(plan)))
+    assert not synthesize.stage_dir(cfg2).is_complete()
+    m = synthesize.run(cfg2)
+    p = m["plans"]["many"]
+    assert 0 < p["already_written"] == before < p["planned"]
+    assert m["generated"] == p["planned"] - before
+    assert p["written"] == p["planned"] and p["duplicates"] == 0
+    assert set(written_ids(str(plan)).values()) == {1}
+
+
+def _generation_actor_pids() -> list[int]:
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "GenerateBatch" in cmd and "MapWorker" in cmd:
+            out.append(proc.info["pid"])
+    return out
+
+
+def test_killed_generation_actor_is_replaced_and_nothing_is_lost(tiny_generator, tmp_path):
+    cfg = tiny_generator[0]
+    root = tmp_path / "run"
+    _copy_finished(cfg, root)
+    cfg2 = load_config(TINY, [f"run.root={root}", *BIG])
+    plan = str(root / "synthesize" / "many")
+    killed = []
+
+    def kill_one_actor_mid_run():
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list_parts(plan)) < 3:
+            time.sleep(0.05)
+        pids = _generation_actor_pids()
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    killer = threading.Thread(target=kill_one_actor_mid_run, daemon=True)
+    killer.start()
+    m = synthesize.run(cfg2)
+    killer.join()
+    assert killed, "no generation actor process was found to kill"
+    p = m["plans"]["many"]
+    assert len(list_parts(plan)) > 3 and p["already_written"] == 0
+    assert p["written"] == p["planned"] == m["generated"] and m["duplicates"] == 0
+    assert set(written_ids(plan).values()) == {1}
+    assert len(m["actors"]) >= 2  # the replacement actor is a new process with a new identity
