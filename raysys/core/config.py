@@ -269,7 +269,8 @@ class PlanConfig:
     source_threshold: float = 0.5
     """discl with sources=threshold: minimum measured difficulty."""
     guidance_levels: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
-    """discl: image guidance levels λ (DisCL uses subsets of 0.1 ... 0.9)."""
+    """discl: image guidance levels λ (DisCL uses subsets of 0.0 ... 0.9; 0 is text only, the
+    source image then chooses only the class and prompt)."""
     seeds_per_source: int = 8
     """discl: seeds per (source image, λ) (DisCL: 8)."""
     prompts: str = "template"
@@ -470,8 +471,8 @@ def _synthesis_problems(sy: "SynthesisConfig") -> list[str]:
             problems.append(f"{at}: difficulty_params of {p.difficulty} must be > 0 (sigma; alpha, beta)")
         if p.sources not in ("tail", "top_k", "threshold"):
             problems.append(f"{at}: sources must be tail, top_k or threshold, got '{p.sources}'")
-        if p.kind == "discl" and (not p.guidance_levels or any(not 0 < g <= 1 for g in p.guidance_levels)):
-            problems.append(f"{at}: guidance_levels must be non-empty and lie in (0, 1]")
+        if p.kind == "discl" and (not p.guidance_levels or any(not 0 <= g <= 1 for g in p.guidance_levels)):
+            problems.append(f"{at}: guidance_levels must be non-empty and lie in [0, 1] (0: text only)")
         if p.seeds_per_source < 1 or p.source_k < 1:
             problems.append(f"{at}: seeds_per_source and source_k must be >= 1")
         if not (p.prompts in ("template", "caption") or p.prompts.startswith("file:")):

@@ -133,6 +133,9 @@ class IsolatedAutoscalingCluster(AutoscalingCluster):
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN=self.token,
             RAY_USAGE_STATS_ENABLED="0",
+            # Ray Data (read by the driver): its cluster autoscaler asks for more nodes at most
+            # every 10 s by default; with nodes that start in seconds that gap dominates.
+            RAY_DATA_MIN_GAP_BETWEEN_AUTOSCALING_REQUESTS="1",
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
         )
@@ -205,24 +208,42 @@ class IsolatedAutoscalingCluster(AutoscalingCluster):
             pass
         return members
 
-    def shutdown(self) -> None:
-        """SIGTERM every process of this cluster, then SIGKILL what is left; remove its temp dir."""
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """SIGTERM every process of this cluster, SIGKILL what is left after `grace_s`; remove
+        its temp dir. (Raylets and the GCS often take over 10 s to exit on SIGTERM: there is no
+        point waiting for them in a test.)"""
         import psutil
+
+        def running(procs):
+            alive = []
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    if proc.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(proc)
+            return alive
+
+        def wait(procs, timeout):
+            deadline = time.time() + timeout
+            while (procs := running(procs)) and time.time() < deadline:
+                time.sleep(0.1)
+            return procs
 
         members = self._members()
         for proc in members:
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(list(members), timeout=5)
+        alive = wait(list(members), grace_s)
         alive += [p for p in self._members() if p not in members]  # started meanwhile
         for proc in alive:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        left = wait(alive, 5.0)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)  # reap `ray start`
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if left:
+            raise RuntimeError(f"processes of the test cluster still running: {[p.pid for p in left]}")
 
 
 @dataclass
@@ -280,8 +301,8 @@ def run_driver(
     on_error=None,
 ) -> dict:
     """Run `code` as a Ray driver in a fresh python process with RAY_ADDRESS=`address` (so a
-    plain `ray.init()` there joins the cluster) and the repo importable, and return the JSON
-    object it prints as its last stdout line. `env` is the cluster's environment (token);
+    plain `ray.init()` there joins the cluster) and the repo importable, and return the last JSON
+    object it printed on a line of its own (later lines, e.g. autoscaler events, are skipped). `env` is the cluster's environment (token);
     without it, this process's environment minus RAY_* variables."""
     run_env = dict(env) if env is not None else _clean_env()
     run_env.update(RAY_ADDRESS=address, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), run_env.get("PYTHONPATH")])))
@@ -292,12 +313,14 @@ def run_driver(
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"driver timed out after {timeout:.0f} s\n--- stdout\n{exc.stdout}\n--- stderr\n"
                              f"{exc.stderr}\n{on_error() if on_error else ''}") from None
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0:
         raise AssertionError(f"driver exited with {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
                              f"--- stderr\n{proc.stderr[-8000:]}\n{on_error() if on_error else ''}")
-    try:
-        return json.loads(lines[-1])
-    except json.JSONDecodeError:
-        raise AssertionError(f"driver's last line is not JSON\n--- stdout\n{proc.stdout[-4000:]}\n"
-                             f"--- stderr\n{proc.stderr[-8000:]}") from None
+    # Autoscaler events ("(autoscaler +4s) Adding 1 node(s)...") may come after the result.
+    for line in reversed(proc.stdout.splitlines()):
+        with contextlib.suppress(json.JSONDecodeError):
+            result = json.loads(line)
+            if isinstance(result, dict):
+                return result
+    raise AssertionError(f"the driver printed no JSON object\n--- stdout\n{proc.stdout[-4000:]}\n"
+                         f"--- stderr\n{proc.stderr[-8000:]}")

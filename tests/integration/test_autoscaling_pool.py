@@ -7,8 +7,17 @@ in a subprocess (RAY_ADDRESS set; the pytest process may have a `ray.init` of it
 enough that the pool wants to grow: the autoscaler must launch one GPU node for the first actor
 and a second one for the second actor.
 
-To run another workload on the same cluster, write a driver like `DRIVER` (it must print one
-JSON object as its last stdout line) and call `cluster.run_driver(code)`.
+How long the pool takes to grow is set by Ray, not by the workload: Ray Data only uses the
+resources its autoscaling coordinator has reserved for it, and that coordinator looks at the
+cluster's nodes every 20 s (not configurable). A new node therefore counts for the pool
+20-45 s after the pipeline starts. So batches are slow (SLOW_S) only until the second actor
+exists (each actor drops a file in a shared folder: the fake nodes share this machine's file
+system), then quick (FAST_S): the pipeline lasts as long as the growth takes, and the row
+count is sized for growth within ~N_ROWS / BATCH_SIZE * SLOW_S seconds.
+
+To run another workload on the same cluster, write a driver like `DRIVER` (it prints one JSON
+object on a line of its own) and call `cluster.run_driver(code)`. A real stage needs enough
+work to outlast the coordinator's 20 s view of the nodes to see the pool grow.
 """
 
 from __future__ import annotations
@@ -22,19 +31,19 @@ from tests.integration.autoscaling import fake_gpu_cluster
 
 pytestmark = pytest.mark.integration
 
-N_ROWS = 240
-BATCH_SIZE = 10  # one block per batch: 24 tasks of SLEEP_S each
-SLEEP_S = 0.5
+N_ROWS = 2000
+BATCH_SIZE = 10  # one block per batch: 200 tasks
+SLOW_S = 0.5  # per batch while the pool has one actor: up to 100 s of work for one actor
+FAST_S = 0.02  # per batch once the second actor is up
 
-# Runs in its own python process; PARAMS is filled in by `driver_code`.
+# Runs in its own python process with RAY_ADDRESS set; __PARAMS__ is filled in by `driver_code`.
 DRIVER = r'''
-import json, time
+import json, os, shutil, tempfile, time
 import ray
 
 PARAMS = json.loads(__PARAMS__)
 ray.init(logging_level="WARNING", log_to_driver=False)
-ctx = ray.data.DataContext.get_current()
-ctx.enable_progress_bars = False
+ray.data.DataContext.get_current().enable_progress_bars = False
 
 alive = [n for n in ray.nodes() if n["Alive"]]
 before = {
@@ -43,36 +52,44 @@ before = {
     "cluster_gpus": ray.cluster_resources().get("GPU", 0),
     "head_node_id": ray.get_runtime_context().get_node_id(),  # the driver sits on the head
 }
+actors_dir = tempfile.mkdtemp(prefix="rsa-actors-", dir="/tmp")
 
 
 class Tag:
     """Stands in for a GPU model: slow batches, tagged with where they ran."""
 
-    def __init__(self):
+    def __init__(self, actors_dir):
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
         self.actor_id = ctx.get_actor_id()
-        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        self.gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
+        self.actors_dir = actors_dir
+        open(os.path.join(actors_dir, self.actor_id), "w").close()
 
     def __call__(self, batch):
-        time.sleep(PARAMS["sleep_s"])
+        grown = len(os.listdir(self.actors_dir)) >= PARAMS["max_actors"]
+        time.sleep(PARAMS["fast_s"] if grown else PARAMS["slow_s"])
         n = len(batch["id"])
         return {
             "id": batch["id"],
             "node_id": [self.node_id] * n,
             "actor_id": [self.actor_id] * n,
-            "gpu_ids": [",".join(self.gpu_ids)] * n,
+            "gpu_ids": [self.gpu_ids] * n,
         }
 
 
 t0 = time.time()
-ds = ray.data.range(PARAMS["n"], override_num_blocks=PARAMS["n"] // PARAMS["batch_size"]).map_batches(
-    Tag,
-    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2, initial_size=1),
-    num_gpus=1,
-    batch_size=PARAMS["batch_size"],
-)
-rows = ds.take_all()
+try:
+    ds = ray.data.range(PARAMS["n"], override_num_blocks=PARAMS["n"] // PARAMS["batch_size"]).map_batches(
+        Tag,
+        fn_constructor_args=(actors_dir,),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=PARAMS["max_actors"], initial_size=1),
+        num_gpus=1,
+        batch_size=PARAMS["batch_size"],
+    )
+    rows = ds.take_all()
+finally:
+    shutil.rmtree(actors_dir, ignore_errors=True)
 elapsed = time.time() - t0
 
 gpu_node_ids = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
@@ -95,12 +112,13 @@ def driver_code(**params) -> str:
 def test_actor_pool_grows_onto_autoscaled_gpu_nodes():
     t0 = time.time()
     with fake_gpu_cluster(max_gpu_workers=2, gpus_per_node=1, cpus_per_node=1, head_cpus=1) as cluster:
-        out = cluster.run_driver(driver_code(n=N_ROWS, batch_size=BATCH_SIZE, sleep_s=SLEEP_S))
+        out = cluster.run_driver(driver_code(n=N_ROWS, batch_size=BATCH_SIZE, slow_s=SLOW_S, fast_s=FAST_S,
+                                             max_actors=2))
     print(f"cluster + workload: {time.time() - t0:.1f} s (pipeline {out['elapsed_s']:.1f} s)")
 
     # the cluster started without any GPU worker node
-    assert out["before"]["gpu_nodes"] == 0 and out["before"]["cluster_gpus"] == 0, out["before"]
     assert out["before"]["alive_nodes"] == 1, out["before"]
+    assert out["before"]["gpu_nodes"] == 0 and out["before"]["cluster_gpus"] == 0, out["before"]
     # every row exactly once
     assert sorted(out["ids"]) == list(range(N_ROWS))
     # the pool grew to its max of two actors, on two autoscaled GPU nodes (never the head)
