@@ -27,6 +27,7 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/scoring_throughput.py
+	$(BIN)/python benchmarks/synthesis_throughput.py
 
 clean:
 	rm -rf runs/ .pytest_cache
