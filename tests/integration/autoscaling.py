@@ -148,7 +148,9 @@ class IsolatedAutoscalingCluster(AutoscalingCluster):
         cmd = [
             RAY, "start", "--head", "--block", "--disable-usage-stats",
             f"--autoscaling-config={config_path}",
-            f"--temp-dir={self.temp_dir}/r", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
+            # (--node-ip-address=127.0.0.1 would change nothing: Ray resolves a loopback address
+            # to the machine's IP, as it does for the fake worker nodes.)
+            f"--temp-dir={self.temp_dir}/r", f"--port={self.gcs_port}",
             "--include-dashboard=false",
             f"--ray-client-server-port={_free_port()}",
             f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
@@ -250,8 +252,8 @@ class IsolatedAutoscalingCluster(AutoscalingCluster):
 class FakeGpuCluster:
     """What `fake_gpu_cluster` yields."""
 
-    address: str  # GCS address: `ray.init(address=...)` or RAY_ADDRESS, with `env`
-    env: dict[str, str] = field(repr=False)  # token auth etc.; what `run_driver` runs with
+    address: str  # GCS address, for RAY_ADDRESS / `ray.init(address=...)` in a process with `env`
+    env: dict[str, str] = field(repr=False)  # RAY_AUTH_MODE/RAY_AUTH_TOKEN etc.: what drivers need
     cluster: IsolatedAutoscalingCluster = field(repr=False)
 
     def run_driver(self, code: str, timeout: float = 240.0, extra_env: Optional[dict] = None) -> dict:
@@ -301,18 +303,22 @@ def run_driver(
     on_error=None,
 ) -> dict:
     """Run `code` as a Ray driver in a fresh python process with RAY_ADDRESS=`address` (so a
-    plain `ray.init()` there joins the cluster) and the repo importable, and return the last JSON
-    object it printed on a line of its own (later lines, e.g. autoscaler events, are skipped). `env` is the cluster's environment (token);
-    without it, this process's environment minus RAY_* variables."""
+    plain `ray.init()` there joins the cluster), cwd the repo and the repo on PYTHONPATH, and
+    return the last JSON object it printed on a line of its own (autoscaler events may follow
+    it). `env` is the cluster's environment (`FakeGpuCluster.env`: the token); without it, this
+    process's environment minus RAY_* variables. Raises AssertionError with the driver's output
+    (and `on_error()`, e.g. the autoscaler log) if it fails, times out or prints no result."""
     run_env = dict(env) if env is not None else _clean_env()
-    run_env.update(RAY_ADDRESS=address, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), run_env.get("PYTHONPATH")])))
+    run_env["RAY_ADDRESS"] = address
+    run_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), run_env.get("PYTHONPATH")]))
     run_env.update(extra_env or {})
     try:
         proc = subprocess.run([sys.executable, "-c", code], env=run_env, cwd=REPO, capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"driver timed out after {timeout:.0f} s\n--- stdout\n{exc.stdout}\n--- stderr\n"
-                             f"{exc.stderr}\n{on_error() if on_error else ''}") from None
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (exc.stdout, exc.stderr))
+        raise AssertionError(f"driver timed out after {timeout:.0f} s\n--- stdout\n{out[-4000:]}\n--- stderr\n"
+                             f"{err[-8000:]}\n{on_error() if on_error else ''}") from None
     if proc.returncode != 0:
         raise AssertionError(f"driver exited with {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
                              f"--- stderr\n{proc.stderr[-8000:]}\n{on_error() if on_error else ''}")
