@@ -13,7 +13,7 @@ ray.init is excluded; dataset creation, actor start-up and model loading are inc
 path (the plain loop loads its pipeline inside the timed region too). Prints images/s and the
 ratios ray x1 / plain (target >= 0.85) and ray x2 / ray x1 (target >= 1.5 on 2 cores).
 
-    python benchmarks/synthesis_throughput.py [--images 256] [--steps 10] [--batch-size 16]
+    python benchmarks/synthesis_throughput.py [--images 512] [--steps 20] [--batch-size 32]
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def plain_loop(generator_dir, classifier_dir, plan, sampling, batch_size, out_di
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--settle", type=float, default=8.0, help="seconds to wait after ray.init")
     args = ap.parse_args()

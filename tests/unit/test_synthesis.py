@@ -30,6 +30,7 @@ from raysys.generation.synthesis import (
 from raysys.generation.tokenizer import make_clip_tokenizer
 from raysys.models.classifiers import create_classifier, save_classifier
 from tests.unit.test_plans import NAMES, train_table
+from tests.unit.test_storage import memory_uris  # noqa: F401  (fixture)
 
 WORDS = "a photo of c0 c1 c2 c3".split()
 SAMPLING = SamplingSettings(guidance_scale=2.0, num_inference_steps=3)
@@ -196,3 +197,20 @@ def test_export_writes_an_image_folder_with_labels(generator_dir, classifier_dir
         assert row["file"].startswith(row["class_name"] + "/") and (out / row["file"]).is_file()
         assert decode((out / row["file"]).read_bytes()).shape == (16, 16)
     assert main(["export", str(tmp_path / "nothing"), str(out)]) == 2
+
+
+def test_parts_go_to_any_pyarrow_filesystem(generator_dir, classifier_dir, memory_uris, tmp_path):
+    """The same writes, reads, duplicate repair and export through a non-local filesystem."""
+    from raysys.data.export import export_images
+
+    base, memory = memory_uris
+    generated = GenerateBatch({"difficulty": GeneratorSpec(generator_dir)}, SAMPLING)(plan_rows())
+    summary = RescoreAndWrite(classifier_dir, f"{base}/synth")(generated)
+    assert all(p.startswith(f"{base}/synth/t/part-") for p in summary["part"].to_pylist())
+    directory = f"{base}/synth/t"
+    write_part(read_plan(directory).slice(0, 3), directory)  # a retry cut differently
+    assert sum(written_ids(directory).values()) == 13
+    assert remove_duplicates(directory) == 3 and set(written_ids(directory).values()) == {1}
+    assert len(read_plan(directory)) == 10
+    assert export_images(directory, str(tmp_path / "folder")) == 10
+    assert not list(tmp_path.glob("memory*"))  # nothing written locally under the scheme's name
