@@ -1,7 +1,8 @@
 """`raysys <stage> CONFIG [key=value ...] [--address ADDR]` and `raysys export SOURCE OUT`.
 
 Stages: prepare, train-classifier, score, pretrain-generator (only when generator.base is
-builtin), finetune, synthesize, and run (every stage that applies, in order).
+builtin), finetune, synthesize, curriculum (one schedule, `curriculum.schedule`), and run (every
+stage that applies, in order, curriculum not yet included).
 `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to an image
 folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv.
 Config errors and unusable data exit with status 2 and one line naming the problem.
@@ -18,6 +19,7 @@ from raysys.core.config import ConfigError, RaysysConfig, load_config
 from raysys.data.sources import DataError
 
 STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize"]
+COMMANDS = [*STAGES, "curriculum"]  # curriculum trains one schedule; `run` does not chain it yet
 
 
 def _stages_for(cfg: RaysysConfig) -> list[str]:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="raysys", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=[*STAGES, "run"])
+    parser.add_argument("stage", choices=[*COMMANDS, "run"])
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")

@@ -332,6 +332,45 @@ class SynthesisConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """Classifier training on real + synthetic images with a curriculum (raysys curriculum)."""
+
+    schedule: str = "diverse_to_specific"
+    """real_only, all_levels, diverse_to_specific, specific_to_diverse, random_order, text_only
+    (λ schedules); easy_to_hard, hard_to_easy (s bins); two_axis (λ and s); adaptive (DisCL)."""
+    plans: list[str] = field(default_factory=list)
+    """Synthesis plans whose kept images form the synthetic pool ([]: every plan)."""
+    guidance_levels: Optional[list[float]] = None
+    """λ levels the λ schedules walk; None: every λ present in the pool."""
+    difficulty_bins: list[float] = field(default_factory=lambda: [0.0, 1 / 3, 2 / 3, 1.0])
+    """Edges of the requested-difficulty bins the s schedules walk."""
+    epochs: Optional[int] = None
+    """E: total epochs (None: train.epochs)."""
+    curriculum_epochs: Optional[int] = None
+    """E_CL: epochs with synthetic data, split equally over the stages; real only after
+    (DisCL: 60 of 65). None: E - max(1, E // 13)."""
+    stage_epochs: int = 1
+    """adaptive: epochs per stage (each stage re-chooses its λ)."""
+    synthetic_per_epoch: float = 0.5
+    """Synthetic images drawn (with replacement, afresh every epoch) per curriculum epoch, as a
+    share of that epoch's real images."""
+    undersample: float = 1.0
+    """Share of the non-tail (many and medium class) real images kept each epoch, drawn afresh;
+    tail (few) classes always keep all."""
+    loss: str = "ce"
+    """ce (cross-entropy) or balanced_softmax (logits + log class prior of the epoch's mix)."""
+    guidance_val_sources: int = 0
+    """Hard real images held out (with all their synthetic λ images) as the guidance-validation
+    set: not trained on; adaptive measures its gains there and every epoch reports per-λ
+    accuracy on it. 0 with adaptive: error."""
+    probe_steps: int = 5
+    """adaptive: real-only training steps (on a copy of the model) between the before/after
+    measurements."""
+    worst_k: int = 3
+    """Report the mean accuracy of the k worst classes."""
+
+
+@dataclass
 class RaysysConfig:
     """The whole run: one section per component."""
 
@@ -344,6 +383,7 @@ class RaysysConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 def _all_keys(dc_type, prefix: str = "") -> list[str]:
@@ -427,6 +467,7 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
     if any(not 0 <= s <= 1 for s in ft.grid_levels) or ft.grid_seeds < 1:
         problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
     problems += _synthesis_problems(cfg.synthesis)
+    problems += _curriculum_problems(cfg)
     for p in cfg.synthesis.plans:
         if p.model != "base" and p.model not in cfg.finetune.variants:
             problems.append(f"synthesis plan '{p.name}' uses model '{p.model}', which finetune.variants "
@@ -492,6 +533,39 @@ def _synthesis_problems(sy: "SynthesisConfig") -> list[str]:
     f = sy.filter
     if not 0 <= f.classifier_min_p <= 1:
         problems.append("synthesis.filter.classifier_min_p must lie in [0, 1]")
+    return problems
+
+
+CURRICULUM_SCHEDULES = ("real_only", "all_levels", "diverse_to_specific", "specific_to_diverse", "random_order",
+                        "text_only", "easy_to_hard", "hard_to_easy", "two_axis", "adaptive")
+
+
+def _curriculum_problems(cfg: "RaysysConfig") -> list[str]:
+    c = cfg.curriculum
+    problems = []
+    if c.schedule not in CURRICULUM_SCHEDULES:
+        problems.append(f"curriculum.schedule must be one of {', '.join(CURRICULUM_SCHEDULES)}, got '{c.schedule}'")
+    names = [p.name for p in cfg.synthesis.plans]
+    for plan in c.plans:
+        if plan not in names:
+            problems.append(f"curriculum.plans: '{plan}' is not a synthesis plan (plans: {names})")
+    epochs = c.epochs or cfg.train.epochs
+    if c.epochs is not None and c.epochs < 1:
+        problems.append("curriculum.epochs must be >= 1 (or null)")
+    if c.curriculum_epochs is not None and not 0 <= c.curriculum_epochs <= epochs:
+        problems.append(f"curriculum.curriculum_epochs must lie in [0, {epochs}]")
+    if len(c.difficulty_bins) < 2 or any(a >= b for a, b in zip(c.difficulty_bins, c.difficulty_bins[1:])):
+        problems.append("curriculum.difficulty_bins must be at least 2 rising edges")
+    if c.stage_epochs < 1 or c.probe_steps < 1 or c.worst_k < 1:
+        problems.append("curriculum.stage_epochs, probe_steps and worst_k must be >= 1")
+    if c.synthetic_per_epoch < 0 or not 0 < c.undersample <= 1:
+        problems.append("curriculum.synthetic_per_epoch must be >= 0 and curriculum.undersample in (0, 1]")
+    if c.loss not in ("ce", "balanced_softmax"):
+        problems.append(f"curriculum.loss must be ce or balanced_softmax, got '{c.loss}'")
+    if c.guidance_val_sources < 0:
+        problems.append("curriculum.guidance_val_sources must be >= 0")
+    if c.schedule == "adaptive" and c.guidance_val_sources < 1:
+        problems.append("curriculum.schedule adaptive needs curriculum.guidance_val_sources >= 1 (its measurements)")
     return problems
 
 

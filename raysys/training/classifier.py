@@ -76,8 +76,12 @@ def train_epoch(
     augment: bool,
     generator: torch.Generator,
     device: torch.device,
+    log_prior: torch.Tensor | None = None,
 ) -> float:
-    """One pass over data[indices] (already shuffled/sharded by the caller); mean loss."""
+    """One pass over data[indices] (already shuffled/sharded by the caller); mean loss.
+
+    `log_prior` (log class frequencies) turns cross-entropy into Balanced Softmax: the logits
+    are shifted by the prior during training only, so predictions are prior-free."""
     model.train()
     total, count = 0.0, 0
     for start in range(0, len(indices), batch_size):
@@ -88,7 +92,10 @@ def train_epoch(
         if augment:
             x = random_shift(x, 2, generator)
         x, y = x.to(device, non_blocking=True), data.labels[idx].to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        if log_prior is not None:
+            logits = logits + log_prior.to(logits.device)
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,213 @@
+"""Curriculum training on Ray Train: a TorchTrainer around the plain-torch pieces of
+raysys.training.curriculum, data-parallel, with the curriculum in the checkpoint.
+
+Each epoch: the schedule's selection (the adaptive schedule first measures and chooses, on rank
+0, and broadcasts its choice), the epoch's mix of real and synthetic rows (the same on every
+rank: it depends only on (seed, epoch)), one shard per rank, then evaluation. The checkpoint
+holds the model, optimizer, LR schedule, epoch, history and the schedule's state (the adaptive
+choices); everything random derives from (seed, epoch, rank). A killed run therefore resumes at
+the same stage with the same choices and continues as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raysys.core import io
+from raysys.core.config import RaysysConfig
+from raysys.core.schema import read_manifest
+from raysys.curriculum.registry import create_schedule
+from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.training.classifier import evaluate, images_from_manifest, make_optimizer, train_epoch
+from raysys.training.curriculum import (
+    build_guidance_val,
+    build_pool,
+    epoch_mix,
+    guidance_accuracy,
+    log_prior,
+    probe_gains_inputs,
+    split_guidance_val,
+    worst_k_accuracy,
+)
+
+
+@dataclass
+class CurriculumJob:
+    cfg: RaysysConfig
+    manifest: str
+    """Scored manifest (real rows)."""
+    plan_dirs: list[str]
+    """Synthesis plan folders whose kept rows form the synthetic pool."""
+    num_classes: int
+    groups: dict
+    storage: str
+    name: str
+
+
+def read_synthetic(plan_dirs: list[str]) -> pa.Table:
+    from raysys.core.schema import to_table
+    from raysys.generation.synthesis import read_plan
+
+    tables = [read_plan(d) for d in plan_dirs]
+    tables = [t for t in tables if len(t)]
+    return pa.concat_tables(tables) if tables else to_table({})
+
+
+def schedule_for(cfg: RaysysConfig, guidance_levels: list[float]):
+    c = cfg.curriculum
+    epochs = c.epochs or cfg.train.epochs
+    curriculum_epochs = c.curriculum_epochs if c.curriculum_epochs is not None else epochs - max(1, epochs // 13)
+    levels = c.guidance_levels if c.guidance_levels is not None else guidance_levels
+    return create_schedule(c.schedule, epochs=epochs, curriculum_epochs=curriculum_epochs, guidance_levels=levels,
+                           difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs, seed=cfg.run.seed)
+
+
+def _broadcast(obj):
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def _worker(job: CurriculumJob) -> None:
+    cfg, c = job.cfg, job.cfg.curriculum
+    logging.getLogger().setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    size, chans = cfg.data.image_size, cfg.data.channels
+
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
+    real_train = table.filter(pc.equal(table["split"], "train"))
+    synthetic = read_synthetic(job.plan_dirs) if c.schedule != "real_only" else read_synthetic([])
+    real_train, synthetic, held_real, held_syn = split_guidance_val(real_train, synthetic, c.guidance_val_sources,
+                                                                    cfg.run.seed)
+    gval = build_guidance_val(held_real, held_syn, size, chans) if len(held_real) else None
+    pool = build_pool(real_train, synthetic, size, chans, job.groups["few"], c.difficulty_bins)
+    real_only_data = images_from_manifest(real_train, None, size, chans)
+    val = images_from_manifest(table, "val", size, chans)
+    test = images_from_manifest(table, "test", size, chans)
+    lam = pool.guidance[~np.isnan(pool.guidance)]
+    schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
+    epochs = c.epochs or cfg.train.epochs
+
+    model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
+                              weights=cfg.classifier.weights, image_size=size)
+    model = ray.train.torch.prepare_model(model)
+    bare = getattr(model, "module", model)
+    mix_size = pool.n_real * (1 + c.synthetic_per_epoch)
+    steps = -(-int(mix_size // world) // cfg.train.batch_size)
+    opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
+
+    start, history, resumes = 0, [], []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        bare.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        schedule.load_state(state["schedule"])
+        start, history = state["epoch"] + 1, state["history"]
+        resumes = state.get("resumes", []) + [start]
+        if rank == 0:
+            print(f"[{job.name}] resuming at epoch {start + 1}/{epochs}, stage {schedule.stage(start)}", flush=True)
+
+    meta = {"name": cfg.classifier.name, "num_classes": job.num_classes, "in_chans": chans,
+            "width": cfg.classifier.width, "image_size": size}
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        record = {"epoch": epoch + 1, "stage": schedule.stage(epoch)}
+        if schedule.adaptive and schedule.needs_choice(epoch):
+            choice = None
+            if rank == 0:
+                before, after = probe_gains_inputs(bare, gval, real_only_data, c.probe_steps, cfg.train.batch_size,
+                                                   cfg.train.lr, cfg.run.seed, epoch, device)
+                choice = {"before": before, "after": after}
+            choice = _broadcast(choice)
+            chosen = schedule.record(epoch, choice["before"], choice["after"])
+            record["adaptive"] = {"chosen": chosen, "gains": schedule.gains[schedule.stage(epoch)]}
+        selection = schedule.selection(epoch)
+        mix = epoch_mix(pool, selection, epoch, cfg.run.seed, c.synthetic_per_epoch, c.undersample)
+        per_rank = len(mix.indices) // world
+        shard = torch.from_numpy(mix.indices[rank * per_rank:(rank + 1) * per_rank])
+        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
+        gen = torch.Generator().manual_seed(cfg.run.seed * 104729 + epoch * 31 + rank)
+        prior = log_prior(pool.data.labels[torch.from_numpy(mix.indices)], job.num_classes) \
+            if c.loss == "balanced_softmax" else None
+        loss = train_epoch(model, pool.data, shard, opt, sched, batch_size=cfg.train.batch_size,
+                           augment=cfg.train.augment, generator=gen, device=device, log_prior=prior)
+        val_m = evaluate(bare, val, job.num_classes, job.groups, device)
+        val_m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(val_m["per_class_acc"], c.worst_k)
+        record.update({"selection": str(selection), "real": mix.real, "synthetic": mix.synthetic,
+                       "matching": mix.matching, "train_loss": round(loss, 6), "val": val_m})
+        if gval is not None:
+            record["guidance_val_acc"] = guidance_accuracy(bare, gval, device)
+        last = epoch == epochs - 1
+        if last:
+            test_m = evaluate(bare, test, job.num_classes, job.groups, device)
+            test_m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(test_m["per_class_acc"], c.worst_k)
+            record["test"] = test_m
+        record["seconds"] = round(time.time() - t0, 3)
+        history.append(record)
+        if rank == 0:
+            few = val_m["acc_few"]
+            print(f"[{job.name}] epoch {epoch + 1}/{epochs} [{selection}] real {mix.real} + synthetic {mix.synthetic} "
+                  f"loss {loss:.4f} val acc {val_m['acc']:.4f} few {few if few is None else round(few, 4)}", flush=True)
+        metrics = {"epoch": epoch + 1, "train_loss": loss, "val_acc": val_m["acc"], "val_acc_few": val_m["acc_few"]}
+        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "epoch": epoch, "history": history, "resumes": resumes,
+                            "schedule": schedule.state()}, os.path.join(d, "state.pt"))
+                save_classifier(bare, os.path.join(d, "model"), meta)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+@dataclass
+class CurriculumResult:
+    history: list[dict]
+    resumed_at_epochs: list[int]
+    schedule_state: dict
+
+
+def fit_curriculum(job: CurriculumJob, model_dir: str) -> CurriculumResult:
+    cfg = job.cfg
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=job.name, storage_path=job.storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"curriculum run {job.name} finished without a checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = result.checkpoint.to_directory(tmp)
+        io.copy_dir(os.path.join(local, "model"), model_dir)
+        state = torch.load(os.path.join(local, "state.pt"), map_location="cpu", weights_only=False)
+    return CurriculumResult(state["history"], state.get("resumes", []), state["schedule"])

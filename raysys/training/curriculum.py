@@ -1,0 +1,212 @@
+"""Curriculum training in plain torch (no Ray): the pool of real and synthetic images, each
+epoch's mix, the guidance-validation set, the adaptive probe, and the long-tail metrics.
+
+- `Pool`: the real train images first, then the kept synthetic images of the chosen plans,
+  with what schedules select by (λ, s bin) and whether a row belongs to a tail (few) class.
+- `epoch_mix`: one epoch's rows. Real rows: every tail-class image, and `undersample` of the
+  others drawn afresh. Synthetic rows: when the epoch's selection is not empty,
+  `synthetic_per_epoch` x the real count, drawn with replacement from the rows that match
+  the selection, afresh every epoch. Everything random depends only on (seed, epoch).
+- `GuidanceVal`: hard real images held out with all their synthetic λ images (DisCL). The
+  adaptive schedule measures p(y|x) there before and after a short real-only probe.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysys.curriculum.base import Level, Selection
+from raysys.curriculum.difficulty import bin_of
+from raysys.training.classifier import LabelledImages, images_from_manifest, normalize, predict_proba
+
+
+def _rng(*parts: object) -> np.random.Generator:
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+@dataclass
+class Pool:
+    data: LabelledImages
+    """Real train images (first `n_real` rows), then synthetic ones."""
+    n_real: int
+    guidance: np.ndarray
+    """float λ per row (NaN: none, and for real rows)."""
+    difficulty_bin: np.ndarray
+    """int requested-s bin per row (-1: none, and for real rows)."""
+    tail: np.ndarray
+    """bool: the row's class is a few (tail) class."""
+
+    @property
+    def synthetic(self) -> np.ndarray:
+        out = np.zeros(len(self.data), dtype=bool)
+        out[self.n_real:] = True
+        return out
+
+    def matches(self, level: Level) -> np.ndarray:
+        """Synthetic rows in `level` (an axis set to None matches anything)."""
+        mask = self.synthetic.copy()
+        if level.guidance is not None:
+            mask &= np.isclose(self.guidance, level.guidance, atol=1e-4)
+        if level.difficulty_bin is not None:
+            mask &= self.difficulty_bin == level.difficulty_bin
+        return mask
+
+
+def build_pool(real: pa.Table, synthetic: pa.Table, size: int, channels: int, few: Sequence[int],
+               difficulty_bins: Sequence[float]) -> Pool:
+    real_images = images_from_manifest(real, None, size, channels)
+    if len(synthetic):
+        syn_images = images_from_manifest(synthetic, None, size, channels)
+        data = LabelledImages(torch.cat([real_images.images, syn_images.images]),
+                              torch.cat([real_images.labels, syn_images.labels]))
+        lam = np.round(synthetic["guidance"].to_numpy(zero_copy_only=False).astype(np.float64), 4)
+        s = synthetic["requested_difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+        s_bin = np.where(np.isnan(s), -1, bin_of(np.nan_to_num(s), difficulty_bins))
+    else:
+        data, lam, s_bin = real_images, np.zeros(0), np.zeros(0, dtype=np.int64)
+    n_real = len(real_images)
+    guidance = np.concatenate([np.full(n_real, np.nan), lam])
+    difficulty_bin = np.concatenate([np.full(n_real, -1, dtype=np.int64), s_bin.astype(np.int64)])
+    tail = np.isin(data.labels.numpy(), list(few))
+    return Pool(data, n_real, guidance, difficulty_bin, tail)
+
+
+@dataclass
+class Mix:
+    indices: np.ndarray
+    """Shuffled pool rows of the epoch."""
+    real: int
+    synthetic: int
+    matching: int
+    """Synthetic rows that matched the selection (0 with a real-only selection)."""
+
+
+def epoch_mix(pool: Pool, selection: Selection, epoch: int, seed: int, synthetic_per_epoch: float,
+              undersample: float) -> Mix:
+    rng = _rng("mix", seed, epoch)
+    real_rows = np.arange(pool.n_real)
+    tail_rows = real_rows[pool.tail[: pool.n_real]]
+    head_rows = real_rows[~pool.tail[: pool.n_real]]
+    keep = int(round(undersample * len(head_rows)))
+    head_kept = rng.choice(head_rows, size=keep, replace=False) if keep < len(head_rows) else head_rows
+    real_kept = np.concatenate([tail_rows, head_kept])
+    synthetic = np.zeros(0, dtype=np.int64)
+    matching = 0
+    if not selection.real_only:
+        mask = np.zeros(len(pool.data), dtype=bool)
+        for level in selection.levels:
+            mask |= pool.matches(level)
+        candidates = np.flatnonzero(mask)
+        matching = len(candidates)
+        k = int(round(synthetic_per_epoch * len(real_kept)))
+        if matching and k:
+            synthetic = rng.choice(candidates, size=k, replace=True)
+    rows = np.concatenate([real_kept, synthetic]).astype(np.int64)
+    return Mix(rng.permutation(rows), len(real_kept), len(synthetic), matching)
+
+
+def log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """log of the class frequencies of `labels` (Balanced Softmax adds it to the logits)."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1.0)
+    return torch.log(counts / counts.sum())
+
+
+# ---- guidance validation -------------------------------------------------------------------
+
+@dataclass
+class GuidanceVal:
+    real: LabelledImages
+    """The held-out hard real images."""
+    by_level: dict[float, LabelledImages]
+    """Their synthetic images at every λ."""
+
+
+def split_guidance_val(real_train: pa.Table, synthetic: pa.Table, n_sources: int, seed: int
+                       ) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+    """Hold out `n_sources` real train images that guided synthetic rows at every λ present.
+
+    Returns (real train rest, synthetic rest, held-out real rows, their synthetic rows).
+    Chosen by a seeded hash of the source id among the sources with every λ, hardest first
+    is not required: the plan's sources are already the hard images.
+    """
+    empty = real_train.slice(0, 0), synthetic.slice(0, 0)
+    if n_sources <= 0 or len(synthetic) == 0:
+        return real_train, synthetic, *empty
+    source = synthetic["source_id"].to_pylist()
+    lam = synthetic["guidance"].to_pylist()
+    levels = {g for g in lam if g is not None}
+    by_source: dict[str, set] = {}
+    for sid, g in zip(source, lam):
+        if sid is not None and g is not None:
+            by_source.setdefault(sid, set()).add(g)
+    real_ids = set(real_train["sample_id"].to_pylist())
+    complete = sorted((sid for sid, got in by_source.items() if got == levels and sid in real_ids),
+                      key=lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
+    if len(complete) < n_sources:
+        raise ValueError(f"curriculum.guidance_val_sources={n_sources}, but only {len(complete)} source images "
+                         f"have synthetic images at every λ {sorted(levels)}: lower it or generate more")
+    held = set(complete[:n_sources])
+    held_real = pa.array([sid in held for sid in real_train["sample_id"].to_pylist()])
+    held_syn = pa.array([sid in held for sid in source])
+    return (real_train.filter(pc.invert(held_real)), synthetic.filter(pc.invert(held_syn)),
+            real_train.filter(held_real), synthetic.filter(held_syn))
+
+
+def build_guidance_val(held_real: pa.Table, held_syn: pa.Table, size: int, channels: int) -> GuidanceVal:
+    lam = np.round(held_syn["guidance"].to_numpy(zero_copy_only=False).astype(np.float64), 4)  # float32 -> 0.3
+    by_level = {}
+    for level in sorted(set(lam[~np.isnan(lam)].tolist())):
+        rows = held_syn.filter(pa.array(lam == level))
+        by_level[float(level)] = images_from_manifest(rows, None, size, channels)
+    return GuidanceVal(images_from_manifest(held_real, None, size, channels), by_level)
+
+
+def p_true(model: nn.Module, data: LabelledImages, device: torch.device) -> np.ndarray:
+    probs = predict_proba(model, data.images, 512, device)
+    return probs.gather(1, data.labels.view(-1, 1)).squeeze(1).numpy()
+
+
+def guidance_accuracy(model: nn.Module, gval: GuidanceVal, device: torch.device) -> dict[str, float]:
+    """Accuracy on the held-out real images and on their synthetic images per λ."""
+    out = {}
+    for name, data in [("real", gval.real), *((f"{g:g}", d) for g, d in gval.by_level.items())]:
+        if len(data):
+            pred = predict_proba(model, data.images, 512, device).argmax(1)
+            out[name] = float((pred == data.labels).float().mean())
+    return out
+
+
+def probe_gains_inputs(model: nn.Module, gval: GuidanceVal, real: LabelledImages, steps: int, batch_size: int,
+                       lr: float, seed: int, epoch: int, device: torch.device
+                       ) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
+    """p(y|x) of the guidance-validation images per λ before and after `steps` real-only
+    training steps on a copy of the model (the model itself is not changed)."""
+    before = {g: p_true(model, d, device) for g, d in gval.by_level.items()}
+    probe = copy.deepcopy(model).to(device)
+    probe.train()
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(int(_rng("probe", seed, epoch).integers(2**31)))
+    for _ in range(steps):
+        idx = torch.randint(0, len(real), (min(batch_size, len(real)),), generator=gen)
+        loss = F.cross_entropy(probe(normalize(real.images[idx]).to(device)), real.labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    after = {g: p_true(probe, d, device) for g, d in gval.by_level.items()}
+    return before, after
+
+
+def worst_k_accuracy(per_class_acc: Sequence[Optional[float]], k: int) -> Optional[float]:
+    values = sorted(a for a in per_class_acc if a is not None and a == a)
+    return float(np.mean(values[:k])) if values else None
