@@ -1,0 +1,85 @@
+"""The curriculum's training pieces in plain torch: pool, epoch mix, guidance-validation split,
+Balanced Softmax prior, worst-k accuracy."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raysys.curriculum.base import REAL_ONLY, Level, Selection
+from raysys.data.images import encode_png
+from raysys.training.curriculum import (
+    build_pool,
+    epoch_mix,
+    log_prior,
+    split_guidance_val,
+    worst_k_accuracy,
+)
+
+BINS = [0.0, 0.5, 1.0]
+
+
+def tables():
+    real_labels = [0] * 20 + [1] * 10 + [2] * 4  # class 2 is the tail
+    real = pa.table({"sample_id": [f"r{i}" for i in range(len(real_labels))],
+                     "image": [encode_png(np.full((8, 8), i, np.uint8)) for i in range(len(real_labels))],
+                     "label": pa.array(real_labels, pa.int32())})
+    rows = []
+    for src in ("r30", "r31", "r32", "r33"):  # the 4 tail images guide 2 λ x 2 seeds each
+        for lam in (0.3, 0.7):
+            for k in range(2):
+                rows.append((f"{src}-{lam}-{k}", src, lam, 0.2 if k == 0 else 0.8))
+    rows.append(("text-0", None, None, 0.9))  # one text-to-image row
+    syn = pa.table({"sample_id": [r[0] for r in rows],
+                    "image": [encode_png(np.full((8, 8), 200, np.uint8))] * len(rows),
+                    "label": pa.array([2] * len(rows), pa.int32()), "source_id": [r[1] for r in rows],
+                    "guidance": pa.array([r[2] for r in rows], pa.float32()),
+                    "requested_difficulty": pa.array([r[3] for r in rows], pa.float32())})
+    return real, syn
+
+
+def test_pool_and_level_matching():
+    real, syn = tables()
+    pool = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    assert pool.n_real == 34 and len(pool.data) == 34 + 17
+    assert pool.matches(Level(guidance=0.3)).sum() == 8  # float32 0.3 matches the config's 0.3
+    assert pool.matches(Level(difficulty_bin=1)).sum() == 9  # s 0.8 and 0.9
+    assert pool.matches(Level(guidance=0.7, difficulty_bin=0)).sum() == 4
+    assert pool.tail.sum() == 4 + 17
+
+
+def test_epoch_mix_counts_selection_and_determinism():
+    real, syn = tables()
+    pool = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    only_real = epoch_mix(pool, REAL_ONLY, epoch=0, seed=0, synthetic_per_epoch=0.5, undersample=0.5)
+    assert only_real.synthetic == 0 and only_real.real == 4 + 15  # all 4 tail images, half of the 30 others
+    assert set(range(30, 34)) <= set(only_real.indices.tolist())
+    mix = epoch_mix(pool, Selection((Level(guidance=0.7),)), epoch=3, seed=0, synthetic_per_epoch=0.5, undersample=1.0)
+    assert mix.real == 34 and mix.synthetic == 17 and mix.matching == 8
+    syn_rows = mix.indices[mix.indices >= 34]
+    assert pool.matches(Level(guidance=0.7))[syn_rows].all()
+    again = epoch_mix(pool, Selection((Level(guidance=0.7),)), epoch=3, seed=0, synthetic_per_epoch=0.5, undersample=1.0)
+    other = epoch_mix(pool, Selection((Level(guidance=0.7),)), epoch=4, seed=0, synthetic_per_epoch=0.5, undersample=1.0)
+    assert np.array_equal(mix.indices, again.indices) and not np.array_equal(mix.indices, other.indices)
+    none = epoch_mix(pool, Selection((Level(guidance=0.1),)), epoch=0, seed=0, synthetic_per_epoch=0.5, undersample=1.0)
+    assert none.matching == 0 and none.synthetic == 0  # nothing at that level: a real-only epoch
+
+
+def test_guidance_val_holds_out_sources_with_every_level():
+    real, syn = tables()
+    rest_real, rest_syn, held_real, held_syn = split_guidance_val(real, syn, 2, seed=0)
+    held = set(held_real["sample_id"].to_pylist())
+    assert len(held) == 2 and held <= {"r30", "r31", "r32", "r33"}
+    assert not held & set(rest_real["sample_id"].to_pylist())
+    assert set(held_syn["source_id"].to_pylist()) == held and len(held_syn) == 8
+    assert not held & set(s for s in rest_syn["source_id"].to_pylist() if s)
+    assert len(rest_real) == 32 and len(rest_syn) == 9
+    with pytest.raises(ValueError, match="only 4 source images"):
+        split_guidance_val(real, syn, 5, seed=0)
+
+
+def test_balanced_softmax_prior_and_worst_k():
+    prior = log_prior(torch.tensor([0, 0, 0, 1]), 3)
+    assert torch.allclose(prior.exp().sum(), torch.tensor(1.0))
+    assert prior[0] > prior[1] and prior[1] == prior[2]  # an absent class counts as 1 (no log 0)
+    assert worst_k_accuracy([0.9, 0.1, None, 0.5, 0.3], 2) == pytest.approx(0.2)
