@@ -1,0 +1,84 @@
+"""The curriculum stage on the tiny run: a fixed schedule trains on the levels it should, and a
+killed adaptive run resumes at the same stage with the same choices as an uninterrupted one."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raysys.core.config import load_config
+from raysys.stages import curriculum, synthesize
+from tests.conftest import REPO, TINY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tiny_generator):
+    cfg = tiny_generator[0]
+    synthesize.run(cfg)
+    return cfg
+
+
+def _copy(cfg, root):
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize"):
+        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+
+
+def test_diverse_to_specific_walks_the_guidance_levels(tiny_synthetic):
+    cfg = load_config(TINY, [f"run.root={tiny_synthetic.run.root}", "curriculum.epochs=5", "curriculum.plans=[discl]",
+                             "curriculum.curriculum_epochs=4"])
+    m = curriculum.run(cfg)
+    assert m["trace"] == ["λ=0.3", "λ=0.3", "λ=0.7", "λ=0.7", "real only"]
+    epochs = m["epochs"]
+    assert all(e["synthetic"] > 0 and e["matching"] == 12 for e in epochs[:4]) and epochs[4]["synthetic"] == 0
+    assert all(e["real"] == epochs[0]["real"] for e in epochs)
+    for key in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", "worst_3_acc"):
+        assert m[key] is not None and 0.0 <= m[key] <= 1.0, key
+    assert len(m["per_class_acc"]) == 10
+    assert os.path.isfile(os.path.join(curriculum.stage_dir(cfg).path, "model", "model.safetensors"))
+    real_only = curriculum.run(load_config(TINY, [f"run.root={tiny_synthetic.run.root}", "curriculum.epochs=5",
+                                                  "curriculum.schedule=real_only"]))
+    assert real_only["synthetic_images_seen"] == 0 and real_only["trace"] == ["real only"] * 5
+    assert curriculum.stage_dir(cfg).path != curriculum.stage_dir(load_config(
+        TINY, [f"run.root={tiny_synthetic.run.root}", "curriculum.schedule=real_only"])).path
+
+
+ADAPTIVE = ["curriculum.schedule=adaptive", "curriculum.plans=[discl]", "curriculum.guidance_val_sources=2",
+            "curriculum.stage_epochs=10", "curriculum.epochs=90", "curriculum.curriculum_epochs=80"]
+
+
+def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_path):
+    whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
+    _copy(tiny_synthetic, whole_root)
+    _copy(tiny_synthetic, killed_root)
+    whole = curriculum.run(load_config(TINY, [f"run.root={whole_root}", *ADAPTIVE]))
+    assert len(whole["adaptive_choices"]) == 8 and whole["resumed_at_epochs"] == []
+    assert all(e["guidance_val_acc"].keys() == {"real", "0.3", "0.7"} for e in whole["epochs"])
+
+    overrides = [f"run.root={killed_root}", *ADAPTIVE]
+    proc = subprocess.Popen([sys.executable, "-m", "raysys.cli", "curriculum", str(TINY), *overrides], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+    pattern = str(killed_root / "curriculum" / "adaptive" / "ray" / "*" / "checkpoint_*")
+    deadline = time.time() + 240
+    try:
+        while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert glob.glob(pattern), "no checkpoint appeared before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cfg = load_config(TINY, overrides)
+    assert not curriculum.stage_dir(cfg).is_complete()
+    resumed = curriculum.run(cfg)
+    assert len(resumed["resumed_at_epochs"]) == 1 and 1 <= resumed["resumed_at_epochs"][0] < 90
+    assert resumed["adaptive_choices"] == whole["adaptive_choices"]
+    assert resumed["trace"] == whole["trace"]
+    assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, 91))
+    assert resumed["acc"] == pytest.approx(whole["acc"]) and resumed["acc_few"] == pytest.approx(whole["acc_few"])
