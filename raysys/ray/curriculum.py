@@ -106,6 +106,7 @@ def _worker(job: CurriculumJob) -> None:
     schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
     epochs = c.epochs or cfg.train.epochs
 
+    torch.manual_seed(cfg.run.seed)  # the same initial weights in every run of this config
     model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
                               weights=cfg.classifier.weights, image_size=size)
     model = ray.train.torch.prepare_model(model)
