@@ -368,6 +368,8 @@ class CurriculumConfig:
     measurements."""
     worst_k: int = 3
     """Report the mean accuracy of the k worst classes."""
+    num_workers: Optional[int] = None
+    """Ray Train data-parallel workers (None: train.num_workers; the rest of train.* applies as is)."""
 
 
 @dataclass
@@ -562,6 +564,8 @@ def _curriculum_problems(cfg: "RaysysConfig") -> list[str]:
         problems.append("curriculum.synthetic_per_epoch must be >= 0 and curriculum.undersample in (0, 1]")
     if c.loss not in ("ce", "balanced_softmax"):
         problems.append(f"curriculum.loss must be ce or balanced_softmax, got '{c.loss}'")
+    if c.num_workers is not None and c.num_workers < 1:
+        problems.append("curriculum.num_workers must be >= 1 (or null)")
     if c.guidance_val_sources < 0:
         problems.append("curriculum.guidance_val_sources must be >= 0")
     if c.schedule == "adaptive" and c.guidance_val_sources < 1:

@@ -195,7 +195,7 @@ def fit_curriculum(job: CurriculumJob, model_dir: str) -> CurriculumResult:
         _worker,
         train_loop_config=job,
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            num_workers=cfg.curriculum.num_workers or cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
         ),
         run_config=RunConfig(

@@ -82,3 +82,15 @@ def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_p
     assert resumed["trace"] == whole["trace"]
     assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, 91))
     assert resumed["acc"] == pytest.approx(whole["acc"]) and resumed["acc_few"] == pytest.approx(whole["acc_few"])
+
+
+def test_two_data_parallel_workers_share_the_adaptive_choice(tiny_synthetic, tmp_path):
+    root = tmp_path / "run"
+    _copy(tiny_synthetic, root)
+    m = curriculum.run(load_config(TINY, [f"run.root={root}", "curriculum.schedule=adaptive", "curriculum.plans=[discl]",
+                                          "curriculum.guidance_val_sources=2", "curriculum.stage_epochs=2",
+                                          "curriculum.epochs=5", "curriculum.curriculum_epochs=4",
+                                          "curriculum.num_workers=2"]))
+    assert set(m["adaptive_choices"]) == {"0", "1"} and set(m["adaptive_choices"].values()) <= {0.3, 0.7}
+    assert m["trace"][:4] == [f"λ={m['adaptive_choices'][str(e // 2)]:g}" for e in range(4)]
+    assert m["trace"][4] == "real only" and 0.0 <= m["acc"] <= 1.0
