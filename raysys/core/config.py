@@ -335,6 +335,9 @@ class SynthesisConfig:
 class CurriculumConfig:
     """Classifier training on real + synthetic images with a curriculum (raysys curriculum)."""
 
+    name: Optional[str] = None
+    """Folder and `variant` name of this run under <root>/curriculum/ (None: the schedule's name);
+    set it to keep variants of one schedule (another loss, ratio or seed) side by side."""
     schedule: str = "diverse_to_specific"
     """real_only, all_levels, diverse_to_specific, specific_to_diverse, random_order, text_only
     (λ schedules); easy_to_hard, hard_to_easy (s bins); two_axis (λ and s); adaptive (DisCL)."""
@@ -564,6 +567,8 @@ def _curriculum_problems(cfg: "RaysysConfig") -> list[str]:
         problems.append("curriculum.synthetic_per_epoch must be >= 0 and curriculum.undersample in (0, 1]")
     if c.loss not in ("ce", "balanced_softmax"):
         problems.append(f"curriculum.loss must be ce or balanced_softmax, got '{c.loss}'")
+    if c.name is not None and not PLAN_NAME.match(c.name):
+        problems.append("curriculum.name may hold only letters, digits, - and _")
     if c.num_workers is not None and c.num_workers < 1:
         problems.append("curriculum.num_workers must be >= 1 (or null)")
     if c.guidance_val_sources < 0:

@@ -28,8 +28,8 @@ def create_schedule(
     if name == "real_only":
         return RealOnly(epochs)
     if name == "all_levels":
-        levels = [Level(guidance=g) for g in sorted(set(guidance_levels))] or [
-            Level(difficulty_bin=b) for b in range(len(difficulty_bins) - 1)]
+        # Every λ level if the pool has image-guided rows, else every synthetic row (Level() is "any").
+        levels = [Level(guidance=g) for g in sorted(set(guidance_levels))] or [Level()]
         return AllLevels(levels, epochs, curriculum_epochs)
     if name in ORDERS:
         return FixedOrder(name, guidance_levels, epochs, curriculum_epochs, seed)

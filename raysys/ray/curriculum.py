@@ -145,6 +145,9 @@ def _worker(job: CurriculumJob) -> None:
             record["adaptive"] = {"chosen": chosen, "gains": schedule.gains[schedule.stage(epoch)]}
         selection = schedule.selection(epoch)
         mix = epoch_mix(pool, selection, epoch, cfg.run.seed, c.synthetic_per_epoch, c.undersample)
+        if rank == 0 and not selection.real_only and mix.matching == 0:
+            print(f"[{job.name}] warning: epoch {epoch + 1} selects [{selection}], but no synthetic image of "
+                  f"plans {[os.path.basename(d) for d in job.plan_dirs]} matches it: a real-only epoch", flush=True)
         per_rank = len(mix.indices) // world
         shard = torch.from_numpy(mix.indices[rank * per_rank:(rank + 1) * per_rank])
         torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)

@@ -2,8 +2,8 @@
 
 `raysys curriculum CONFIG curriculum.schedule=NAME` trains one schedule (see
 raysys/curriculum/) on the scored real train split and the kept images of `curriculum.plans`,
-on Ray Train, and writes <root>/curriculum/<schedule>/: `model/`, and `metrics.json` with the
-final test metrics under the names tools rely on (acc, acc_many, acc_medium, acc_few, macro_f1,
+on Ray Train. It writes <root>/curriculum/<name>/ (`curriculum.name`, default the schedule):
+`model/`, and `metrics.json` with the final test metrics under the names tools rely on (acc, acc_many, acc_medium, acc_few, macro_f1,
 worst_<k>_acc, per_class_acc), the per-epoch history (selection, real and synthetic counts,
 validation metrics, per-λ accuracy on the guidance-validation set, adaptive gains and choices),
 and the schedule trace. Each schedule has its own folder, so several can be compared.
@@ -12,7 +12,7 @@ and the schedule trace. Each schedule has its own folder, so several can be comp
 from __future__ import annotations
 
 from raysys.core import io
-from raysys.core.config import RaysysConfig, digest
+from raysys.core.config import ConfigError, RaysysConfig, digest
 from raysys.core.stage import StageDir
 from raysys.stages import prepare, score, synthesize
 
@@ -22,8 +22,12 @@ NAME = "curriculum"
 def stage_dir(cfg: RaysysConfig) -> StageDir:
     c = cfg.curriculum
     upstream = score.stage_dir(cfg).digest if c.schedule == "real_only" else synthesize.stage_dir(cfg).digest
-    return StageDir(cfg.run.root, f"{NAME}/{c.schedule}",
+    return StageDir(cfg.run.root, f"{NAME}/{variant_name(cfg)}",
                     digest(upstream, cfg.classifier, cfg.train, cfg.curriculum, cfg.run.seed))
+
+
+def variant_name(cfg: RaysysConfig) -> str:
+    return cfg.curriculum.name or cfg.curriculum.schedule
 
 
 def plan_names(cfg: RaysysConfig) -> list[str]:
@@ -34,29 +38,35 @@ def run(cfg: RaysysConfig) -> dict:
     stage = stage_dir(cfg)
     c = cfg.curriculum
     if stage.is_complete():
-        print(f"[curriculum] {c.schedule}: complete for this config, skipped ({stage.path})")
+        print(f"[curriculum] {variant_name(cfg)}: complete for this config, skipped ({stage.path})")
         return stage.metrics()
     if not score.stage_dir(cfg).is_complete():
         raise RuntimeError(f"curriculum needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
     if c.schedule != "real_only" and not synthesize.stage_dir(cfg).is_complete():
         raise RuntimeError(f"curriculum schedule {c.schedule} needs synthetic images: run `raysys synthesize CONFIG` "
                            f"first ({synthesize.stage_dir(cfg).path})")
-    from raysys.ray.curriculum import CurriculumJob, fit_curriculum
+    from raysys.ray.curriculum import CurriculumJob, fit_curriculum, schedule_for
 
+    planned_levels = sorted({float(g) for p in cfg.synthesis.plans if p.name in plan_names(cfg) and p.kind == "discl"
+                             for g in p.guidance_levels})
+    try:  # a schedule that cannot be built stops here, before Ray Train starts
+        schedule_for(cfg, planned_levels)
+    except ValueError as exc:
+        raise ConfigError(f"curriculum.schedule {c.schedule}: {exc}") from None
     prep = prepare.stage_dir(cfg).metrics()
     stage.begin(cfg)
     job = CurriculumJob(
         cfg=cfg, manifest=score.manifest_path(cfg),
         plan_dirs=[synthesize.plan_dir(cfg, name) for name in plan_names(cfg)],
         num_classes=prep["num_classes"], groups=prep["groups"],
-        storage=io.join(stage.path, "ray"), name=f"curriculum-{c.schedule}-{stage.digest}",
+        storage=io.join(stage.path, "ray"), name=f"curriculum-{variant_name(cfg)}-{stage.digest}",
     )
     result = fit_curriculum(job, stage.file("model"))
     final = result.history[-1]["test"]
     keys = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", f"worst_{c.worst_k}_acc", "per_class_acc")
     chosen = {str(k): v for k, v in result.schedule_state.get("chosen", {}).items()}
     metrics = stage.finish({
-        "schedule": c.schedule, "variant": c.schedule,
+        "schedule": c.schedule, "variant": variant_name(cfg),
         **{k: final[k] for k in keys},
         "val_acc": result.history[-1]["val"]["acc"], "val_acc_few": result.history[-1]["val"]["acc_few"],
         "trace": [h["selection"] for h in result.history],

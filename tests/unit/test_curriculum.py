@@ -51,6 +51,8 @@ def test_text_only_real_only_and_all_levels():
     assert picks(create_schedule("real_only", epochs=3, curriculum_epochs=0), 3) == ["real"] * 3
     a = create_schedule("all_levels", epochs=4, curriculum_epochs=2, guidance_levels=LAMBDAS)
     assert picks(a, 4) == [((0.1, None), (0.5, None), (0.9, None))] * 2 + ["real"] * 2
+    text = create_schedule("all_levels", epochs=2, curriculum_epochs=2)  # a pool without λ: any synthetic row
+    assert picks(text, 2) == [((None, None),)] * 2
 
 
 def test_difficulty_orders_walk_the_s_bins():
