@@ -22,14 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
 from raysys.curriculum.registry import create_schedule
 from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.ray.train import classifier_trainer
 from raysys.training.classifier import evaluate, images_from_manifest, make_optimizer, train_epoch
 from raysys.training.curriculum import (
     build_guidance_val,
@@ -194,19 +193,7 @@ class CurriculumResult:
 
 def fit_curriculum(job: CurriculumJob, model_dir: str) -> CurriculumResult:
     cfg = job.cfg
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.curriculum.num_workers or cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=job.name, storage_path=job.storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    trainer = classifier_trainer(_worker, job, cfg.train, cfg.curriculum.num_workers or cfg.train.num_workers)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"curriculum run {job.name} finished without a checkpoint")

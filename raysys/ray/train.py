@@ -21,7 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from raysys.core import io
-from raysys.core.config import RaysysConfig
+from raysys.core.config import RaysysConfig, TrainConfig
 from raysys.core.schema import read_manifest
 from raysys.models.classifiers import create_classifier, save_classifier
 from raysys.scoring.difficulty import assign_folds
@@ -136,6 +136,27 @@ def _train_worker(job: ClassifierJob) -> None:
             ray.train.report(metrics)
 
 
+def classifier_trainer(worker, job, train: TrainConfig, num_workers: int) -> TorchTrainer:
+    """A TorchTrainer running `worker(job)` on `num_workers` workers as `train` says, named
+    `job.name` under `job.storage` (the same name and storage resume the run)."""
+    return TorchTrainer(
+        worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=job.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
 @dataclass
 class FitResult:
     history: list[dict]
@@ -146,24 +167,7 @@ class FitResult:
 
 def fit_classifier(job: ClassifierJob, model_dir: str) -> FitResult:
     """Fit (or resume) on Ray Train; copy the final classifier to `model_dir`."""
-    cfg = job.cfg
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=job.name,
-            storage_path=job.storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    result = trainer.fit()
+    result = classifier_trainer(_train_worker, job, job.cfg.train, job.cfg.train.num_workers).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"classifier run {job.name} finished without a checkpoint")
     with tempfile.TemporaryDirectory() as tmp:
