@@ -1,8 +1,9 @@
 """`raysys <stage> CONFIG [key=value ...] [--address ADDR]` and `raysys export SOURCE OUT`.
 
 Stages: prepare, train-classifier, score, pretrain-generator (only when generator.base is
-builtin), finetune, synthesize, curriculum (one schedule, `curriculum.schedule`), and run (every
-stage that applies, in order, curriculum not yet included).
+builtin), finetune, synthesize, curriculum (one schedule: the `curriculum` section), evaluate
+and report (the comparison's table and page), and run: every stage that applies, in order, with
+curriculum training every `compare.variants` x `compare.seeds` run. Complete stages are skipped.
 `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to an image
 folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv.
 Config errors and unusable data exit with status 2 and one line naming the problem.
@@ -18,8 +19,9 @@ import time
 from raysys.core.config import ConfigError, RaysysConfig, load_config
 from raysys.data.sources import DataError
 
-STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize"]
-COMMANDS = [*STAGES, "curriculum"]  # curriculum trains one schedule; `run` does not chain it yet
+STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize", "curriculum",
+          "evaluate", "report"]
+NEEDS_NO_RAY = {"prepare", "evaluate", "report"}
 
 
 def _stages_for(cfg: RaysysConfig) -> list[str]:
@@ -28,15 +30,27 @@ def _stages_for(cfg: RaysysConfig) -> list[str]:
     return [s for s in STAGES if s != "pretrain-generator" or pretrain_generator.needed(cfg)]
 
 
-def _run_stage(name: str, cfg: RaysysConfig) -> dict:
+def _run_stage(name: str, cfg: RaysysConfig, in_run: bool) -> None:
+    """One stage; inside `run`, curriculum trains every run of the comparison."""
     import importlib
 
     stage = importlib.import_module(f"raysys.stages.{name.replace('-', '_')}")
-    if name != "prepare" and not stage.stage_dir(cfg).is_complete():  # a complete stage needs no Ray
+    if in_run and name == "curriculum":
+        complete = all(stage.stage_dir(c).is_complete() for c in stage.curriculum_configs(cfg))
+    else:
+        complete = stage.stage_dir(cfg).is_complete()
+    if name not in NEEDS_NO_RAY and not complete:  # a complete stage needs no Ray
         from raysys.ray.session import init_ray
 
         init_ray(cfg.run.address, cfg.run.num_cpus, {"HF_HOME": cfg.run.hf_home} if cfg.run.hf_home else None)
-    return stage.run(cfg)
+    if in_run and name == "curriculum":
+        stage.run_all(cfg)
+    else:
+        stage.run(cfg)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def export_main(argv: list[str]) -> int:
@@ -62,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="raysys", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=[*COMMANDS, "run"])
+    parser.add_argument("stage", choices=[*STAGES, "run"])
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
@@ -74,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raysys: warning: run.root '{cfg.run.root}' is a local path; on a multi-node cluster "
                   "every node must see it (a shared file system), else use an s3:// or gs:// URI",
                   file=sys.stderr)
-        stages = _stages_for(cfg) if args.stage == "run" else [args.stage]
+        in_run = args.stage == "run"
+        stages = _stages_for(cfg) if in_run else [args.stage]
+        start, seconds = time.time(), {}
         for i, name in enumerate(stages, 1):
             t0 = time.time()
-            print(f"== stage {i}/{len(stages)}: {name}", flush=True)
-            _run_stage(name, cfg)
-            print(f"== {name} finished in {time.time() - t0:.1f}s", flush=True)
+            print(f"== stage {i}/{len(stages)}: {name} (run time so far {_clock(t0 - start)})", flush=True)
+            _run_stage(name, cfg, in_run)
+            seconds[name] = time.time() - t0
+            print(f"== stage {i}/{len(stages)}: {name} finished in {seconds[name]:.1f}s", flush=True)
+        if len(stages) > 1:
+            print("== " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + f"; total {_clock(time.time() - start)}")
     except (ConfigError, DataError) as exc:
         print(f"raysys: error: {exc}", file=sys.stderr)
         return 2

@@ -122,6 +122,9 @@ class ScoreConfig:
     """k for oof mode."""
     fold_epochs: Optional[int] = None
     """Epochs per fold model (None: train.epochs)."""
+    concurrent_folds: int = 1
+    """Fold models trained at once, each its own Ray Train run of train.num_workers workers
+    (2 on a 2-core machine: one core per 1-CPU worker)."""
     batch_size: int = 256
     """Rows per Ray Data batch."""
     min_actors: int = 1
@@ -373,6 +376,26 @@ class CurriculumConfig:
     """Report the mean accuracy of the k worst classes."""
     num_workers: Optional[int] = None
     """Ray Train data-parallel workers (None: train.num_workers; the rest of train.* applies as is)."""
+    seed: Optional[int] = None
+    """Seed of this run's initial weights, data order, synthetic draws and guidance-validation
+    set (None: run.seed). Upstream stages keep run.seed, so seeds of one variant share its data."""
+
+
+@dataclass
+class CompareConfig:
+    """The comparison `raysys run` trains after synthesis: every variant x every seed, then
+    `evaluate` (mean and std over seeds, each variant against the baseline) and `report`."""
+
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Variant name -> the curriculum.* fields it sets on top of the `curriculum` section, e.g.
+    `real_only: {schedule: real_only}`. Empty: `run` trains the `curriculum` section once."""
+    baseline: Optional[str] = None
+    """The variant every other one is compared against (None: the first variant)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Curriculum seeds (curriculum.seed) every variant is trained with."""
+    concurrent: int = 1
+    """Curriculum runs trained at once (each is its own Ray Train run; on a CPU machine each
+    worker takes train.cpus_per_worker cores, so 2 runs of 1 worker keep 2 cores busy)."""
 
 
 @dataclass
@@ -389,6 +412,7 @@ class RaysysConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def _all_keys(dc_type, prefix: str = "") -> list[str]:
@@ -437,8 +461,8 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
         problems.append("score.folds must be >= 2 in oof mode")
     if sc.fold_epochs is not None and sc.fold_epochs < 1:
         problems.append("score.fold_epochs must be >= 1 (or null)")
-    if sc.batch_size < 1:
-        problems.append("score.batch_size must be >= 1")
+    if sc.batch_size < 1 or sc.concurrent_folds < 1:
+        problems.append("score.batch_size and score.concurrent_folds must be >= 1")
     if sc.min_actors < 1 or sc.max_actors < sc.min_actors:
         problems.append("score needs 1 <= min_actors <= max_actors")
     if not sc.splits:
@@ -545,7 +569,7 @@ CURRICULUM_SCHEDULES = ("real_only", "all_levels", "diverse_to_specific", "speci
                         "text_only", "easy_to_hard", "hard_to_easy", "two_axis", "adaptive")
 
 
-def _curriculum_problems(cfg: "RaysysConfig") -> list[str]:
+def _curriculum_problems(cfg: "RaysysConfig", compare: bool = True) -> list[str]:
     c = cfg.curriculum
     problems = []
     if c.schedule not in CURRICULUM_SCHEDULES:
@@ -575,7 +599,44 @@ def _curriculum_problems(cfg: "RaysysConfig") -> list[str]:
         problems.append("curriculum.guidance_val_sources must be >= 0")
     if c.schedule == "adaptive" and c.guidance_val_sources < 1:
         problems.append("curriculum.schedule adaptive needs curriculum.guidance_val_sources >= 1 (its measurements)")
+    return problems + (_compare_problems(cfg) if compare else [])
+
+
+def _compare_problems(cfg: "RaysysConfig") -> list[str]:
+    cm = cfg.compare
+    problems = []
+    known = {f.name for f in fields(CurriculumConfig)} - {"name", "seed"}
+    for name, overrides in cm.variants.items():
+        if not PLAN_NAME.match(name):
+            problems.append(f"compare.variants: name '{name}' may hold only letters, digits, - and _")
+        if not isinstance(overrides, dict):
+            problems.append(f"compare.variants.{name} must be a mapping of curriculum fields, got {overrides!r}")
+            continue
+        for key in overrides:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                problems.append(f"compare.variants.{name}: '{key}' is not a curriculum field"
+                                + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    if cm.variants and not problems:
+        for name in cm.variants:
+            variant = variant_config(cfg, name, cm.seeds[0] if cm.seeds else 0)
+            problems += [f"compare.variants.{name}: {p}" for p in _curriculum_problems(variant, compare=False)]
+    if cm.baseline is not None and cm.baseline not in cm.variants:
+        problems.append(f"compare.baseline '{cm.baseline}' is not one of compare.variants {list(cm.variants)}")
+    if not cm.seeds or len(set(cm.seeds)) != len(cm.seeds):
+        problems.append(f"compare.seeds must be a non-empty list of distinct seeds, got {cm.seeds}")
+    if cm.concurrent < 1:
+        problems.append("compare.concurrent must be >= 1")
     return problems
+
+
+def variant_config(cfg: "RaysysConfig", variant: str, seed: int) -> "RaysysConfig":
+    """The config of one curriculum run of the comparison: `curriculum` with the variant's fields
+    set, named `<variant>-seed<seed>`."""
+    from dataclasses import replace
+
+    overrides = cfg.compare.variants[variant]
+    return replace(cfg, curriculum=replace(cfg.curriculum, **overrides, name=f"{variant}-seed{seed}", seed=seed))
 
 
 def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
@@ -620,6 +681,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except (OmegaConfBaseException, ValidationError) as exc:
         raise _explain(exc, "command line") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"command line: an override value is not valid YAML ({str(exc).splitlines()[0]}); "
+                          "flow mappings need a space after ':', e.g. 'compare.variants={a: {schedule: real_only}}'") from None
     return _to_config(merged, "command line" if overrides else str(path or "config"))
 
 

@@ -28,7 +28,7 @@ from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
 from raysys.curriculum.registry import create_schedule
 from raysys.models.classifiers import create_classifier, save_classifier
-from raysys.ray.train import classifier_trainer
+from raysys.ray.train import classifier_trainer, run_concurrently
 from raysys.training.classifier import evaluate, images_from_manifest, make_optimizer, train_epoch
 from raysys.training.curriculum import (
     build_guidance_val,
@@ -64,13 +64,17 @@ def read_synthetic(plan_dirs: list[str]) -> pa.Table:
     return pa.concat_tables(tables) if tables else to_table({})
 
 
+def curriculum_seed(cfg: RaysysConfig) -> int:
+    return cfg.curriculum.seed if cfg.curriculum.seed is not None else cfg.run.seed
+
+
 def schedule_for(cfg: RaysysConfig, guidance_levels: list[float]):
     c = cfg.curriculum
     epochs = c.epochs or cfg.train.epochs
     curriculum_epochs = c.curriculum_epochs if c.curriculum_epochs is not None else epochs - max(1, epochs // 13)
     levels = c.guidance_levels if c.guidance_levels is not None else guidance_levels
     return create_schedule(c.schedule, epochs=epochs, curriculum_epochs=curriculum_epochs, guidance_levels=levels,
-                           difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs, seed=cfg.run.seed)
+                           difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs, seed=curriculum_seed(cfg))
 
 
 def _broadcast(obj):
@@ -85,6 +89,7 @@ def _broadcast(obj):
 
 def _worker(job: CurriculumJob) -> None:
     cfg, c = job.cfg, job.cfg.curriculum
+    seed = curriculum_seed(cfg)
     logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -95,7 +100,7 @@ def _worker(job: CurriculumJob) -> None:
     real_train = table.filter(pc.equal(table["split"], "train"))
     synthetic = read_synthetic(job.plan_dirs) if c.schedule != "real_only" else read_synthetic([])
     real_train, synthetic, held_real, held_syn = split_guidance_val(real_train, synthetic, c.guidance_val_sources,
-                                                                    cfg.run.seed)
+                                                                    seed)
     gval = build_guidance_val(held_real, held_syn, size, chans) if len(held_real) else None
     pool = build_pool(real_train, synthetic, size, chans, job.groups["few"], c.difficulty_bins)
     real_only_data = images_from_manifest(real_train, None, size, chans)
@@ -105,7 +110,7 @@ def _worker(job: CurriculumJob) -> None:
     schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
     epochs = c.epochs or cfg.train.epochs
 
-    torch.manual_seed(cfg.run.seed)  # the same initial weights in every run of this config
+    torch.manual_seed(seed)  # the same initial weights in every run of this config
     model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
                               weights=cfg.classifier.weights, image_size=size)
     model = ray.train.torch.prepare_model(model)
@@ -137,20 +142,20 @@ def _worker(job: CurriculumJob) -> None:
             choice = None
             if rank == 0:
                 before, after = probe_gains_inputs(bare, gval, real_only_data, c.probe_steps, cfg.train.batch_size,
-                                                   cfg.train.lr, cfg.run.seed, epoch, device)
+                                                   cfg.train.lr, seed, epoch, device)
                 choice = {"before": before, "after": after}
             choice = _broadcast(choice)
             chosen = schedule.record(epoch, choice["before"], choice["after"])
             record["adaptive"] = {"chosen": chosen, "gains": schedule.gains[schedule.stage(epoch)]}
         selection = schedule.selection(epoch)
-        mix = epoch_mix(pool, selection, epoch, cfg.run.seed, c.synthetic_per_epoch, c.undersample)
+        mix = epoch_mix(pool, selection, epoch, seed, c.synthetic_per_epoch, c.undersample)
         if rank == 0 and not selection.real_only and mix.matching == 0:
             print(f"[{job.name}] warning: epoch {epoch + 1} selects [{selection}], but no synthetic image of "
                   f"plans {[os.path.basename(d) for d in job.plan_dirs]} matches it: a real-only epoch", flush=True)
         per_rank = len(mix.indices) // world
         shard = torch.from_numpy(mix.indices[rank * per_rank:(rank + 1) * per_rank])
-        torch.manual_seed(cfg.run.seed * 1_000_003 + epoch * 101 + rank)
-        gen = torch.Generator().manual_seed(cfg.run.seed * 104729 + epoch * 31 + rank)
+        torch.manual_seed(seed * 1_000_003 + epoch * 101 + rank)
+        gen = torch.Generator().manual_seed(seed * 104729 + epoch * 31 + rank)
         prior = log_prior(pool.data.labels[torch.from_numpy(mix.indices)], job.num_classes) \
             if c.loss == "balanced_softmax" else None
         loss = train_epoch(model, pool.data, shard, opt, sched, batch_size=cfg.train.batch_size,
@@ -202,3 +207,12 @@ def fit_curriculum(job: CurriculumJob, model_dir: str) -> CurriculumResult:
         io.copy_dir(os.path.join(local, "model"), model_dir)
         state = torch.load(os.path.join(local, "state.pt"), map_location="cpu", weights_only=False)
     return CurriculumResult(state["history"], state.get("resumes", []), state["schedule"])
+
+
+
+def run_curricula(cfgs: list[RaysysConfig], concurrent: int) -> list[dict]:
+    """`stages.curriculum.run` for every config, `concurrent` at a time (see run_concurrently)."""
+    from raysys.stages import curriculum as stage
+
+    return run_concurrently(stage.run, [(c,) for c in cfgs], concurrent,
+                            [f"curriculum {stage.variant_name(c)}" for c in cfgs])

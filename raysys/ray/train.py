@@ -157,6 +157,34 @@ def classifier_trainer(worker, job, train: TrainConfig, num_workers: int) -> Tor
     )
 
 
+def run_concurrently(fn, calls: list[tuple], concurrent: int, labels: list[str]) -> list:
+    """`fn(*args)` for every args in `calls`, `concurrent` at a time, each inside a Ray task that
+    holds no CPU: the Ray Train runs `fn` starts hold the resources (one 1-CPU worker each keeps
+    one core busy, so 2 at a time fill a 2-core machine). With concurrent=1, calls run here in
+    turn. Returns results in order. A failure does not stop the others; the first one is raised
+    once all have ended (finished work stays complete on disk and is skipped on the rerun)."""
+    if concurrent <= 1:
+        return [fn(*args) for args in calls]
+    remote_fn = ray.remote(num_cpus=0, max_retries=0)(fn)
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+    pending, in_flight = list(range(len(calls))), {}
+    while pending or in_flight:
+        while pending and len(in_flight) < concurrent:
+            i = pending.pop(0)
+            in_flight[remote_fn.remote(*calls[i])] = i
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        i = in_flight.pop(done[0])
+        try:
+            results[i] = ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - raised after the others have ended
+            errors.append(exc)
+            print(f"[{labels[i]}] failed: {str(exc).splitlines()[0]}", flush=True)
+    if errors:
+        raise errors[0]
+    return results
+
+
 @dataclass
 class FitResult:
     history: list[dict]

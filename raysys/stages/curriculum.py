@@ -11,8 +11,10 @@ and the schedule trace. Each schedule has its own folder, so several can be comp
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from raysys.core import io
-from raysys.core.config import ConfigError, RaysysConfig, digest
+from raysys.core.config import ConfigError, RaysysConfig, digest, variant_config
 from raysys.core.stage import StageDir
 from raysys.stages import prepare, score, synthesize
 
@@ -34,25 +36,63 @@ def plan_names(cfg: RaysysConfig) -> list[str]:
     return cfg.curriculum.plans or [p.name for p in cfg.synthesis.plans]
 
 
+def variants(cfg: RaysysConfig) -> dict[str, list[RaysysConfig]]:
+    """Variant name -> the config of each of its curriculum runs (one per seed)."""
+    if not cfg.compare.variants:
+        return {variant_name(cfg): [cfg]}
+    return {name: [variant_config(cfg, name, seed) for seed in cfg.compare.seeds] for name in cfg.compare.variants}
+
+
+def curriculum_configs(cfg: RaysysConfig) -> list[RaysysConfig]:
+    return [c for runs in variants(cfg).values() for c in runs]
+
+
+def run_all(cfg: RaysysConfig) -> list[dict]:
+    """Every curriculum run of the comparison (`compare.variants` x `compare.seeds`, or the one
+    `curriculum` section), `compare.concurrent` at a time on Ray; complete runs are skipped."""
+    cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))  # Ray tasks run elsewhere
+    cfgs = curriculum_configs(cfg)
+    todo = [c for c in cfgs if not stage_dir(c).is_complete()]
+    seeds = len(cfg.compare.seeds) if cfg.compare.variants else 1
+    print(f"[curriculum] {len(cfgs)} runs ({len(variants(cfg))} variants x {seeds} seeds): {len(cfgs) - len(todo)} "
+          f"complete, {len(todo)} to train, {cfg.compare.concurrent} at a time", flush=True)
+    for c in todo:
+        _check_ready(c)
+    if todo:
+        from raysys.ray.curriculum import run_curricula
+
+        run_curricula(todo, cfg.compare.concurrent)
+    return [stage_dir(c).metrics() for c in cfgs]
+
+
+def _check_ready(cfg: RaysysConfig) -> None:
+    """Raise before any training if the inputs of this curriculum run are missing or its schedule
+    cannot be built."""
+    c = cfg.curriculum
+    if not score.stage_dir(cfg).is_complete():
+        raise RuntimeError(f"curriculum needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
+    if c.schedule != "real_only" and not synthesize.stage_dir(cfg).is_complete():
+        raise RuntimeError(f"curriculum schedule {c.schedule} needs synthetic images: run `raysys synthesize CONFIG` "
+                           f"first ({synthesize.stage_dir(cfg).path})")
+    from raysys.ray.curriculum import schedule_for
+
+    planned_levels = sorted({float(g) for p in cfg.synthesis.plans if p.name in plan_names(cfg) and p.kind == "discl"
+                             for g in p.guidance_levels})
+    try:
+        schedule_for(cfg, planned_levels)
+    except ValueError as exc:
+        raise ConfigError(f"curriculum.schedule {c.schedule} ({variant_name(cfg)}): {exc}") from None
+
+
 def run(cfg: RaysysConfig) -> dict:
     stage = stage_dir(cfg)
     c = cfg.curriculum
     if stage.is_complete():
         print(f"[curriculum] {variant_name(cfg)}: complete for this config, skipped ({stage.path})")
         return stage.metrics()
-    if not score.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"curriculum needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
-    if c.schedule != "real_only" and not synthesize.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"curriculum schedule {c.schedule} needs synthetic images: run `raysys synthesize CONFIG` "
-                           f"first ({synthesize.stage_dir(cfg).path})")
-    from raysys.ray.curriculum import CurriculumJob, fit_curriculum, schedule_for
+    _check_ready(cfg)  # a schedule that cannot be built stops here, before Ray Train starts
+    from raysys.ray.curriculum import CurriculumJob, fit_curriculum
 
-    planned_levels = sorted({float(g) for p in cfg.synthesis.plans if p.name in plan_names(cfg) and p.kind == "discl"
-                             for g in p.guidance_levels})
-    try:  # a schedule that cannot be built stops here, before Ray Train starts
-        schedule_for(cfg, planned_levels)
-    except ValueError as exc:
-        raise ConfigError(f"curriculum.schedule {c.schedule}: {exc}") from None
     prep = prepare.stage_dir(cfg).metrics()
     stage.begin(cfg)
     job = CurriculumJob(

@@ -18,7 +18,7 @@ from raysys.core.config import RaysysConfig, digest
 from raysys.core.schema import SCORE_COLUMNS, conform, write_manifest
 from raysys.core.stage import StageDir
 from raysys.ray.scoring import score_table
-from raysys.ray.train import ClassifierJob, fit_classifier, history_summary
+from raysys.ray.train import ClassifierJob, fit_classifier, history_summary, run_concurrently
 from raysys.report.plots import difficulty_histogram
 from raysys.scoring.difficulty import assign_folds
 from raysys.stages import prepare, train_classifier
@@ -46,23 +46,21 @@ def fold_digest(cfg: RaysysConfig) -> str:
 
 
 def _fit_fold_models(cfg: RaysysConfig, stage: StageDir, prep: dict) -> tuple[dict[str, str], list[dict]]:
+    """Train the k fold models, `score.concurrent_folds` at a time (each resumes if killed)."""
     k = cfg.score.folds
     fd = fold_digest(cfg)
-    model_dirs, fold_metrics = {}, []
-    for fold in range(k):
-        key = fold_key(k, fold)
-        directory = stage.file("folds", fd, f"fold{fold}", "model")
-        print(f"[score] fold model {fold + 1}/{k}")
-        history = fit_classifier(
-            ClassifierJob(
-                cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
-                groups=prep["groups"], storage=stage.file("folds", "ray"), name=f"{key}-{fd}",
-                epochs=cfg.score.fold_epochs or cfg.train.epochs, fold=fold, folds=k,
-            ),
-            directory,
-        ).history
-        model_dirs[key] = directory
-        summary = history_summary(history)
+    keys = [fold_key(k, fold) for fold in range(k)]
+    model_dirs = {key: stage.file("folds", fd, f"fold{fold}", "model") for fold, key in enumerate(keys)}
+    jobs = [ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
+                          groups=prep["groups"], storage=stage.file("folds", "ray"), name=f"{key}-{fd}",
+                          epochs=cfg.score.fold_epochs or cfg.train.epochs, fold=fold, folds=k)
+            for fold, key in enumerate(keys)]
+    print(f"[score] {k} fold models, {min(cfg.score.concurrent_folds, k)} at a time", flush=True)
+    fits = run_concurrently(fit_classifier, [(job, model_dirs[key]) for job, key in zip(jobs, keys)],
+                            cfg.score.concurrent_folds, keys)
+    fold_metrics = []
+    for fold, fit in enumerate(fits):
+        summary = history_summary(fit.history)
         fold_metrics.append({"fold": fold, **{m: summary[m] for m in ("acc", "acc_few", "macro_f1")}})
     return model_dirs, fold_metrics
 

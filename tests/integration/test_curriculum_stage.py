@@ -2,6 +2,7 @@
 killed adaptive run resumes at the same stage with the same choices as an uninterrupted one."""
 
 import glob
+import re
 import os
 import shutil
 import signal
@@ -94,3 +95,57 @@ def test_two_data_parallel_workers_share_the_adaptive_choice(tiny_synthetic, tmp
     assert set(m["adaptive_choices"]) == {"0", "1"} and set(m["adaptive_choices"].values()) <= {0.3, 0.7}
     assert m["trace"][:4] == [f"λ={m['adaptive_choices'][str(e // 2)]:g}" for e in range(4)]
     assert m["trace"][4] == "real only" and 0.0 <= m["acc"] <= 1.0
+
+
+COMPARE = ["curriculum.epochs=3", "compare.seeds=[0, 1]", "compare.concurrent=2",
+           "compare.variants={real_only: {schedule: real_only}, "
+           "dts: {schedule: diverse_to_specific, plans: [discl], curriculum_epochs: 2}}"]
+
+
+def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synthetic, tmp_path):
+    from raysys.cli import main
+    from raysys.core import io
+    from raysys.core.config import variant_config
+    from raysys.stages import evaluate, report
+
+    root = tmp_path / "compare"
+    _copy(tiny_synthetic, root)
+    overrides = [f"run.root={root}", *COMPARE]
+    assert main(["run", str(TINY), *overrides]) == 0
+    cfg = load_config(TINY, overrides)
+    ev = evaluate.stage_dir(cfg).metrics()
+    assert ev["baseline"] == "real_only" and list(ev["variants"]) == ["real_only", "dts"]
+    for name in ("real_only", "dts"):
+        runs = [curriculum.stage_dir(variant_config(cfg, name, seed)).metrics() for seed in (0, 1)]
+        row = ev["variants"][name]
+        assert row["per_seed"]["acc"] == [r["acc"] for r in runs] and row["seeds"] == [0, 1]
+        assert row["acc"] == pytest.approx(sum(r["acc"] for r in runs) / 2)
+        assert row["acc_std"] == pytest.approx(abs(runs[0]["acc"] - runs[1]["acc"]) / 2 ** 0.5)
+    assert ev["variants"]["dts"]["trace"] == ["λ=0.3", "λ=0.7", "real only"]
+    assert ev["variants"]["real_only"]["trace"] == ["real only"] * 3
+    diffs = [d - b for d, b in zip(ev["variants"]["dts"]["per_seed"]["acc_few"],
+                                   ev["variants"]["real_only"]["per_seed"]["acc_few"])]
+    assert ev["comparisons"]["dts"]["acc_few"]["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    assert ev["comparisons"]["dts"]["verdict"] in ("beats", "does not beat")
+    # The seeds are different runs: different initial weights.
+    weights = [io.read_bytes(curriculum.stage_dir(variant_config(cfg, "real_only", s)).file("model", "model.safetensors"))
+               for s in (0, 1)]
+    assert weights[0] != weights[1]
+
+    page = (root / "report" / "index.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert {"class_x_s_grid.png", "class_x_lambda_grid.png", "hard_factors.png",
+            "synthetic_difficulty_hist.png"} <= set(images)
+    assert all((root / "report" / name).stat().st_size > 1000 for name in images)
+    markdown = (root / "report" / "index.md").read_text()
+    assert "| dts | diverse_to_specific |" in markdown and "λ=0.3 ×1 → λ=0.7 ×1 → real only ×1" in markdown
+    summary = io.read_json(str(root / "summary.json"))
+    assert summary["results"]["dts"]["acc_few"] == ev["variants"]["dts"]["acc_few"]
+    assert summary["synthesis"]["duplicates"] == 0 and summary["stage_seconds"]["evaluate"] is not None
+    assert len(summary["verdicts"]) == 1 and summary["verdicts"][0].startswith("dts ")
+
+    done = {p: p.stat().st_mtime for p in (root / "curriculum").glob("*/metrics.json")}
+    assert len(done) == 4
+    assert main(["run", str(TINY), *overrides]) == 0  # everything complete: nothing retrained
+    assert {p: p.stat().st_mtime for p in done} == done
+    assert report.stage_dir(cfg).is_complete()

@@ -77,7 +77,7 @@ def test_runtime_env_is_one_ray_accepts():
 @pytest.mark.parametrize("script, stage", [
     ("prepare", "prepare"), ("train_classifier", "train-classifier"), ("score", "score"),
     ("pretrain_generator", "pretrain-generator"), ("finetune", "finetune"), ("synthesize", "synthesize"),
-    ("curriculum", "curriculum"), ("pipeline", "run"),
+    ("curriculum", "curriculum"), ("evaluate", "evaluate"), ("report", "report"), ("pipeline", "run"),
 ])
 def test_job_entrypoints_run_the_cli(script, stage, monkeypatch):
     calls = []

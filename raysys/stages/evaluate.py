@@ -1,0 +1,111 @@
+"""Stage `evaluate`: the comparison's results table, from the curriculum runs on the test split.
+
+Reads the final test metrics of every `compare.variants` x `compare.seeds` curriculum run (or of
+the single `curriculum` run when no variants are configured) and writes <root>/evaluate/:
+`metrics.json` with, per variant, the mean and standard deviation over seeds of overall,
+many/medium/few accuracy and macro-F1 and the per-seed values; and, per variant against the
+baseline variant, the mean paired difference in overall and few-class accuracy, the seeds it
+won, and a plain verdict ("beats" only if the mean difference is > 0 on both). Also
+`results.csv` (one row per variant) for other tools.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+
+from raysys.core import io
+from raysys.core.config import RaysysConfig, digest
+from raysys.core.stage import StageDir
+from raysys.stages import curriculum, train_classifier
+from raysys.stages.curriculum import curriculum_configs, variants
+
+NAME = "evaluate"
+METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
+
+
+def baseline_name(cfg: RaysysConfig) -> str:
+    return cfg.compare.baseline or next(iter(variants(cfg)))
+
+
+def stage_dir(cfg: RaysysConfig) -> StageDir:
+    return StageDir(cfg.run.root, NAME, digest([curriculum.stage_dir(c).digest for c in curriculum_configs(cfg)],
+                                               baseline_name(cfg)))
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for a single value) of the values that are not None."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, std
+
+
+def compare(baseline: dict[str, list], other: dict[str, list]) -> dict:
+    """Paired (seed by seed) differences other - baseline in overall and few-class accuracy."""
+    out = {}
+    for key in ("acc", "acc_few"):
+        diffs = [o - b for o, b in zip(other[key], baseline[key]) if o is not None and b is not None]
+        mean, std = mean_std(diffs)
+        out[key] = {"mean_diff": mean, "std_diff": std, "seeds_won": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+    beats = all(out[k]["mean_diff"] is not None and out[k]["mean_diff"] > 0 for k in ("acc", "acc_few"))
+    out["verdict"] = "beats" if beats else "does not beat"
+    return out
+
+
+def run(cfg: RaysysConfig) -> dict:
+    stage = stage_dir(cfg)
+    if stage.is_complete():
+        print(f"[evaluate] complete for this config, skipped ({stage.path})")
+        return stage.metrics()
+    runs = variants(cfg)
+    missing = [curriculum.variant_name(c) for c in curriculum_configs(cfg) if not curriculum.stage_dir(c).is_complete()]
+    if missing:
+        raise RuntimeError(f"evaluate needs every curriculum run of the comparison; not complete: {missing} "
+                           f"(run `raysys run CONFIG`, which trains them)")
+    stage.begin(cfg)
+    table = {}
+    for name, cfgs in runs.items():
+        per_seed = [curriculum.stage_dir(c).metrics() for c in cfgs]
+        c0 = cfgs[0].curriculum
+        row = {"schedule": c0.schedule, "loss": c0.loss, "plans": curriculum.plan_names(cfgs[0]) if c0.schedule != "real_only" else [],
+               "seeds": [c.curriculum.seed if c.curriculum.seed is not None else c.run.seed for c in cfgs],
+               "per_seed": {k: [m.get(k) for m in per_seed] for k in METRICS},
+               "trace": per_seed[0]["trace"], "adaptive_choices": [m.get("adaptive_choices", {}) for m in per_seed],
+               "synthetic_images_seen": per_seed[0].get("synthetic_images_seen", 0),
+               "seconds": sum(m.get("seconds", 0.0) for m in per_seed)}
+        for k in METRICS:
+            row[k], row[f"{k}_std"] = mean_std(row["per_seed"][k])
+        table[name] = row
+    base = baseline_name(cfg)
+    comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
+    reference = train_classifier.stage_dir(cfg)
+    metrics = stage.finish({
+        "baseline": base, "variants": table, "comparisons": comparisons,
+        "baseline_classifier": {k: reference.metrics().get(k) for k in METRICS} if reference.is_complete() else None,
+    })
+    io.write_text(stage.file("results.csv"), results_csv(metrics))
+    for name, row in table.items():
+        verdict = "" if name == base else f"  {comparisons[name]['verdict']} {base}"
+        print(f"[evaluate] {name:24s} acc {fmt(row['acc'], row['acc_std'])}  few {fmt(row['acc_few'], row['acc_few_std'])}"
+              f"{verdict}")
+    return metrics
+
+
+def fmt(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def results_csv(metrics: dict) -> str:
+    buf = _io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["variant", "schedule", "loss", "plans", "seeds", *[c for k in METRICS for c in (k, f"{k}_std")]])
+    for name, row in metrics["variants"].items():
+        writer.writerow([name, row["schedule"], row["loss"], " ".join(row["plans"]), len(row["seeds"]),
+                         *[row[c] for k in METRICS for c in (k, f"{k}_std")]])
+    return buf.getvalue()

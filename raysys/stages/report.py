@@ -1,0 +1,289 @@
+"""Stage `report`: one page a person wants to look at, and <root>/summary.json for tools.
+
+Writes <root>/report/index.html (static, opens from disk: every image is a PNG beside it) and
+the same content as <root>/report/index.md:
+- the results table of `evaluate` (every variant: overall, many/medium/few, macro-F1, mean ±
+  std over seeds, and the paired difference to the baseline) with a plain verdict;
+- difficulty histograms (real vs synthetic; requested vs measured), the class x s control grid,
+  the class x λ grid of the DisCL plan, the hard-factor visualisation;
+- the curriculum trace (the selection of every epoch, the adaptive choices);
+- generation cost (images, actor-seconds, images/s) and every stage's wall time.
+<root>/summary.json holds the same figures (stage seconds, results, comparisons, verdicts).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+import numpy as np
+
+from raysys.core import io
+from raysys.core.config import RaysysConfig, digest
+from raysys.core.schema import read_manifest
+from raysys.core.stage import StageDir
+from raysys.stages import (evaluate, finetune, prepare, pretrain_generator, score, synthesize, train_classifier)
+from raysys.stages.curriculum import curriculum_configs
+from raysys.stages.curriculum import stage_dir as curriculum_stage_dir
+
+NAME = "report"
+GROUPS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
+
+
+def stage_dir(cfg: RaysysConfig) -> StageDir:
+    upstream = [evaluate.stage_dir(cfg).digest, synthesize.stage_dir(cfg).digest, finetune.stage_dir(cfg).digest]
+    return StageDir(cfg.run.root, NAME, digest(upstream))
+
+
+def summary_path(cfg: RaysysConfig) -> str:
+    return io.join(io.resolve(cfg.run.root), "summary.json")
+
+
+def _stage_seconds(cfg: RaysysConfig) -> dict[str, float | None]:
+    stages = [("prepare", prepare), ("train_classifier", train_classifier), ("score", score)]
+    if pretrain_generator.needed(cfg):
+        stages.append(("pretrain_generator", pretrain_generator))
+    stages += [("finetune", finetune), ("synthesize", synthesize)]
+    out = {name: _seconds(module.stage_dir(cfg)) for name, module in stages}
+    runs = [_seconds(curriculum_stage_dir(c)) for c in curriculum_configs(cfg)]
+    out["curriculum (sum over runs)"] = round(sum(r for r in runs if r), 1) if any(runs) else None
+    out["evaluate"] = _seconds(evaluate.stage_dir(cfg))
+    return out
+
+
+def _seconds(stage: StageDir) -> float | None:
+    if not stage.is_complete():
+        return None
+    seconds = stage.metrics().get("seconds")
+    return round(seconds, 1) if seconds is not None else None
+
+
+def _pct(x: float | None, std: float | None = None) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * x:.1f}"
+
+
+def _signed(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def _trace(selections: list[str]) -> str:
+    """Consecutive equal selections run-length encoded: 'λ=0.9 ×6 → real ×2'."""
+    parts: list[list] = []
+    for s in selections:
+        if parts and parts[-1][0] == s:
+            parts[-1][1] += 1
+        else:
+            parts.append([s, 1])
+    return " → ".join(f"{s} ×{n}" for s, n in parts)
+
+
+def guidance_grid(cfg: RaysysConfig, location: str) -> bool:
+    """Class x λ grid from the first DisCL plan: per few class its first source image, then that
+    source at every λ (first seed). Filtered-out images are shown blank. False if no DisCL plan."""
+    from raysys.data.images import decode
+    from raysys.generation.synthesis import read_plan
+    from raysys.report.plots import image_grid
+
+    plan = next((p for p in cfg.synthesis.plans if p.kind == "discl"), None)
+    if plan is None:
+        return False
+    rows = read_plan(synthesize.plan_dir(cfg, plan.name), kept_only=False).to_pylist()
+    rows = [r for r in rows if r["source_id"] is not None]
+    if not rows:
+        return False
+    levels = sorted({round(r["guidance"], 4) for r in rows})
+    size, chans = cfg.data.image_size, cfg.data.channels
+    by_class: dict[int, dict] = {}
+    for r in sorted(rows, key=lambda r: (r["label"], r["source_id"], r["seed"])):
+        entry = by_class.setdefault(r["label"], {"source": r["source_id"], "cells": {}})
+        if r["source_id"] != entry["source"]:
+            continue
+        lam = round(r["guidance"], 4)
+        if lam not in entry["cells"] and r["image"] is not None and r["keep"]:
+            entry["cells"][lam] = r["image"]
+    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"])
+    wanted = {e["source"] for e in by_class.values()}
+    source_images = {sid: im for sid, im in zip(real["sample_id"].to_pylist(), real["image"].to_pylist()) if sid in wanted}
+    blank = np.zeros((size, size, chans), np.uint8)
+
+    def img(data):
+        return decode(data, size, chans).transpose(1, 2, 0) if data is not None else blank
+
+    labels = sorted(by_class)
+    grid = np.stack([np.stack([img(source_images.get(by_class[c]["source"]))] + [img(by_class[c]["cells"].get(lam)) for lam in levels])
+                     for c in labels])
+    names = prepare.stage_dir(cfg).metrics()["class_names"]
+    image_grid(grid, location, row_labels=[names[c] for c in labels],
+               col_labels=["source"] + [f"λ={lam:g}" for lam in levels],
+               title=f"plan '{plan.name}': source, then λ")
+    return True
+
+
+def run(cfg: RaysysConfig) -> dict:
+    stage = stage_dir(cfg)
+    if stage.is_complete():
+        print(f"[report] complete for this config, skipped ({stage.file('index.html')})")
+        return stage.metrics()
+    if not evaluate.stage_dir(cfg).is_complete():
+        raise RuntimeError(f"report needs the evaluate stage: run `raysys run CONFIG` ({evaluate.stage_dir(cfg).path})")
+    stage.begin(cfg)
+    ev = evaluate.stage_dir(cfg).metrics()
+    syn = synthesize.stage_dir(cfg).metrics() if synthesize.stage_dir(cfg).is_complete() else None
+    ft = finetune.stage_dir(cfg).metrics() if finetune.stage_dir(cfg).is_complete() else None
+    pre = pretrain_generator.stage_dir(cfg).metrics() \
+        if pretrain_generator.needed(cfg) and pretrain_generator.stage_dir(cfg).is_complete() else None
+    seconds = _stage_seconds(cfg)
+
+    figures = []  # (file in the report folder, caption)
+    copies = [(score.stage_dir(cfg), "difficulty_hist.png", "real_difficulty_hist.png",
+               "Measured difficulty of the real images (out-of-fold), by class group."),
+              (synthesize.stage_dir(cfg), "difficulty_hist.png", "synthetic_difficulty_hist.png",
+               "Difficulty: real train vs synthetic, requested vs measured, per synthesis plan."),
+              (finetune.stage_dir(cfg), "requested_vs_measured.png", "requested_vs_measured.png",
+               "Proof of control: mean measured difficulty per requested s (difficulty vs plain LoRA)."),
+              (finetune.stage_dir(cfg), "difficulty_control_hist.png", "control_hist.png",
+               "Measured difficulty of the control grids against the real train set."),
+              (finetune.stage_dir(cfg), "control_grid.png", "class_x_s_grid.png",
+               "Class x requested difficulty s (difficulty model, one seed)."),
+              (finetune.stage_dir(cfg), "hard_factors.png", "hard_factors.png",
+               "Hard factors: difficulty tokens only (empty prompt), same seed, s rising left to right."),
+              (pretrain_generator.stage_dir(cfg), "samples.png", "pretrain_samples.png",
+               "Samples of the pretrained base generator, one row per class.")]
+    for source, name, target, caption in copies:
+        if source.is_complete() and io.exists(source.file(name)):
+            io.write_bytes(stage.file(target), io.read_bytes(source.file(name)))
+            figures.append((target, caption))
+    if syn is not None and guidance_grid(cfg, stage.file("class_x_lambda_grid.png")):
+        figures.insert(5, ("class_x_lambda_grid.png", "Class x λ (DisCL plan): a hard real tail-class image (left), then "
+                                                       "its synthetic images by image guidance λ, from diverse (low λ) to "
+                                                       "specific (high λ; 1 would return the source). Blank: filtered out."))
+
+    base = ev["baseline"]
+    rows = []
+    for name, v in ev["variants"].items():
+        comp = ev["comparisons"].get(name)
+        rows.append([name, v["schedule"], v["loss"], ", ".join(v["plans"]) or "–", str(len(v["seeds"])),
+                     *[_pct(v[k], v[f"{k}_std"]) for k in GROUPS],
+                     _signed(comp["acc"]["mean_diff"]) if comp else "baseline",
+                     _signed(comp["acc_few"]["mean_diff"]) if comp else "baseline",
+                     f"{comp['acc_few']['seeds_won']}/{comp['acc_few']['seeds']}" if comp else "–"])
+    header = ["variant", "schedule", "loss", "synthetic plans", "seeds", "overall %", "many %", "medium %",
+              "few %", "macro-F1 %", f"Δ overall vs {base}", f"Δ few vs {base}", "seeds won (few)"]
+    verdicts = _verdicts(ev)
+
+    trace_rows = []
+    for name, v in ev["variants"].items():
+        chosen = v["adaptive_choices"][0] if v["adaptive_choices"] and v["adaptive_choices"][0] else None
+        trace_rows.append([name, _trace(v["trace"]),
+                           ", ".join(f"stage {k}: λ={c}" for k, c in chosen.items()) if chosen else "–"])
+
+    cost_rows = []
+    if syn is not None:
+        busy = sum(a.get("busy_s", 0.0) for a in syn.get("actors", {}).values())
+        cost_rows += [["synthesis: planned / written / kept / filtered",
+                       f"{syn['planned']} / {syn['written']} / {syn['kept']} / {syn['filtered']}"],
+                      ["synthesis: duplicates", str(syn["duplicates"])],
+                      ["synthesis: images/s (this run)", str(syn["images_per_s"])],
+                      ["synthesis: actor-seconds (device-seconds on a GPU pool)", f"{busy:.1f}"],
+                      ["synthesis: generation wall seconds", str(syn["generation_seconds"])]]
+    if ft is not None:
+        cost_rows += [["proof of control: Spearman(requested s, measured)", str(ft.get("difficulty_spearman"))],
+                      ["… within class", str(ft.get("difficulty_spearman_within_class"))]]
+    if pre is not None:
+        cost_rows.append(["base generator: recognised as the prompted class", f"{pre.get('recognition'):.3f}"])
+    stage_rows = [[k, "–" if s is None else f"{s:.1f}"] for k, s in seconds.items()]
+    total = sum(s for s in seconds.values() if s)
+    stage_rows.append(["total", f"{total:.1f}"])
+
+    sections = [
+        ("Results on the balanced test split", [("p", p) for p in verdicts] + [("table", header, rows)] + [
+            ("p", f"Mean ± standard deviation over seeds {ev['variants'][base]['seeds']} of the curriculum runs; "
+                  "Δ is the mean paired (same seed) difference in percentage points. Groups: many > "
+                  f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]),
+        ("Difficulty and control", [("img", f, c) for f, c in figures]),
+        ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
+                                                                  "adaptive choices"], trace_rows)]),
+        ("Generation cost", [("table", ["what", "value"], cost_rows)]),
+        ("Stage wall time (seconds, on the machine that ran it)", [("table", ["stage", "seconds"], stage_rows)]),
+    ]
+    title = f"raysys report: {cfg.run.root}"
+    io.write_text(stage.file("index.html"), _html(title, sections))
+    io.write_text(stage.file("index.md"), _markdown(title, sections))
+    summary = {
+        "run_root": io.resolve(cfg.run.root), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "stage_seconds": seconds, "total_seconds": round(total, 1), "baseline": base,
+        "results": {name: {k: v[k] for k in [*GROUPS, *[f"{g}_std" for g in GROUPS], "seeds", "schedule", "loss",
+                                             "plans"]} for name, v in ev["variants"].items()},
+        "comparisons": ev["comparisons"], "verdicts": verdicts,
+        "synthesis": {k: syn[k] for k in ("planned", "written", "kept", "filtered", "duplicates", "images_per_s")}
+        if syn else None,
+        "difficulty_spearman": ft.get("difficulty_spearman") if ft else None,
+        "report": stage.file("index.html"),
+    }
+    io.write_json(summary_path(cfg), summary)
+    metrics = stage.finish({"figures": [f for f, _ in figures], "summary": summary_path(cfg)})
+    print(f"[report] {stage.file('index.html')} (and index.md); summary -> {summary_path(cfg)}")
+    for line in verdicts:
+        print(f"[report] {line}")
+    return metrics
+
+
+def _verdicts(ev: dict) -> list[str]:
+    """One plain sentence per variant against the baseline."""
+    base = ev["baseline"]
+    out = []
+    for name, comp in ev["comparisons"].items():
+        a, f = comp["acc"], comp["acc_few"]
+        if a["mean_diff"] is None or f["mean_diff"] is None:
+            out.append(f"{name}: no few-class accuracy to compare with {base}.")
+            continue
+        how = (f"{_signed(a['mean_diff'])} points overall and {_signed(f['mean_diff'])} points on the few classes "
+               f"(won {f['seeds_won']} of {f['seeds']} seeds on few)")
+        if comp["verdict"] == "beats":
+            out.append(f"{name} beats {base}: {how}.")
+        else:
+            out.append(f"{name} does NOT beat {base}: {how}.")
+    return out
+
+
+def _html(title: str, sections) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:left;font-size:14px}th{background:#f3f3f3}figure{margin:1.5em 0}"
+             "img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}</style></head><body>",
+             f"<h1>{e(title)}</h1>"]
+    for heading, blocks in sections:
+        parts.append(f"<h2>{e(heading)}</h2>")
+        for block in blocks:
+            if block[0] == "p":
+                parts.append(f"<p>{e(block[1])}</p>")
+            elif block[0] == "table":
+                parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in block[1]) + "</tr>")
+                parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2]]
+                parts.append("</table>")
+            elif block[0] == "img":
+                parts.append(f"<figure><img src='{e(block[1])}' alt='{e(block[2])}'>"
+                             f"<figcaption>{e(block[2])}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _markdown(title: str, sections) -> str:
+    lines = [f"# {title}", ""]
+    for heading, blocks in sections:
+        lines += [f"## {heading}", ""]
+        for block in blocks:
+            if block[0] == "p":
+                lines += [block[1], ""]
+            elif block[0] == "table":
+                lines.append("| " + " | ".join(block[1]) + " |")
+                lines.append("|" + "---|" * len(block[1]))
+                lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in block[2]]
+                lines.append("")
+            elif block[0] == "img":
+                lines += [f"![{block[2]}]({block[1]})", "", f"*{block[2]}*", ""]
+    return "\n".join(lines)

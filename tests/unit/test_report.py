@@ -1,0 +1,76 @@
+"""The comparison's arithmetic (mean/std over seeds, paired differences, verdicts), the report's
+rendering, and the `compare` config section's validation."""
+
+import math
+import re
+
+import pytest
+
+from raysys.core.config import ConfigError, load_config, variant_config
+from raysys.stages import evaluate, report
+from tests.conftest import TINY
+
+
+def test_mean_std_is_the_sample_std_and_ignores_missing_values():
+    assert evaluate.mean_std([0.5, 0.7, None]) == pytest.approx((0.6, math.sqrt(0.02)))
+    assert evaluate.mean_std([0.4]) == (0.4, None)
+    assert evaluate.mean_std([None]) == (None, None)
+
+
+def test_compare_pairs_seeds_and_only_beats_when_both_accuracies_rise():
+    base = {"acc": [0.80, 0.82, 0.81], "acc_few": [0.50, 0.60, 0.55]}
+    better = {"acc": [0.81, 0.83, 0.80], "acc_few": [0.60, 0.62, 0.65]}
+    out = evaluate.compare(base, better)
+    assert out["acc"]["mean_diff"] == pytest.approx(0.0033333, abs=1e-6)
+    assert out["acc_few"]["mean_diff"] == pytest.approx(0.0733333, abs=1e-6)
+    assert out["acc"]["seeds_won"] == 2 and out["acc_few"]["seeds_won"] == 3
+    assert out["verdict"] == "beats"
+    worse_overall = {"acc": [0.79, 0.80, 0.80], "acc_few": [0.60, 0.62, 0.65]}
+    assert evaluate.compare(base, worse_overall)["verdict"] == "does not beat"
+
+
+def test_verdicts_say_plainly_when_a_variant_does_not_beat_the_baseline():
+    ev = {"baseline": "real_only", "comparisons": {
+        "dts": {"acc": {"mean_diff": 0.01, "seeds_won": 2, "seeds": 3},
+                "acc_few": {"mean_diff": -0.02, "seeds_won": 1, "seeds": 3}, "verdict": "does not beat"}}}
+    (line,) = report._verdicts(ev)
+    assert line == ("dts does NOT beat real_only: +1.0 points overall and -2.0 points on the few classes "
+                    "(won 1 of 3 seeds on few).")
+
+
+def test_trace_is_run_length_encoded():
+    assert report._trace(["λ=0.9", "λ=0.9", "λ=0.5", "real only"]) == "λ=0.9 ×2 → λ=0.5 ×1 → real only ×1"
+
+
+def test_html_escapes_and_markdown_tables_have_one_column_per_header():
+    sections = [("A <b>", [("p", "x < y"), ("table", ["h1", "h2"], [["a|b", "c"]]), ("img", "f.png", "cap")])]
+    page = report._html("t", sections)
+    assert "A &lt;b&gt;" in page and "x &lt; y" in page and "<img src='f.png'" in page
+    md = report._markdown("t", sections).splitlines()
+    assert "| h1 | h2 |" in md and "|---|---|" in md and "| a/b | c |" in md and "![cap](f.png)" in md
+
+
+VARIANTS = "compare.variants={ro: {schedule: real_only}, bs: {schedule: real_only, loss: balanced_softmax}}"
+
+
+def test_variant_config_sets_the_variant_fields_seed_and_name():
+    cfg = load_config(TINY, [VARIANTS, "compare.seeds=[3, 4]", "curriculum.epochs=7"])
+    v = variant_config(cfg, "bs", 4)
+    assert (v.curriculum.name, v.curriculum.seed, v.curriculum.loss, v.curriculum.epochs) == ("bs-seed4", 4,
+                                                                                             "balanced_softmax", 7)
+    assert cfg.curriculum.loss == "ce"  # the run's own section is untouched
+    assert [c.curriculum.name for c in evaluate.curriculum_configs(cfg)] == ["ro-seed3", "ro-seed4", "bs-seed3",
+                                                                           "bs-seed4"]
+    assert evaluate.baseline_name(cfg) == "ro"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compare.variants={ro: {schedul: real_only}}", "'schedul' is not a curriculum field (did you mean 'schedule'?)"),
+    ("compare.variants={ro: {schedule: sideways}}", "compare.variants.ro: curriculum.schedule must be one of"),
+    ("compare.baseline=nope", "compare.baseline 'nope' is not one of compare.variants"),
+    ("compare.seeds=[1, 1]", "compare.seeds must be a non-empty list of distinct seeds"),
+    ("compare.variants={ro: {seed: 3}}", "'seed' is not a curriculum field"),
+])
+def test_bad_compare_sections_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(TINY, [override])
