@@ -17,6 +17,7 @@ import sys
 import time
 
 from raysys.core.config import ConfigError, RaysysConfig, load_config
+from raysys.core.stage import MissingInput
 from raysys.data.sources import DataError
 
 STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize", "curriculum",
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== stage {i}/{len(stages)}: {name} finished in {seconds[name]:.1f}s", flush=True)
         if len(stages) > 1:
             print("== " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + f"; total {_clock(time.time() - start)}")
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, MissingInput) as exc:
         print(f"raysys: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,11 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig, to_yaml
 
 
+class MissingInput(RuntimeError):
+    """A stage's input (an upstream stage's output) is not there: the message names the command
+    that makes it. The CLI prints it as one line and exits with status 2."""
+
+
 @dataclass
 class StageDir:
     root: str

@@ -11,11 +11,12 @@ and the schedule trace. Each schedule has its own folder, so several can be comp
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from raysys.core import io
 from raysys.core.config import ConfigError, RaysysConfig, digest, variant_config
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.stages import prepare, score, synthesize
 
 NAME = "curriculum"
@@ -61,8 +62,18 @@ def run_all(cfg: RaysysConfig) -> list[dict]:
     if todo:
         from raysys.ray.curriculum import run_curricula
 
+        started = time.time()
         run_curricula(todo, cfg.compare.concurrent)
+        io.write_json(wall_time_path(cfg), {"runs_trained": [variant_name(c) for c in todo],
+                                            "concurrent": cfg.compare.concurrent,
+                                            "wall_seconds": round(time.time() - started, 3)})
     return [stage_dir(c).metrics() for c in cfgs]
+
+
+def wall_time_path(cfg: RaysysConfig) -> str:
+    """<root>/curriculum/wall_time.json: the wall time of the last `run_all` that trained runs
+    (runs overlap, so the sum of their own times overstates it)."""
+    return io.join(io.resolve(cfg.run.root), NAME, "wall_time.json")
 
 
 def _check_ready(cfg: RaysysConfig) -> None:
@@ -70,9 +81,9 @@ def _check_ready(cfg: RaysysConfig) -> None:
     cannot be built."""
     c = cfg.curriculum
     if not score.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"curriculum needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
+        raise MissingInput(f"curriculum needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
     if c.schedule != "real_only" and not synthesize.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"curriculum schedule {c.schedule} needs synthetic images: run `raysys synthesize CONFIG` "
+        raise MissingInput(f"curriculum schedule {c.schedule} needs synthetic images: run `raysys synthesize CONFIG` "
                            f"first ({synthesize.stage_dir(cfg).path})")
     from raysys.ray.curriculum import schedule_for
 

@@ -17,7 +17,7 @@ import math
 
 from raysys.core import io
 from raysys.core.config import RaysysConfig, digest
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.stages import curriculum, train_classifier
 from raysys.stages.curriculum import curriculum_configs, variants
 
@@ -64,7 +64,7 @@ def run(cfg: RaysysConfig) -> dict:
     runs = variants(cfg)
     missing = [curriculum.variant_name(c) for c in curriculum_configs(cfg) if not curriculum.stage_dir(c).is_complete()]
     if missing:
-        raise RuntimeError(f"evaluate needs every curriculum run of the comparison; not complete: {missing} "
+        raise MissingInput(f"evaluate needs every curriculum run of the comparison; not complete: {missing} "
                            f"(run `raysys run CONFIG`, which trains them)")
     stage.begin(cfg)
     table = {}

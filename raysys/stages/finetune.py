@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from raysys.core import io
 from raysys.core.config import RaysysConfig, digest
 from raysys.core.schema import read_manifest
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.stages import pretrain_generator, score, train_classifier
 
 NAME = "finetune"
@@ -77,9 +77,9 @@ def run(cfg: RaysysConfig) -> dict:
         print(f"[finetune] complete for this config, skipped ({stage.path})")
         return stage.metrics()
     if not score.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"finetune needs measured difficulty: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
+        raise MissingInput(f"finetune needs measured difficulty: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
     if pretrain_generator.needed(cfg) and not pretrain_generator.stage_dir(cfg).is_complete():
-        raise RuntimeError("generator.base is builtin: run `raysys pretrain-generator CONFIG` first "
+        raise MissingInput("generator.base is builtin: run `raysys pretrain-generator CONFIG` first "
                            f"({pretrain_generator.stage_dir(cfg).path})")
     if not pretrain_generator.needed(cfg):
         from raysys.generation.components import check_base

@@ -9,7 +9,7 @@ import numpy as np
 
 from raysys.core.config import RaysysConfig, digest
 from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.data.longtail import assign_splits, class_groups
 from raysys.data.sources import load_source
 
@@ -82,5 +82,5 @@ def load(cfg: RaysysConfig):
     """(manifest table, prepare metrics) of a completed prepare stage, or a clear error."""
     stage = stage_dir(cfg)
     if not stage.is_complete():
-        raise RuntimeError(f"prepare has not run for this config: run `raysys prepare CONFIG` first ({stage.path})")
+        raise MissingInput(f"prepare has not run for this config: run `raysys prepare CONFIG` first ({stage.path})")
     return read_manifest(manifest_path(cfg)), stage.metrics()

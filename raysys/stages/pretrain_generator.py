@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from raysys.core import io
-from raysys.core.config import RaysysConfig, digest
+from raysys.core.config import ConfigError, RaysysConfig, digest
 from raysys.core.stage import StageDir
 from raysys.stages import prepare, train_classifier
 
@@ -95,11 +95,11 @@ def run(cfg: RaysysConfig) -> dict:
         print(f"[pretrain_generator] complete for this config, skipped ({stage.path})")
         return stage.metrics()
     if not needed(cfg):
-        raise RuntimeError(f"generator.base is '{cfg.generator.base}': there is no built-in model to pretrain")
+        raise ConfigError(f"generator.base is '{cfg.generator.base}': there is no built-in model to pretrain")
     table, prep = prepare.load(cfg)
     table = table.filter(pc.equal(table["split"], "pretrain"))
     if table.num_rows == 0:
-        raise RuntimeError("the pretrain split is empty: set data.pretrain_per_class > 0 to pretrain the built-in generator")
+        raise ConfigError("the pretrain split is empty: set data.pretrain_per_class > 0 to pretrain the built-in generator")
     stage.begin(cfg)
     from raysys.data.images import decode_batch
     from raysys.ray.finetune import remote_task

@@ -21,10 +21,9 @@ import numpy as np
 from raysys.core import io
 from raysys.core.config import RaysysConfig, digest
 from raysys.core.schema import read_manifest
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.stages import (evaluate, finetune, prepare, pretrain_generator, score, synthesize, train_classifier)
-from raysys.stages.curriculum import curriculum_configs
-from raysys.stages.curriculum import stage_dir as curriculum_stage_dir
+from raysys.stages.curriculum import wall_time_path
 
 NAME = "report"
 GROUPS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
@@ -45,8 +44,8 @@ def _stage_seconds(cfg: RaysysConfig) -> dict[str, float | None]:
         stages.append(("pretrain_generator", pretrain_generator))
     stages += [("finetune", finetune), ("synthesize", synthesize)]
     out = {name: _seconds(module.stage_dir(cfg)) for name, module in stages}
-    runs = [_seconds(curriculum_stage_dir(c)) for c in curriculum_configs(cfg)]
-    out["curriculum (sum over runs)"] = round(sum(r for r in runs if r), 1) if any(runs) else None
+    wall = io.read_json(wall_time_path(cfg))["wall_seconds"] if io.exists(wall_time_path(cfg)) else None
+    out["curriculum"] = round(wall, 1) if wall is not None else None
     out["evaluate"] = _seconds(evaluate.stage_dir(cfg))
     return out
 
@@ -62,6 +61,10 @@ def _pct(x: float | None, std: float | None = None) -> str:
     if x is None:
         return "–"
     return f"{100 * x:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * x:.1f}"
+
+
+def _round(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def _signed(x: float | None) -> str:
@@ -127,7 +130,7 @@ def run(cfg: RaysysConfig) -> dict:
         print(f"[report] complete for this config, skipped ({stage.file('index.html')})")
         return stage.metrics()
     if not evaluate.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"report needs the evaluate stage: run `raysys run CONFIG` ({evaluate.stage_dir(cfg).path})")
+        raise MissingInput(f"report needs the evaluate stage: run `raysys run CONFIG` ({evaluate.stage_dir(cfg).path})")
     stage.begin(cfg)
     ev = evaluate.stage_dir(cfg).metrics()
     syn = synthesize.stage_dir(cfg).metrics() if synthesize.stage_dir(cfg).is_complete() else None
@@ -189,8 +192,8 @@ def run(cfg: RaysysConfig) -> dict:
                       ["synthesis: actor-seconds (device-seconds on a GPU pool)", f"{busy:.1f}"],
                       ["synthesis: generation wall seconds", str(syn["generation_seconds"])]]
     if ft is not None:
-        cost_rows += [["proof of control: Spearman(requested s, measured)", str(ft.get("difficulty_spearman"))],
-                      ["… within class", str(ft.get("difficulty_spearman_within_class"))]]
+        cost_rows += [["proof of control: Spearman(requested s, measured)", _round(ft.get("difficulty_spearman"))],
+                      ["… within class", _round(ft.get("difficulty_spearman_within_class"))]]
     if pre is not None:
         cost_rows.append(["base generator: recognised as the prompted class", f"{pre.get('recognition'):.3f}"])
     stage_rows = [[k, "–" if s is None else f"{s:.1f}"] for k, s in seconds.items()]
@@ -206,7 +209,7 @@ def run(cfg: RaysysConfig) -> dict:
         ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
                                                                   "adaptive choices"], trace_rows)]),
         ("Generation cost", [("table", ["what", "value"], cost_rows)]),
-        ("Stage wall time (seconds, on the machine that ran it)", [("table", ["stage", "seconds"], stage_rows)]),
+        ("Stage wall time (seconds, on the machine that ran it; curriculum: the wall time of its concurrent runs)", [("table", ["stage", "seconds"], stage_rows)]),
     ]
     title = f"raysys report: {cfg.run.root}"
     io.write_text(stage.file("index.html"), _html(title, sections))

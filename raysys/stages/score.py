@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from raysys.core.config import RaysysConfig, digest
 from raysys.core.schema import SCORE_COLUMNS, conform, write_manifest
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.ray.scoring import score_table
 from raysys.ray.train import ClassifierJob, fit_classifier, history_summary, run_concurrently
 from raysys.report.plots import difficulty_histogram
@@ -73,7 +73,7 @@ def run(cfg: RaysysConfig) -> dict:
     table, prep = prepare.load(cfg)
     baseline = train_classifier.stage_dir(cfg)
     if not baseline.is_complete():
-        raise RuntimeError(
+        raise MissingInput(
             f"score needs the train_classifier model: run `raysys train-classifier CONFIG` first ({baseline.path})"
         )
     stage.begin(cfg)

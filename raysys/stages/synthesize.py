@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from raysys.core import io
 from raysys.core.config import PlanConfig, RaysysConfig, digest
 from raysys.core.schema import read_manifest
-from raysys.core.stage import StageDir
+from raysys.core.stage import MissingInput, StageDir
 from raysys.stages import finetune, pretrain_generator, score, train_classifier
 
 NAME = "synthesize"
@@ -88,13 +88,13 @@ def _generator_specs(cfg: RaysysConfig, models: set[str]) -> dict:
 
 def _check_inputs(cfg: RaysysConfig) -> None:
     if not score.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"synthesize needs the scored manifest: run `raysys score CONFIG` first "
+        raise MissingInput(f"synthesize needs the scored manifest: run `raysys score CONFIG` first "
                            f"({score.stage_dir(cfg).path})")
     if any(p.model != "base" for p in cfg.synthesis.plans) and not finetune.stage_dir(cfg).is_complete():
-        raise RuntimeError(f"synthesize needs the fine-tuned generators: run `raysys finetune CONFIG` first "
+        raise MissingInput(f"synthesize needs the fine-tuned generators: run `raysys finetune CONFIG` first "
                            f"({finetune.stage_dir(cfg).path})")
     if pretrain_generator.needed(cfg) and not pretrain_generator.stage_dir(cfg).is_complete():
-        raise RuntimeError("generator.base is builtin: run `raysys pretrain-generator CONFIG` first")
+        raise MissingInput("generator.base is builtin: run `raysys pretrain-generator CONFIG` first")
 
 
 def run(cfg: RaysysConfig) -> dict:

@@ -142,6 +142,7 @@ def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synth
     summary = io.read_json(str(root / "summary.json"))
     assert summary["results"]["dts"]["acc_few"] == ev["variants"]["dts"]["acc_few"]
     assert summary["synthesis"]["duplicates"] == 0 and summary["stage_seconds"]["evaluate"] is not None
+    assert summary["stage_seconds"]["curriculum"] > 0  # the wall time of the 4 runs, 2 at a time
     assert len(summary["verdicts"]) == 1 and summary["verdicts"][0].startswith("dts ")
 
     done = {p: p.stat().st_mtime for p in (root / "curriculum").glob("*/metrics.json")}

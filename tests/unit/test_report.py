@@ -74,3 +74,13 @@ def test_variant_config_sets_the_variant_fields_seed_and_name():
 def test_bad_compare_sections_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(TINY, [override])
+
+
+@pytest.mark.parametrize("stage, needs", [("report", "report needs the evaluate stage"),
+                                          ("evaluate", "evaluate needs every curriculum run")])
+def test_a_stage_without_its_inputs_is_one_line_and_status_2(stage, needs, tmp_path, capsys):
+    from raysys.cli import main
+
+    assert main([stage, str(TINY), f"run.root={tmp_path}", VARIANTS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"raysys: error: {needs}")
