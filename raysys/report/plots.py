@@ -44,7 +44,8 @@ def image_grid(
     """A grid of uint8 images (rows, cols, H, W, C) with row and column labels, written as PNG."""
     rows, cols = images.shape[:2]
     cell = 0.6
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + cols * cell, 0.6 + rows * cell), dpi=100, squeeze=False)
+    height = 0.6 + rows * cell
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + cols * cell, height), dpi=100, squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r, c]
@@ -56,8 +57,9 @@ def image_grid(
                 ax.set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
             if r == 0:
                 ax.set_title(col_labels[c], fontsize=7)
-    fig.suptitle(f"{title}\n{col_title}" if col_title else title, fontsize=9)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    # Axes end 0.25 in below the figure's top (room for the column titles); the title sits above.
+    fig.subplots_adjust(top=1 - 0.25 / height, wspace=0.05, hspace=0.05)
+    fig.suptitle(f"{title}\n{col_title}" if col_title else title, fontsize=9, va="bottom", y=1.0)
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
