@@ -57,6 +57,9 @@ def run_all(cfg: RaysysConfig) -> list[dict]:
     seeds = len(cfg.compare.seeds) if cfg.compare.variants else 1
     print(f"[curriculum] {len(cfgs)} runs ({len(variants(cfg))} variants x {seeds} seeds): {len(cfgs) - len(todo)} "
           f"complete, {len(todo)} to train, {cfg.compare.concurrent} at a time", flush=True)
+    for c in cfgs:
+        if c not in todo:
+            print(f"[curriculum] {variant_name(c)}: complete for this config, skipped ({stage_dir(c).path})")
     for c in todo:
         _check_ready(c)
     if todo:

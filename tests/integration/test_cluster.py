@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -257,9 +258,9 @@ def test_pipeline_job_runs_on_both_nodes(cluster, tmp_path):
     info = _wait_for_job(cluster, submission_id)
     logs = _job_logs(cluster, submission_id)
     assert info["status"] == "SUCCEEDED", f"job {info['status']}: {info.get('message')}\n{logs[-6000:]}"
-    finished = [line for line in logs.splitlines() if line.startswith("== ") and " finished in " in line]
-    print("\n".join(finished))
-    assert [line.split()[1] for line in finished] == ["prepare", "train-classifier", "score"], logs[-3000:]
+    finished = [m.group(1) for m in re.finditer(r"^== stage \d+/\d+: (\S+) finished in ", logs, re.MULTILINE)]
+    print(finished)
+    assert finished == ["prepare", "train-classifier", "score"], logs[-3000:]
 
     # Work ran on both nodes: the Ray Train workers (one CPU each, one CPU per node) and the
     # scoring actor pool, per the state API's record of this job's actors.

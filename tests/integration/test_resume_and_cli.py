@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
 def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path):
     root = tmp_path / "run"
     cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "train.epochs=4", "finetune.variants=[plain]",
-           "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]"]
+           "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]", "curriculum.schedule=all_levels",
+           "curriculum.epochs=2"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -94,10 +96,12 @@ def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path):
     table = read_manifest(str(root / "score" / "manifest.parquet"))
     train = [d for d, s in zip(table["difficulty"].to_pylist(), table["split"].to_pylist()) if s == "train"]
     assert len(train) == 246 and all(d is not None and 0 <= d <= 1 for d in train)
-    stages = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize")
+    stages = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize",
+              "curriculum/all_levels", "evaluate", "report")
     for stage in stages:
         assert (root / stage / "config.yaml").is_file() and (root / stage / "metrics.json").is_file()
-    assert first.stdout.count("== stage ") == len(stages)
+    assert re.findall(r"^== stage (\d+)/9: \S+ finished in ", first.stdout, re.MULTILINE) == [str(i) for i in range(1, 10)]
+    assert (root / "report" / "index.html").is_file() and (root / "summary.json").is_file()
     assert (root / "finetune" / "plain" / "adapters" / "pytorch_lora_weights.safetensors").is_file()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stdout.count("complete for this config, skipped") == len(stages)
