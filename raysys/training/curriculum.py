@@ -6,7 +6,10 @@ epoch's mix, the guidance-validation set, the adaptive probe, and the long-tail 
 - `epoch_mix`: one epoch's rows. Real rows: every tail-class image, and `undersample` of the
   others drawn afresh. Synthetic rows: when the epoch's selection is not empty,
   `synthetic_per_epoch` x the real count, drawn with replacement from the rows that match
-  the selection, afresh every epoch. Everything random depends only on (seed, epoch).
+  the selection (weighted by `difficulty_weights` when a distribution over s is asked for),
+  afresh every epoch; with `equal_steps` the shuffled mix is cut to the real count. Everything
+  random depends only on (seed, epoch).
+- `select_measured`: the easy / medium / hard subsets, by re-scored difficulty.
 - `GuidanceVal`: hard real images held out with all their synthetic λ images (DisCL). The
   adaptive schedule measures p(y|x) there before and after a short real-only probe.
 """
@@ -46,6 +49,8 @@ class Pool:
     """int requested-s bin per row (-1: none, and for real rows)."""
     tail: np.ndarray
     """bool: the row's class is a few (tail) class."""
+    requested: np.ndarray
+    """float requested difficulty s per row (NaN: none, and for real rows)."""
 
     @property
     def synthetic(self) -> np.ndarray:
@@ -74,12 +79,56 @@ def build_pool(real: pa.Table, synthetic: pa.Table, size: int, channels: int, fe
         s = synthetic["requested_difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
         s_bin = np.where(np.isnan(s), -1, bin_of(np.nan_to_num(s), difficulty_bins))
     else:
-        data, lam, s_bin = real_images, np.zeros(0), np.zeros(0, dtype=np.int64)
+        data, lam, s, s_bin = real_images, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
     n_real = len(real_images)
     guidance = np.concatenate([np.full(n_real, np.nan), lam])
     difficulty_bin = np.concatenate([np.full(n_real, -1, dtype=np.int64), s_bin.astype(np.int64)])
     tail = np.isin(data.labels.numpy(), list(few))
-    return Pool(data, n_real, guidance, difficulty_bin, tail)
+    requested = np.concatenate([np.full(n_real, np.nan), s])
+    return Pool(data, n_real, guidance, difficulty_bin, tail, requested)
+
+
+def select_measured(synthetic: pa.Table, lo: float, hi: float) -> pa.Table:
+    """The synthetic rows whose measured difficulty (the baseline's re-scored 1 - p(y|x)) lies in
+    [lo, hi]; rows never re-scored are dropped."""
+    if len(synthetic) == 0:
+        return synthetic
+    d = synthetic["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+    return synthetic.filter(pa.array(~np.isnan(d) & (d >= lo) & (d <= hi)))
+
+
+def difficulty_weights(requested: np.ndarray, distribution: str, params: Sequence[float], bins: int = 10
+                       ) -> np.ndarray:
+    """Draw weight per row so that draws follow `distribution` over requested s: the target's
+    pdf(s) divided by the pool's own density of s (a `bins`-bin histogram on [0, 1]). A pool made
+    with s ~ Uniform(0, 1) then serves any target; rows without s (NaN) weigh 0.
+
+    normal (μ, σ), beta (α, β), uniform (lo, hi); the pdf needs no normalising constant."""
+    s = np.asarray(requested, dtype=np.float64)
+    has = ~np.isnan(s)
+    x = np.clip(np.where(has, s, 0.5), 1e-3, 1 - 1e-3)
+    a, b = float(params[0]), float(params[1])
+    if distribution == "normal":
+        pdf = np.exp(-0.5 * ((x - a) / b) ** 2)
+    elif distribution == "beta":
+        pdf = np.exp((a - 1) * np.log(x) + (b - 1) * np.log1p(-x))
+    elif distribution == "uniform":
+        pdf = ((x >= a) & (x <= b)).astype(np.float64)
+    else:
+        raise ValueError(f"unknown difficulty distribution '{distribution}' (normal, beta or uniform)")
+    weights = np.zeros(len(s))
+    if has.any():
+        which = np.clip((x[has] * bins).astype(np.int64), 0, bins - 1)
+        density = np.bincount(which, minlength=bins) / has.sum()
+        weights[has] = pdf[has] / density[which]
+    return weights
+
+
+def mix_size(pool: Pool, synthetic_per_epoch: float, undersample: float, equal_steps: bool) -> int:
+    """Rows of a curriculum epoch's mix (what the LR schedule counts steps by)."""
+    n_tail = int(pool.tail[: pool.n_real].sum())
+    real = n_tail + int(round(undersample * (pool.n_real - n_tail)))
+    return real if equal_steps else real + int(round(synthetic_per_epoch * real))
 
 
 @dataclass
@@ -93,7 +142,7 @@ class Mix:
 
 
 def epoch_mix(pool: Pool, selection: Selection, epoch: int, seed: int, synthetic_per_epoch: float,
-              undersample: float) -> Mix:
+              undersample: float, draw_weights: Optional[np.ndarray] = None, equal_steps: bool = False) -> Mix:
     rng = _rng("mix", seed, epoch)
     real_rows = np.arange(pool.n_real)
     tail_rows = real_rows[pool.tail[: pool.n_real]]
@@ -107,13 +156,19 @@ def epoch_mix(pool: Pool, selection: Selection, epoch: int, seed: int, synthetic
         mask = np.zeros(len(pool.data), dtype=bool)
         for level in selection.levels:
             mask |= pool.matches(level)
+        if draw_weights is not None:
+            mask &= draw_weights > 0
         candidates = np.flatnonzero(mask)
         matching = len(candidates)
         k = int(round(synthetic_per_epoch * len(real_kept)))
         if matching and k:
-            synthetic = rng.choice(candidates, size=k, replace=True)
-    rows = np.concatenate([real_kept, synthetic]).astype(np.int64)
-    return Mix(rng.permutation(rows), len(real_kept), len(synthetic), matching)
+            p = None if draw_weights is None else draw_weights[candidates] / draw_weights[candidates].sum()
+            synthetic = rng.choice(candidates, size=k, replace=True, p=p)
+    rows = rng.permutation(np.concatenate([real_kept, synthetic]).astype(np.int64))
+    if equal_steps:
+        rows = rows[: len(real_kept)]
+    n_real = int((rows < pool.n_real).sum())
+    return Mix(rows, n_real, len(rows) - n_real, matching)
 
 
 def log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

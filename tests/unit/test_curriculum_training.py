@@ -10,8 +10,11 @@ from raysys.curriculum.base import REAL_ONLY, Level, Selection
 from raysys.data.images import encode_png
 from raysys.training.curriculum import (
     build_pool,
+    difficulty_weights,
     epoch_mix,
     log_prior,
+    mix_size,
+    select_measured,
     split_guidance_val,
     worst_k_accuracy,
 )
@@ -83,3 +86,47 @@ def test_balanced_softmax_prior_and_worst_k():
     assert torch.allclose(prior.exp().sum(), torch.tensor(1.0))
     assert prior[0] > prior[1] and prior[1] == prior[2]  # an absent class counts as 1 (no log 0)
     assert worst_k_accuracy([0.9, 0.1, None, 0.5, 0.3], 2) == pytest.approx(0.2)
+
+
+def test_difficulty_weights_make_draws_follow_the_target_distribution():
+    rng = np.random.default_rng(0)
+    pool_s = np.concatenate([rng.uniform(0, 1, 4000), rng.uniform(0, 0.2, 4000)])  # twice as dense below 0.2
+    pool_s = np.concatenate([pool_s, [np.nan] * 10])
+    means = []
+    for mu in (0.3, 0.5, 0.7, 0.9):
+        w = difficulty_weights(pool_s, "normal", [mu, 0.1])
+        assert (w[-10:] == 0).all()  # rows without s are never drawn
+        drawn = pool_s[rng.choice(len(pool_s), size=20000, p=w / w.sum())]
+        means.append(drawn.mean())
+        assert abs(np.std(drawn) - 0.1) < 0.03 or mu == 0.9  # μ=0.9 is cut at s=1
+    assert np.all(np.diff(means) > 0.15) and abs(means[0] - 0.3) < 0.02 and abs(means[1] - 0.5) < 0.02
+    # Without dividing by the pool's density, the dense low end would drag μ=0.3 down.
+    naive = np.exp(-0.5 * ((np.nan_to_num(pool_s, nan=-9) - 0.3) / 0.1) ** 2)
+    assert pool_s[rng.choice(len(pool_s), size=20000, p=naive / naive.sum())].mean() < means[0] - 0.02
+    uni = difficulty_weights(pool_s, "uniform", [0.4, 0.6])
+    assert ((uni > 0) == ((pool_s >= 0.4) & (pool_s <= 0.6))).all()
+    beta = difficulty_weights(pool_s, "beta", [8, 2])
+    assert pool_s[rng.choice(len(pool_s), size=20000, p=beta / beta.sum())].mean() == pytest.approx(0.8, abs=0.02)
+    with pytest.raises(ValueError, match="unknown difficulty distribution"):
+        difficulty_weights(pool_s, "gamma", [1, 1])
+
+
+def test_weighted_draws_and_equal_steps_in_the_epoch_mix():
+    real, syn = tables()
+    pool = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    hard = difficulty_weights(pool.requested, "uniform", [0.5, 1.0])
+    mix = epoch_mix(pool, Selection((Level(),)), epoch=0, seed=0, synthetic_per_epoch=1.0, undersample=1.0,
+                    draw_weights=hard)
+    assert mix.matching == 9 and mix.synthetic == 34  # only the rows with s 0.8 or 0.9
+    assert (pool.requested[mix.indices[mix.indices >= 34]] >= 0.8).all()
+    equal = epoch_mix(pool, Selection((Level(),)), epoch=0, seed=0, synthetic_per_epoch=1.0, undersample=1.0,
+                      equal_steps=True)
+    assert len(equal.indices) == equal.real + equal.synthetic == 34  # as many rows as a real-only epoch
+    assert 8 <= equal.synthetic <= 26  # about half of them synthetic
+    assert mix_size(pool, 1.0, 1.0, equal_steps=True) == 34 and mix_size(pool, 0.5, 0.5, False) == 19 + 10
+
+
+def test_select_measured_keeps_rows_in_the_range():
+    t = pa.table({"sample_id": ["a", "b", "c", "d"], "difficulty": pa.array([0.01, 0.3, 0.9, None], pa.float32())})
+    assert select_measured(t, 0.0, 0.1)["sample_id"].to_pylist() == ["a"]
+    assert select_measured(t, 0.2, 1.0)["sample_id"].to_pylist() == ["b", "c"]
