@@ -363,6 +363,21 @@ class CurriculumConfig:
     undersample: float = 1.0
     """Share of the non-tail (many and medium class) real images kept each epoch, drawn afresh;
     tail (few) classes always keep all."""
+    equal_steps: bool = False
+    """True: every epoch trains on as many images as a real-only epoch (its shuffled mix of real
+    and synthetic rows is cut to the real count), so variants with synthetic data get no extra
+    optimizer steps. False: synthetic rows come on top (more steps per epoch)."""
+    difficulty_distribution: Optional[str] = None
+    """Draw synthetic rows by their requested difficulty s: normal (difficulty_params μ, σ), beta
+    (α, β) or uniform (lo, hi). Each row is drawn with probability ∝ pdf(s) / (the pool's density
+    of s, a 10-bin histogram), so draws follow the distribution wherever the pool covers it; rows
+    without s are never drawn. None: every matching row alike. This is how one pool generated over
+    the whole range of s serves every μ: nothing is regenerated."""
+    difficulty_params: list[float] = field(default_factory=lambda: [0.5, 0.1])
+    """Parameters of difficulty_distribution (the paper's best: normal μ=0.5, σ=0.1)."""
+    measured_difficulty: Optional[list[float]] = None
+    """[lo, hi]: keep only synthetic rows whose measured difficulty (re-scored 1 - p(y|x) by the
+    baseline) lies in [lo, hi], e.g. easy / medium / hard subsets. None: every kept row."""
     loss: str = "ce"
     """ce (cross-entropy) or balanced_softmax (logits + log class prior of the epoch's mix)."""
     guidance_val_sources: int = 0
@@ -399,6 +414,36 @@ class CompareConfig:
 
 
 @dataclass
+class TuneConfig:
+    """`raysys tune CONFIG`: a Ray Tune sweep over curriculum.* fields. Every trial trains a
+    curriculum run on the synthetic images already made (it never regenerates) and reports every
+    epoch; ASHA stops the weak ones early."""
+
+    name: str = "sweep"
+    """Folder under <root>/tune/; rerunning the same sweep resumes it, or skips it when complete."""
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """curriculum field -> its search domain, one of {choice: [...]}, {grid: [...]} (every value,
+    times num_samples), {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]} (hi
+    excluded). A list item is `field.i`, e.g. `curriculum.difficulty_params.0` for μ."""
+    num_samples: int = 8
+    """Trials drawn from the space (with grid entries: samples per grid point)."""
+    metric: str = "val_acc_few"
+    """What ASHA and the best trial go by: val_acc, val_acc_many, val_acc_medium, val_acc_few,
+    val_macro_f1 or train_loss (validation split; test metrics are only reported)."""
+    mode: str = "max"
+    """max or min."""
+    grace_period: int = 4
+    """ASHA: epochs every trial trains before it can be stopped."""
+    reduction_factor: int = 2
+    """ASHA: 1 / the share of trials kept at each rung."""
+    max_concurrent_trials: Optional[int] = None
+    """Trials running at once (None: the cluster's CPUs (or GPUs) over what one trial's Ray Train
+    workers take)."""
+    seed: int = 0
+    """Seed of the search (which configurations are drawn)."""
+
+
+@dataclass
 class RaysysConfig:
     """The whole run: one section per component."""
 
@@ -413,6 +458,7 @@ class RaysysConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def _all_keys(dc_type, prefix: str = "") -> list[str]:
@@ -497,6 +543,7 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
         problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
     problems += _synthesis_problems(cfg.synthesis)
     problems += _curriculum_problems(cfg)
+    problems += _tune_problems(cfg)
     for p in cfg.synthesis.plans:
         if p.model != "base" and p.model not in cfg.finetune.variants:
             problems.append(f"synthesis plan '{p.name}' uses model '{p.model}', which finetune.variants "
@@ -589,6 +636,22 @@ def _curriculum_problems(cfg: "RaysysConfig", compare: bool = True) -> list[str]
         problems.append("curriculum.stage_epochs, probe_steps and worst_k must be >= 1")
     if c.synthetic_per_epoch < 0 or not 0 < c.undersample <= 1:
         problems.append("curriculum.synthetic_per_epoch must be >= 0 and curriculum.undersample in (0, 1]")
+    if c.difficulty_distribution is not None:
+        if c.difficulty_distribution not in ("normal", "beta", "uniform"):
+            problems.append(f"curriculum.difficulty_distribution must be normal, beta, uniform or null, "
+                            f"got '{c.difficulty_distribution}'")
+        elif len(c.difficulty_params) != 2:
+            problems.append(f"curriculum.difficulty_params: {c.difficulty_distribution} takes 2 values, "
+                            f"got {c.difficulty_params}")
+        elif c.difficulty_distribution in ("normal", "beta") and min(c.difficulty_params[1:]) <= 0 or (
+                c.difficulty_distribution == "beta" and c.difficulty_params[0] <= 0) or (
+                c.difficulty_distribution == "uniform" and not 0 <= c.difficulty_params[0] < c.difficulty_params[1] <= 1):
+            problems.append(f"curriculum.difficulty_params {c.difficulty_params} do not define a "
+                            f"{c.difficulty_distribution} distribution on [0, 1] (sigma, alpha, beta > 0; 0 <= lo < hi <= 1)")
+    if c.measured_difficulty is not None and not (
+            len(c.measured_difficulty) == 2 and 0 <= c.measured_difficulty[0] < c.measured_difficulty[1] <= 1):
+        problems.append(f"curriculum.measured_difficulty must be [lo, hi] with 0 <= lo < hi <= 1, "
+                        f"got {c.measured_difficulty}")
     if c.loss not in ("ce", "balanced_softmax"):
         problems.append(f"curriculum.loss must be ce or balanced_softmax, got '{c.loss}'")
     if c.name is not None and not PLAN_NAME.match(c.name):
@@ -627,6 +690,87 @@ def _compare_problems(cfg: "RaysysConfig") -> list[str]:
         problems.append(f"compare.seeds must be a non-empty list of distinct seeds, got {cm.seeds}")
     if cm.concurrent < 1:
         problems.append("compare.concurrent must be >= 1")
+    return problems
+
+
+TUNE_DOMAINS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2}
+TUNE_METRICS = ("val_acc", "val_acc_many", "val_acc_medium", "val_acc_few", "val_macro_f1", "train_loss")
+
+
+def tune_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled `curriculum.field[.i]` values -> curriculum field -> value (list items set in a
+    copy of the list they belong to, which `base` supplies). Used with `apply_tune_params`."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        parts = key.split(".")
+        out.setdefault(parts[1], {})[int(parts[2]) if len(parts) == 3 else None] = value
+    return out
+
+
+def apply_tune_params(cfg: "RaysysConfig", params: dict[str, Any], name: str) -> "RaysysConfig":
+    """`cfg` with a trial's sampled `curriculum.*` values set, its curriculum run named `name`."""
+    from dataclasses import replace
+
+    fields_: dict[str, Any] = {}
+    for field_name, items in tune_overrides(params).items():
+        if None in items:
+            fields_[field_name] = items[None]
+        else:
+            values = list(getattr(cfg.curriculum, field_name))
+            for i, v in items.items():
+                values[i] = v
+            fields_[field_name] = values
+    return replace(cfg, curriculum=replace(cfg.curriculum, **fields_, name=name))
+
+
+def _tune_problems(cfg: "RaysysConfig") -> list[str]:
+    t = cfg.tune
+    problems = []
+    if not PLAN_NAME.match(t.name):
+        problems.append("tune.name may hold only letters, digits, - and _")
+    if t.metric not in TUNE_METRICS:
+        problems.append(f"tune.metric must be one of {', '.join(TUNE_METRICS)}, got '{t.metric}'")
+    if t.mode not in ("max", "min"):
+        problems.append(f"tune.mode must be max or min, got '{t.mode}'")
+    if t.num_samples < 1 or t.grace_period < 1 or t.reduction_factor < 2:
+        problems.append("tune.num_samples and tune.grace_period must be >= 1, tune.reduction_factor >= 2")
+    if t.max_concurrent_trials is not None and t.max_concurrent_trials < 1:
+        problems.append("tune.max_concurrent_trials must be >= 1 (or null)")
+    known = {f.name: f for f in fields(CurriculumConfig)}
+    for key, domain in t.space.items():
+        at = f"tune.space.{key}"
+        parts = key.split(".")
+        if parts[0] != "curriculum" or len(parts) not in (2, 3) or parts[1] not in known or parts[1] in ("name", "seed"):
+            hint = difflib.get_close_matches(parts[-1] if len(parts) > 1 else key, sorted(known), n=1)
+            problems.append(f"{at}: not a searchable field; the space holds curriculum.* fields (trials reuse the "
+                            "synthetic images, never regenerate)" + (f"; did you mean 'curriculum.{hint[0]}'?" if hint else ""))
+            continue
+        if len(parts) == 3:
+            current = getattr(cfg.curriculum, parts[1])
+            if not isinstance(current, list) or not parts[2].isdigit() or int(parts[2]) >= len(current):
+                problems.append(f"{at}: curriculum.{parts[1]} has no item {parts[2]} (it is {current!r})")
+                continue
+        if not isinstance(domain, dict) or len(domain) != 1 or next(iter(domain)) not in TUNE_DOMAINS:
+            problems.append(f"{at}: must be one of {{choice: [...]}}, {{grid: [...]}}, {{uniform: [lo, hi]}}, "
+                            f"{{loguniform: [lo, hi]}}, {{randint: [lo, hi]}}; got {domain!r}")
+            continue
+        kind, values = next(iter(domain.items()))
+        if not isinstance(values, list) or not values or (TUNE_DOMAINS[kind] and len(values) != 2):
+            problems.append(f"{at}: {kind} takes " + ("[lo, hi]" if TUNE_DOMAINS[kind] else "a non-empty list")
+                            + f", got {values!r}")
+            continue
+        if TUNE_DOMAINS[kind] and not values[0] < values[1]:
+            problems.append(f"{at}: {kind} needs lo < hi, got {values}")
+            continue
+        # Every listed value, and both ends of a range, must make a valid curriculum section.
+        for value in values:
+            try:
+                trial = apply_tune_params(cfg, {key: value}, "tune-check")
+                OmegaConf.structured(trial.curriculum)  # the field's type
+            except (TypeError, ValueError, OmegaConfBaseException) as exc:
+                problems.append(f"{at}: value {value!r}: {str(exc).splitlines()[0]}")
+                continue
+            problems += [f"{at}: value {value!r}: {p}" for p in _curriculum_problems(trial, compare=False)]
     return problems
 
 
