@@ -4,6 +4,8 @@ Stages: prepare, train-classifier, score, pretrain-generator (only when generato
 builtin), finetune, synthesize, curriculum (one schedule: the `curriculum` section), evaluate
 and report (the comparison's table and page), and run: every stage that applies, in order, with
 curriculum training every `compare.variants` x `compare.seeds` run. Complete stages are skipped.
+`tune` runs a Ray Tune sweep (ASHA) over the `tune.space` curriculum fields on the synthetic
+images already made, and writes the results table and the best config as YAML.
 `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to an image
 folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv.
 Config errors and unusable data exit with status 2 and one line naming the problem.
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="raysys", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=[*STAGES, "run"])
+    parser.add_argument("stage", choices=[*STAGES, "run", "tune"])
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")

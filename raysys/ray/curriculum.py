@@ -33,10 +33,13 @@ from raysys.training.classifier import evaluate, images_from_manifest, make_opti
 from raysys.training.curriculum import (
     build_guidance_val,
     build_pool,
+    difficulty_weights,
     epoch_mix,
     guidance_accuracy,
     log_prior,
+    mix_size,
     probe_gains_inputs,
+    select_measured,
     split_guidance_val,
     worst_k_accuracy,
 )
@@ -99,6 +102,8 @@ def _worker(job: CurriculumJob) -> None:
     table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
     real_train = table.filter(pc.equal(table["split"], "train"))
     synthetic = read_synthetic(job.plan_dirs) if c.schedule != "real_only" else read_synthetic([])
+    if c.measured_difficulty is not None:
+        synthetic = select_measured(synthetic, *c.measured_difficulty)
     real_train, synthetic, held_real, held_syn = split_guidance_val(real_train, synthetic, c.guidance_val_sources,
                                                                     seed)
     gval = build_guidance_val(held_real, held_syn, size, chans) if len(held_real) else None
@@ -115,8 +120,9 @@ def _worker(job: CurriculumJob) -> None:
                               weights=cfg.classifier.weights, image_size=size)
     model = ray.train.torch.prepare_model(model)
     bare = getattr(model, "module", model)
-    mix_size = pool.n_real * (1 + c.synthetic_per_epoch)
-    steps = -(-int(mix_size // world) // cfg.train.batch_size)
+    weights = difficulty_weights(pool.requested, c.difficulty_distribution, c.difficulty_params) \
+        if c.difficulty_distribution else None
+    steps = -(-(mix_size(pool, c.synthetic_per_epoch, c.undersample, c.equal_steps) // world) // cfg.train.batch_size)
     opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
 
     start, history, resumes = 0, [], []
@@ -148,7 +154,7 @@ def _worker(job: CurriculumJob) -> None:
             chosen = schedule.record(epoch, choice["before"], choice["after"])
             record["adaptive"] = {"chosen": chosen, "gains": schedule.gains[schedule.stage(epoch)]}
         selection = schedule.selection(epoch)
-        mix = epoch_mix(pool, selection, epoch, seed, c.synthetic_per_epoch, c.undersample)
+        mix = epoch_mix(pool, selection, epoch, seed, c.synthetic_per_epoch, c.undersample, weights, c.equal_steps)
         if rank == 0 and not selection.real_only and mix.matching == 0:
             print(f"[{job.name}] warning: epoch {epoch + 1} selects [{selection}], but no synthetic image of "
                   f"plans {[os.path.basename(d) for d in job.plan_dirs]} matches it: a real-only epoch", flush=True)
@@ -177,7 +183,9 @@ def _worker(job: CurriculumJob) -> None:
             few = val_m["acc_few"]
             print(f"[{job.name}] epoch {epoch + 1}/{epochs} [{selection}] real {mix.real} + synthetic {mix.synthetic} "
                   f"loss {loss:.4f} val acc {val_m['acc']:.4f} few {few if few is None else round(few, 4)}", flush=True)
-        metrics = {"epoch": epoch + 1, "train_loss": loss, "val_acc": val_m["acc"], "val_acc_few": val_m["acc_few"]}
+        metrics = {"epoch": epoch + 1, "train_loss": loss,
+                   **{f"val_{k}": val_m[k] for k in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")},
+                   **({f"test_{k}": test_m[k] for k in ("acc", "acc_few", "macro_f1")} if last else {})}
         if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),

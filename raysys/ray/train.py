@@ -136,9 +136,11 @@ def _train_worker(job: ClassifierJob) -> None:
             ray.train.report(metrics)
 
 
-def classifier_trainer(worker, job, train: TrainConfig, num_workers: int) -> TorchTrainer:
+def classifier_trainer(worker, job, train: TrainConfig, num_workers: int, callbacks: Optional[list] = None
+                       ) -> TorchTrainer:
     """A TorchTrainer running `worker(job)` on `num_workers` workers as `train` says, named
-    `job.name` under `job.storage` (the same name and storage resume the run)."""
+    `job.name` under `job.storage` (the same name and storage resume the run); `callbacks` go to
+    its RunConfig (a Tune trial passes TuneReportCallback)."""
     return TorchTrainer(
         worker,
         train_loop_config=job,
@@ -153,6 +155,7 @@ def classifier_trainer(worker, job, train: TrainConfig, num_workers: int) -> Tor
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=train.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
     )
 

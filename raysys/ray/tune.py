@@ -1,0 +1,129 @@
+"""Ray Tune sweeps over the curriculum: each trial is a function trainable that builds and fits a
+TorchTrainer (the curriculum worker of raysys.ray.curriculum) and forwards its per-epoch reports
+to Tune, where ASHA stops the weak trials at its rungs.
+
+- The trial function is only the Ray Train driver: it holds no CPU (1 MiB of logical memory), the Train
+  workers hold the cores, and `max_concurrent_trials` (derived from the cluster) keeps the drivers from starting
+  runs that would wait for resources.
+- Trials read the synthetic manifests; nothing is generated.
+- The sweep is stored under `<stage>/ray/<name>`: rerunning an interrupted sweep restores it
+  (`Tuner.restore`): finished trials are kept, unfinished ones restart and their Ray Train run
+  resumes from its last checkpoint (`<stage>/ray/trials/<trial id>`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from raysys.core.config import RaysysConfig, apply_tune_params
+from raysys.ray.curriculum import CurriculumJob, _worker
+from raysys.ray.train import classifier_trainer
+
+
+@dataclass
+class SweepJob:
+    cfg: RaysysConfig
+    manifest: str
+    plan_dirs: list[str]
+    num_classes: int
+    groups: dict
+    storage: str
+    """Absolute folder: the Tune experiment and every trial's Ray Train run live under it."""
+    name: str
+    """Tune experiment name (the same name restores the sweep)."""
+
+
+def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """tune.space -> Tune's param_space (flat: the keys stay `curriculum.field[.i]`)."""
+    out = {}
+    for key, domain in space.items():
+        kind, values = next(iter(domain.items()))
+        if kind == "choice":
+            out[key] = tune.choice(list(values))
+        elif kind == "grid":
+            out[key] = tune.grid_search(list(values))
+        elif kind == "uniform":
+            out[key] = tune.uniform(*values)
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(*values)
+        elif kind == "randint":
+            out[key] = tune.randint(*values)
+        else:
+            raise ValueError(f"tune.space.{key}: unknown domain '{kind}'")
+    return out
+
+
+def derive_concurrency(resources: dict[str, float], workers: int, cpus_per_worker: float, use_gpu: bool) -> int:
+    """Trials that can train at once: the cluster's CPUs (and GPUs) over one trial's Ray Train
+    workers (the trial drivers themselves hold nothing)."""
+    n = resources.get("CPU", 0) // max(workers * cpus_per_worker, 1e-9)
+    if use_gpu:
+        n = min(n, resources.get("GPU", 0) // workers)
+    return max(1, int(n))
+
+
+def trial_job(job: SweepJob, params: dict[str, Any], trial_id: str) -> CurriculumJob:
+    cfg = apply_tune_params(job.cfg, params, name=f"trial-{trial_id}")
+    return CurriculumJob(cfg=cfg, manifest=job.manifest, plan_dirs=job.plan_dirs, num_classes=job.num_classes,
+                         groups=job.groups, storage=os.path.join(job.storage, "trials"), name=trial_id)
+
+
+def _trial(params: dict[str, Any], job: SweepJob) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = trial_job(job, params, tune.get_context().get_trial_id())
+    c = trial.cfg.curriculum
+    classifier_trainer(_worker, trial, trial.cfg.train, c.num_workers or trial.cfg.train.num_workers,
+                       callbacks=[TuneReportCallback()]).fit()
+
+
+def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
+    """Run (or resume) the sweep; returns one row per trial (trial_id, params, status, epochs, last
+    reported metrics, error) and the trials run at once."""
+    cfg, t = job.cfg, job.cfg.tune
+    workers = cfg.curriculum.num_workers or cfg.train.num_workers
+    concurrent = t.max_concurrent_trials or derive_concurrency(ray.cluster_resources(), workers,
+                                                               cfg.train.cpus_per_worker, cfg.train.use_gpu)
+    epochs = cfg.curriculum.epochs or cfg.train.epochs
+    # A trial needs a non-empty resource request; 1 MiB of (logical) memory leaves every CPU to the
+    # Train workers (a fraction of a CPU would leave 2 cores less than 2 whole 1-CPU workers).
+    trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0, "memory": 2**20})
+    path = os.path.join(job.storage, job.name)
+    if tune.Tuner.can_restore(path):
+        print(f"[tune] resuming the interrupted sweep in {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        print(f"[tune] {t.num_samples} samples of {len(t.space)} parameters, ASHA on {t.metric} ({t.mode}) "
+              f"every epoch: grace {t.grace_period}, reduction {t.reduction_factor}, {epochs} epochs at most; "
+              f"{concurrent} trials at a time", flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(t.space),
+            tune_config=tune.TuneConfig(
+                metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=t.grace_period,
+                                        reduction_factor=t.reduction_factor),
+                # Tune ignores max_concurrent_trials with a search_alg given: the generator limits it.
+                search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent),
+            ),
+            run_config=tune.RunConfig(name=job.name, storage_path=job.storage, verbose=0),
+        )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or os.path.basename(result.path).split("_")[1]
+        epoch = int(metrics.get("epoch") or 0)
+        status = "error" if result.error else ("completed" if epoch >= epochs else "stopped")
+        rows.append({"trial_id": trial_id, "params": {k: result.config[k] for k in t.space}, "status": status,
+                     "epochs": epoch, "metrics": {k: v for k, v in metrics.items()
+                                                  if k.startswith(("val_", "test_", "train_loss"))},
+                     "error": str(result.error).strip().splitlines()[-1][:300] if result.error else None})
+    return rows, concurrent

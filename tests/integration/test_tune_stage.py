@@ -1,0 +1,69 @@
+"""`raysys tune` on the tiny run: an ASHA sweep of 4 trials over curriculum fields, the results
+table, the best config that `raysys curriculum` runs as is, and a rerun that trains nothing."""
+
+import csv
+import os
+
+import pytest
+
+from raysys.core.config import load_config
+from raysys.stages import curriculum, synthesize
+from raysys.stages import tune as tune_stage
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.integration
+
+# The grid puts a starved trial (2% of the head-class images, equal steps) after every normal one;
+# with one trial at a time ASHA sees the normal trial's epoch-2 accuracy first and stops the
+# starved one at its first rung.
+SWEEP = ["curriculum.epochs=6", "curriculum.plans=[discl, difficulty]", "curriculum.equal_steps=true",
+         "tune.space={curriculum.undersample: {grid: [1.0, 0.02]}, "
+         "curriculum.schedule: {choice: [all_levels, diverse_to_specific]}, "
+         "curriculum.difficulty_params.0: {uniform: [0.2, 0.8]}, curriculum.synthetic_per_epoch: {uniform: [0.2, 1.0]}}",
+         "curriculum.difficulty_distribution=normal", "tune.num_samples=2", "tune.metric=val_acc",
+         "tune.grace_period=2", "tune.reduction_factor=2", "tune.max_concurrent_trials=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tiny_generator):
+    cfg = tiny_generator[0]
+    synthesize.run(cfg)
+    return cfg
+
+
+def test_asha_sweep_writes_ranked_results_and_a_runnable_best_config(tiny_synthetic):
+    cfg = load_config(TINY, [f"run.root={tiny_synthetic.run.root}", *SWEEP])
+    m = tune_stage.run(cfg)
+    assert m["trials"] == 4 and m["error"] == 0 and m["completed"] + m["stopped"] == 4
+    assert m["stopped"] >= 1 and m["completed"] >= 1
+    stage = tune_stage.stage_dir(cfg)
+    with open(stage.file("results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    for r in rows:
+        epochs = int(r["epochs"])
+        assert epochs in (2, 4, 6), r  # ASHA stops trials only at its rungs (grace 2, reduction 2)
+        assert (r["status"] == "completed") == (epochs == 6)
+        assert (r["test_acc"] != "") == (r["status"] == "completed")  # test metrics only at the last epoch
+        assert 0.2 <= float(r["difficulty_params.0"]) <= 0.8 and r["schedule"] in ("all_levels", "diverse_to_specific")
+    assert sorted(r["undersample"] for r in rows) == ["0.0200", "0.0200", "1.0000", "1.0000"]
+    assert all(r["status"] == "stopped" for r in rows if r["undersample"] == "0.0200")
+    completed = [float(r["val_acc"]) for r in rows if r["status"] == "completed"]
+    assert rows[0]["status"] == "completed" and float(rows[0]["val_acc"]) == max(completed)  # best first
+    with open(stage.file("results.md")) as f:
+        assert len(f.read().strip().splitlines()) == 2 + 4
+
+    best = load_config(stage.file("best.yaml"))
+    c = best.curriculum
+    assert c.name == "tuned-sweep" and best.compare.variants == {}
+    assert c.undersample == 1.0 and c.schedule == rows[0]["schedule"]
+    assert c.synthetic_per_epoch == pytest.approx(float(rows[0]["synthetic_per_epoch"]), abs=1e-4)
+    assert c.difficulty_params[0] == pytest.approx(float(rows[0]["difficulty_params.0"]), abs=1e-4)
+    assert c.difficulty_params[1] == cfg.curriculum.difficulty_params[1] and c.epochs == 6
+    assert m["best"]["trial_id"] == rows[0]["trial_id"] and m["best"]["val_acc"] == pytest.approx(float(rows[0]["val_acc"]), abs=1e-4)
+    # best.yaml runs as is: on the same run root its upstream stages are complete.
+    assert curriculum.stage_dir(best).path.endswith(os.path.join("curriculum", "tuned-sweep"))
+    curriculum._check_ready(best)
+
+    again = tune_stage.run(cfg)
+    assert again["seconds"] == m["seconds"]  # complete: skipped, nothing retrained
