@@ -33,6 +33,7 @@ from raysys.training.classifier import evaluate, images_from_manifest, make_opti
 from raysys.training.curriculum import (
     build_guidance_val,
     build_pool,
+    check_selections_match,
     difficulty_weights,
     epoch_mix,
     guidance_accuracy,
@@ -115,13 +116,15 @@ def _worker(job: CurriculumJob) -> None:
     schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
     epochs = c.epochs or cfg.train.epochs
 
+    weights = difficulty_weights(pool.requested, c.difficulty_distribution, c.difficulty_params) \
+        if c.difficulty_distribution else None
+    check_selections_match(schedule, pool, epochs, weights, [os.path.basename(d) for d in job.plan_dirs])
+
     torch.manual_seed(seed)  # the same initial weights in every run of this config
     model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
                               weights=cfg.classifier.weights, image_size=size)
     model = ray.train.torch.prepare_model(model)
     bare = getattr(model, "module", model)
-    weights = difficulty_weights(pool.requested, c.difficulty_distribution, c.difficulty_params) \
-        if c.difficulty_distribution else None
     steps = -(-(mix_size(pool, c.synthetic_per_epoch, c.undersample, c.equal_steps) // world) // cfg.train.batch_size)
     opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
 

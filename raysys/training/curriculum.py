@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysys.curriculum.base import Level, Selection
+from raysys.curriculum.base import REAL_ONLY, Level, Schedule, Selection
 from raysys.curriculum.difficulty import bin_of
 from raysys.training.classifier import LabelledImages, images_from_manifest, normalize, predict_proba
 
@@ -169,6 +169,24 @@ def epoch_mix(pool: Pool, selection: Selection, epoch: int, seed: int, synthetic
         rows = rows[: len(real_kept)]
     n_real = int((rows < pool.n_real).sum())
     return Mix(rows, n_real, len(rows) - n_real, matching)
+
+
+def check_selections_match(schedule: Schedule, pool: Pool, epochs: int, weights: Optional[np.ndarray],
+                           plans: Sequence[str]) -> None:
+    """Raise if a static schedule's synthetic epochs can never draw an image: none of the levels
+    it selects matches a row of the pool (e.g. λ levels over a pool of text-only images), which
+    would silently train real-only. A level that matches nothing among others only warns, per epoch."""
+    if schedule.adaptive:
+        return
+    selections = {schedule.selection(e) for e in range(epochs)} - {REAL_ONLY}
+    if not selections:
+        return
+    drawable = np.ones(len(pool.data), dtype=bool) if weights is None else weights > 0
+    if not any((pool.matches(level) & drawable).any() for sel in selections for level in sel.levels):
+        levels = sorted({str(level) for sel in selections for level in sel.levels})
+        raise ValueError(f"schedule {schedule.name}: no synthetic image of plans {plans} matches any level it "
+                         f"selects ({', '.join(levels)}), so every epoch would be real-only; check curriculum.plans, "
+                         f"guidance_levels and difficulty_distribution")
 
 
 def log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.integration
 # The grid puts a starved trial (2% of the head-class images, equal steps) after every normal one;
 # with one trial at a time ASHA sees the normal trial's epoch-2 accuracy first and stops the
 # starved one at its first rung.
-SWEEP = ["curriculum.epochs=6", "curriculum.plans=[discl, difficulty]", "curriculum.equal_steps=true",
+SWEEP = ["curriculum.epochs=6", "curriculum.plans=[difficulty]", "curriculum.equal_steps=true",
          "tune.space={curriculum.undersample: {grid: [1.0, 0.02]}, "
-         "curriculum.schedule: {choice: [all_levels, diverse_to_specific]}, "
+         "curriculum.schedule: {choice: [all_levels, easy_to_hard]}, "
          "curriculum.difficulty_params.0: {uniform: [0.2, 0.8]}, curriculum.synthetic_per_epoch: {uniform: [0.2, 1.0]}}",
          "curriculum.difficulty_distribution=normal", "tune.num_samples=2", "tune.metric=val_acc",
          "tune.grace_period=2", "tune.reduction_factor=2", "tune.max_concurrent_trials=1"]
@@ -45,7 +45,7 @@ def test_asha_sweep_writes_ranked_results_and_a_runnable_best_config(tiny_synthe
         assert epochs in (2, 4, 6), r  # ASHA stops trials only at its rungs (grace 2, reduction 2)
         assert (r["status"] == "completed") == (epochs == 6)
         assert (r["test_acc"] != "") == (r["status"] == "completed")  # test metrics only at the last epoch
-        assert 0.2 <= float(r["difficulty_params.0"]) <= 0.8 and r["schedule"] in ("all_levels", "diverse_to_specific")
+        assert 0.2 <= float(r["difficulty_params.0"]) <= 0.8 and r["schedule"] in ("all_levels", "easy_to_hard")
     assert sorted(r["undersample"] for r in rows) == ["0.0200", "0.0200", "1.0000", "1.0000"]
     assert all(r["status"] == "stopped" for r in rows if r["undersample"] == "0.0200")
     completed = [float(r["val_acc"]) for r in rows if r["status"] == "completed"]

@@ -130,3 +130,22 @@ def test_select_measured_keeps_rows_in_the_range():
     t = pa.table({"sample_id": ["a", "b", "c", "d"], "difficulty": pa.array([0.01, 0.3, 0.9, None], pa.float32())})
     assert select_measured(t, 0.0, 0.1)["sample_id"].to_pylist() == ["a"]
     assert select_measured(t, 0.2, 1.0)["sample_id"].to_pylist() == ["b", "c"]
+
+
+def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
+    from raysys.curriculum.registry import create_schedule
+    from raysys.training.curriculum import check_selections_match
+
+    real, syn = tables()
+    text_only_rows = syn.filter(pa.array([g is None for g in syn["guidance"].to_pylist()]))
+    pool = build_pool(real, text_only_rows, 8, 1, few=[2], difficulty_bins=BINS)
+    by_lambda = create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[0.1, 0.5])
+    with pytest.raises(ValueError, match="no synthetic image of plans \\['plain'\\] matches any level"):
+        check_selections_match(by_lambda, pool, 4, None, ["plain"])
+    any_level = create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[])
+    check_selections_match(any_level, pool, 4, None, ["plain"])  # Level() matches the text rows
+    with pytest.raises(ValueError, match="difficulty_distribution"):  # the one row has s 0.9: weight 0 under U(0, 0.5)
+        check_selections_match(any_level, pool, 4, difficulty_weights(pool.requested, "uniform", [0.0, 0.5]), ["plain"])
+    full = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    check_selections_match(create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[0.1, 0.3]),
+                           full, 4, None, ["discl"])  # λ 0.1 matches nothing, λ 0.3 does: only a warning per epoch
