@@ -19,7 +19,7 @@ import sys
 import time
 
 from raysys.core.config import ConfigError, RaysysConfig, load_config
-from raysys.core.stage import MissingInput
+from raysys.core.stage import Interrupted, MissingInput
 from raysys.data.sources import DataError
 
 STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize", "curriculum",
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, MissingInput) as exc:
         print(f"raysys: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"raysys: interrupted: {exc}", file=sys.stderr)
+        return 130
     return 0
 
 

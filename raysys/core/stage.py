@@ -20,6 +20,11 @@ class MissingInput(RuntimeError):
     that makes it. The CLI prints it as one line and exits with status 2."""
 
 
+class Interrupted(RuntimeError):
+    """Work stopped before it finished (Ctrl-C); what is done is kept and the same command
+    resumes it. The CLI prints it as one line and exits with status 130."""
+
+
 @dataclass
 class StageDir:
     root: str

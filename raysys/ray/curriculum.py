@@ -115,6 +115,8 @@ def _worker(job: CurriculumJob) -> None:
     lam = pool.guidance[~np.isnan(pool.guidance)]
     schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
     epochs = c.epochs or cfg.train.epochs
+    if gval is not None and c.guidance_levels is not None:
+        gval = gval.only_levels(c.guidance_levels)  # adaptive measures (and chooses among) these only
 
     weights = difficulty_weights(pool.requested, c.difficulty_distribution, c.difficulty_params) \
         if c.difficulty_distribution else None

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysys.core.config import RaysysConfig, apply_tune_params
+from raysys.core.stage import Interrupted
 from raysys.ray.curriculum import CurriculumJob, _worker
 from raysys.ray.train import classifier_trainer
 
@@ -84,6 +85,27 @@ def _trial(params: dict[str, Any], job: SweepJob) -> None:
                        callbacks=[TuneReportCallback()]).fit()
 
 
+class _Progress(tune.Callback):
+    """One line per trial that ends: completed, stopped by ASHA (at which epoch) or failed."""
+
+    def __init__(self, total: int, epochs: int, metric: str):
+        self.total, self.epochs, self.metric, self.ended = total, epochs, metric, 0
+
+    def _line(self, trial, what: str) -> None:
+        self.ended += 1
+        last = trial.last_result or {}
+        value = last.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"[tune] {self.ended}/{self.total} trials ended: {trial.trial_id} {what} at epoch "
+              f"{last.get('epoch', 0)}/{self.epochs}, {self.metric} {shown}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "completed" if (trial.last_result or {}).get("epoch", 0) >= self.epochs else "stopped by ASHA")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "failed")
+
+
 def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
     """Run (or resume) the sweep; returns one row per trial (trial_id, params, status, epochs, last
     reported metrics, error) and the trials run at once."""
@@ -96,11 +118,16 @@ def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
     # Train workers (a fraction of a CPU would leave 2 cores less than 2 whole 1-CPU workers).
     trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0, "memory": 2**20})
     path = os.path.join(job.storage, job.name)
+    grid_points = 1
+    for domain in t.space.values():
+        kind, values = next(iter(domain.items()))
+        grid_points *= len(values) if kind == "grid" else 1
+    total = t.num_samples * grid_points
     if tune.Tuner.can_restore(path):
         print(f"[tune] resuming the interrupted sweep in {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        print(f"[tune] {t.num_samples} samples of {len(t.space)} parameters, ASHA on {t.metric} ({t.mode}) "
+        print(f"[tune] {total} trials over {len(t.space)} parameters, ASHA on {t.metric} ({t.mode}) "
               f"every epoch: grace {t.grace_period}, reduction {t.reduction_factor}, {epochs} epochs at most; "
               f"{concurrent} trials at a time", flush=True)
         tuner = tune.Tuner(
@@ -113,9 +140,14 @@ def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
                 # Tune ignores max_concurrent_trials with a search_alg given: the generator limits it.
                 search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent),
             ),
-            run_config=tune.RunConfig(name=job.name, storage_path=job.storage, verbose=0),
+            run_config=tune.RunConfig(name=job.name, storage_path=job.storage, verbose=0,
+                                      callbacks=[_Progress(total, epochs, t.metric)]),
         )
     grid = tuner.fit()
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished:
+        raise Interrupted(f"the sweep stopped with {unfinished} of {len(grid)} trials unfinished; run the same "
+                          f"command again to resume it ({path})")
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})

@@ -204,6 +204,12 @@ class GuidanceVal:
     by_level: dict[float, LabelledImages]
     """Their synthetic images at every λ."""
 
+    def only_levels(self, levels: Sequence[float]) -> "GuidanceVal":
+        """The same set with the synthetic images of `levels` only (the λ a schedule walks, when
+        `curriculum.guidance_levels` names fewer than the pool holds)."""
+        keep = {g: d for g, d in self.by_level.items() if np.isclose(np.asarray(levels, dtype=float), g, atol=1e-4).any()}
+        return GuidanceVal(self.real, keep)
+
 
 def split_guidance_val(real_train: pa.Table, synthetic: pa.Table, n_sources: int, seed: int
                        ) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:

@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,14 +84,18 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
     assert splits.count("test") == 200
 
 
-def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path):
+def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator):
+    # The session's finished classifier and generator stages are copied in (each is tested on its
+    # own): `run` skips those five and runs synthesize -> curriculum -> evaluate -> report.
     root = tmp_path / "run"
-    cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "train.epochs=4", "finetune.variants=[plain]",
-           "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]", "curriculum.schedule=all_levels",
-           "curriculum.epochs=2"]
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune"):
+        shutil.copytree(os.path.join(tiny_generator[0].run.root, stage), root / stage)
+    cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]",
+           "curriculum.schedule=all_levels", "curriculum.epochs=2"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("complete for this config, skipped") == 5
     from raysys.core.schema import read_manifest
 
     table = read_manifest(str(root / "score" / "manifest.parquet"))

@@ -1,15 +1,21 @@
 """`raysys tune` on the tiny run: an ASHA sweep of 4 trials over curriculum fields, the results
-table, the best config that `raysys curriculum` runs as is, and a rerun that trains nothing."""
+table, the best config that `raysys curriculum` runs as is, a rerun that trains nothing, and
+(slow) a sweep interrupted with Ctrl-C that resumes."""
 
 import csv
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from raysys.core.config import load_config
 from raysys.stages import curriculum, synthesize
 from raysys.stages import tune as tune_stage
-from tests.conftest import TINY
+from tests.conftest import REPO, TINY
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +73,41 @@ def test_asha_sweep_writes_ranked_results_and_a_runnable_best_config(tiny_synthe
 
     again = tune_stage.run(cfg)
     assert again["seconds"] == m["seconds"]  # complete: skipped, nothing retrained
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_keeps_its_finished_trials(tiny_synthetic, ray_session, tmp_path):
+    """Ctrl-C after the first trial ends: the command exits 130 without results; the same command
+    then restores the sweep, keeps the finished trial and runs the other three."""
+    root = tmp_path / "run"
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize"):
+        shutil.copytree(os.path.join(tiny_synthetic.run.root, stage), root / stage)
+    # Join the session's cluster: a second Ray instance on this machine breaks Ray Train's
+    # placement-group cleaner, so the group of a trial ASHA stops would never be freed.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    cmd = [sys.executable, "-m", "raysys.cli", "tune", str(TINY), f"run.root={root}", *SWEEP]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_ended = None
+    for line in proc.stdout:
+        found = re.search(r"\[tune\] 1/4 trials ended: (\S+) ", line)
+        if found:
+            first_ended = found.group(1)
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert first_ended is not None and proc.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
+    cfg = load_config(TINY, [f"run.root={root}", *SWEEP])
+    assert not tune_stage.stage_dir(cfg).is_complete()
+    trial_runs = os.path.join(tune_stage.stage_dir(cfg).path, "ray", "trials", first_ended)
+    checkpoints_before = sorted(os.listdir(trial_runs))
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming the interrupted sweep" in again.stdout
+    m = tune_stage.stage_dir(cfg).metrics()
+    assert m["trials"] == 4 and m["error"] == 0
+    with open(tune_stage.stage_dir(cfg).file("results.csv")) as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    assert first_ended in rows and len(rows) == 4
+    assert sorted(os.listdir(trial_runs)) == checkpoints_before  # the finished trial was not trained again

@@ -149,3 +149,14 @@ def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
     full = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
     check_selections_match(create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[0.1, 0.3]),
                            full, 4, None, ["discl"])  # λ 0.1 matches nothing, λ 0.3 does: only a warning per epoch
+
+
+def test_guidance_val_keeps_only_the_levels_a_schedule_walks():
+    from raysys.training.curriculum import build_guidance_val
+
+    real, syn = tables()
+    _, _, held_real, held_syn = split_guidance_val(real, syn, 2, seed=0)
+    gval = build_guidance_val(held_real, held_syn, 8, 1)
+    assert sorted(gval.by_level) == [0.3, 0.7]
+    only = gval.only_levels([0.7, 0.9])  # float32 0.7 from Parquet matches the config's 0.7
+    assert sorted(only.by_level) == [0.7] and len(only.by_level[0.7]) == 4 and only.real is gval.real
