@@ -106,6 +106,29 @@ class _Progress(tune.Callback):
         self._line(trial, "failed")
 
 
+def _fit_noting_interrupt(tuner: tune.Tuner):
+    """tuner.fit(), or None when Ctrl-C stopped it. Tune catches the first SIGINT itself, saves the
+    sweep and returns the trials it has, marking the running ones as ended; the only trace is that
+    it puts back the handler it found. So a marker handler goes in first: finding it again after
+    fit means the sweep was interrupted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()
+
+    def marker(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, marker)
+    try:
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return None if interrupted else grid
+
+
 def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
     """Run (or resume) the sweep; returns one row per trial (trial_id, params, status, epochs, last
     reported metrics, error) and the trials run at once."""
@@ -143,11 +166,10 @@ def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
             run_config=tune.RunConfig(name=job.name, storage_path=job.storage, verbose=0,
                                       callbacks=[_Progress(total, epochs, t.metric)]),
         )
-    grid = tuner.fit()
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished:
-        raise Interrupted(f"the sweep stopped with {unfinished} of {len(grid)} trials unfinished; run the same "
-                          f"command again to resume it ({path})")
+    grid = _fit_noting_interrupt(tuner)
+    if grid is None or len(grid) < total:
+        raise Interrupted(f"the sweep was stopped before its {total} trials ended; the finished ones are kept: run "
+                          f"the same command again to resume it ({path})")
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})
