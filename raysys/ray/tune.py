@@ -173,10 +173,10 @@ def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or os.path.basename(result.path).split("_")[1]
+        trial_id = metrics.get("trial_id") or "_".join(os.path.basename(result.path).split("_")[2:4])  # _trial_<id>_...
         epoch = int(metrics.get("epoch") or 0)
         status = "error" if result.error else ("completed" if epoch >= epochs else "stopped")
-        rows.append({"trial_id": trial_id, "params": {k: result.config[k] for k in t.space}, "status": status,
+        rows.append({"trial_id": trial_id, "params": {k: (result.config or {}).get(k) for k in t.space}, "status": status,
                      "epochs": epoch, "metrics": {k: v for k, v in metrics.items()
                                                   if k.startswith(("val_", "test_", "train_loss"))},
                      "error": str(result.error).strip().splitlines()[-1][:300] if result.error else None})

@@ -65,7 +65,7 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, list):
-        return "[" + ", ".join(_cell(v) for v in value) + "]"
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
     return str(value)
 
 
