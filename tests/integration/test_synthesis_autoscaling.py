@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import TINY
 from tests.integration.autoscaling import fake_gpu_cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # 77 s here: kept out of CI's 20 minutes
 
 OVERRIDES = ["synthesis.plans=[{name: pool, model: plain, ratio: 8.0}]", "synthesis.batch_size=2",
              "synthesis.rows_per_block=4", "synthesis.num_gpus=1", "synthesis.cpus_per_actor=1",
