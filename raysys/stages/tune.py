@@ -101,8 +101,8 @@ def run(cfg: RaysysConfig) -> dict:
     if not score.stage_dir(cfg).is_complete():
         raise MissingInput(f"tune needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
     if not synthesize.stage_dir(cfg).is_complete():
-        raise MissingInput(f"tune trials read the synthetic images: run `raysys synthesize CONFIG` first "
-                           f"({synthesize.stage_dir(cfg).path})")
+        raise MissingInput(f"tune trials read the synthetic images: run `raysys run CONFIG` (or the stages up to "
+                           f"`raysys synthesize CONFIG`) first ({synthesize.stage_dir(cfg).path})")
     from raysys.ray.tune import SweepJob, run_sweep
 
     prep = prepare.stage_dir(cfg).metrics()
