@@ -87,3 +87,15 @@ def test_ranking_tables_and_best_config():
     cfg = _load("compare.variants={a: {schedule: real_only}}", "tune.name=sw")
     best = best_config(cfg, ranked[0])
     assert best.curriculum.undersample == 1.0 and best.curriculum.name == "tuned-sw" and best.compare.variants == {}
+
+
+def test_tune_without_a_space_or_without_synthetic_images_stops_before_any_work(tmp_path):
+    from raysys.core.stage import MissingInput
+    from raysys.stages import tune as tune_stage
+
+    with pytest.raises(ConfigError, match="tune.space is empty"):
+        tune_stage.run(_load(f"run.root={tmp_path}"))
+    cfg = _load(f"run.root={tmp_path}", "tune.space={curriculum.loss: {choice: [ce, balanced_softmax]}}")
+    with pytest.raises(MissingInput, match="raysys score CONFIG"):
+        tune_stage.run(cfg)
+    assert not (tmp_path / "tune").exists()  # nothing was started
