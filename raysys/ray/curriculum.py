@@ -28,6 +28,7 @@ from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
 from raysys.curriculum.registry import create_schedule
 from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.ray.session import use_assigned_cpus
 from raysys.ray.train import classifier_trainer, run_concurrently
 from raysys.training.classifier import evaluate, images_from_manifest, make_optimizer, train_epoch
 from raysys.training.curriculum import (
@@ -98,6 +99,7 @@ def _worker(job: CurriculumJob) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    use_assigned_cpus()
     size, chans = cfg.data.image_size, cfg.data.channels
 
     table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])

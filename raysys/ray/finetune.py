@@ -31,6 +31,7 @@ from raysys.data.images import decode_batch
 from raysys.generation import finetune as ft
 from raysys.generation.components import load_pipeline
 from raysys.generation.training import training_scheduler
+from raysys.ray.session import use_assigned_cpus
 
 
 @dataclass
@@ -76,6 +77,7 @@ def _finetune_worker(job: FinetuneJob) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    use_assigned_cpus()
     torch.manual_seed(job.seed)
 
     pipe = load_pipeline(job.base).to(device)
@@ -185,11 +187,17 @@ def fit_generator(job: FinetuneJob, adapters_dir: str) -> FinetuneResult:
     return FinetuneResult(state["losses"], state["resumes"])
 
 
+def _with_assigned_cpus(fn, *args, **kwargs):
+    use_assigned_cpus()
+    return fn(*args, **kwargs)
+
+
 def remote_task(fn, *, num_cpus: float, num_gpus: float = 0.0):
-    """Run `fn` as one Ray task (on a worker node, not the driver) and wait for its result."""
+    """Run `fn` as one Ray task (on a worker node, not the driver), on as many torch threads as
+    it holds CPUs, and wait for its result."""
 
     def call(*args, **kwargs):
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(fn)
-        return ray.get(task.remote(*args, **kwargs))
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_with_assigned_cpus)
+        return ray.get(task.remote(fn, *args, **kwargs))
 
     return call

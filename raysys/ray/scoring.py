@@ -12,6 +12,7 @@ import ray
 
 from raysys.core import io
 from raysys.core.config import ScoreConfig
+from raysys.ray.session import use_assigned_cpus
 from raysys.scoring.difficulty import DifficultyScorer
 
 
@@ -21,6 +22,7 @@ class ScoringActor:
     def __init__(self, model_dirs: dict[str, str], use_gpu: bool = False):
         import torch
 
+        use_assigned_cpus()
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.scorer = DifficultyScorer({k: io.local_copy(v) for k, v in model_dirs.items()}, device)
 

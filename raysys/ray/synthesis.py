@@ -17,6 +17,7 @@ import pyarrow as pa
 import ray
 
 from raysys.core.config import SynthesisConfig
+from raysys.ray.session import on_assigned_cpus
 from raysys.generation.synthesis import (
     ClipFilter,
     GenerateBatch,
@@ -62,7 +63,7 @@ def run_synthesis(
     use_gpu = cfg.num_gpus > 0
     ds = ray.data.from_arrow(_blocks(plan, cfg.rows_per_block, cfg.max_actors))
     ds = ds.map_batches(
-        GenerateBatch,
+        on_assigned_cpus(GenerateBatch),
         fn_constructor_kwargs={"generators": generators, "sampling": sampling, "image_format": cfg.image_format,
                                "use_gpu": use_gpu},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors,
@@ -73,10 +74,10 @@ def run_synthesis(
             "num_gpus": cfg.filter_num_gpus, "batch_size": cfg.batch_size, "batch_format": "pyarrow"}
     f = cfg.filter
     if f.clip_model:
-        ds = ds.map_batches(ClipFilter, fn_constructor_kwargs={
+        ds = ds.map_batches(on_assigned_cpus(ClipFilter), fn_constructor_kwargs={
             "model": f.clip_model, "text_threshold": f.clip_text_threshold,
             "image_threshold": f.clip_image_threshold, "use_gpu": cfg.filter_num_gpus > 0}, **side)
-    ds = ds.map_batches(RescoreAndWrite, fn_constructor_kwargs={
+    ds = ds.map_batches(on_assigned_cpus(RescoreAndWrite), fn_constructor_kwargs={
         "classifier_dir": classifier_dir, "output": output, "classifier_min_p": 0.0 if f.clip_model else f.classifier_min_p,
         "use_gpu": cfg.filter_num_gpus > 0}, **side)
 

@@ -24,6 +24,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig, TrainConfig
 from raysys.core.schema import read_manifest
 from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.ray.session import use_assigned_cpus
 from raysys.scoring.difficulty import assign_folds
 from raysys.training.classifier import evaluate, images_from_manifest, make_optimizer, train_epoch
 
@@ -54,6 +55,7 @@ def _train_worker(job: ClassifierJob) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    use_assigned_cpus()
     torch.manual_seed(cfg.run.seed)
 
     table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
