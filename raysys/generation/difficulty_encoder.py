@@ -33,7 +33,7 @@ class DifficultyEncoder(ModelMixin, ConfigMixin):
         cross_attention_dim: int,
         num_tokens: int = 4,
         class_embed_dim: int = 64,
-        num_frequencies: int = 8,
+        num_frequencies: int = 2,
         hidden_dim: int = 256,
         use_class: bool = True,
     ):
@@ -44,7 +44,9 @@ class DifficultyEncoder(ModelMixin, ConfigMixin):
             num_tokens: k, the number of difficulty tokens appended to the text tokens.
             class_embed_dim: width of the learned class embedding.
             num_frequencies: Fourier features of s: sin/cos(2^j * pi * s) for j < num_frequencies,
-                plus s itself.
+                plus s itself. Few (2) keep the tokens smooth in s: the train set measures s
+                sparsely, and high frequencies let the encoder memorise those values instead
+                of ordering between them.
             hidden_dim: width of the MLP's hidden layer.
             use_class: False drops the class input (tokens depend on s only).
         """

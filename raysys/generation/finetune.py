@@ -47,12 +47,12 @@ def add_lora(pipe: DifficultyDiffusionPipeline, rank: int, alpha: float) -> None
 
 
 def add_difficulty_encoder(
-    pipe: DifficultyDiffusionPipeline, num_classes: int, num_tokens: int, use_class: bool
+    pipe: DifficultyDiffusionPipeline, num_classes: int, num_tokens: int, use_class: bool, num_frequencies: int = 2
 ) -> DifficultyEncoder:
     """Attach a fresh difficulty encoder whose tokens have the text encoder's width."""
     encoder = DifficultyEncoder(
         num_classes=num_classes, cross_attention_dim=pipe.text_encoder.config.hidden_size,
-        num_tokens=num_tokens, use_class=use_class,
+        num_tokens=num_tokens, use_class=use_class, num_frequencies=num_frequencies,
     ).to(pipe.unet.device)
     pipe.register_modules(difficulty_encoder=encoder)
     return encoder

@@ -84,7 +84,8 @@ def _finetune_worker(job: FinetuneJob) -> None:
     use_difficulty = job.variant == "difficulty"
     ft.add_lora(pipe, cfg.lora_rank, cfg.lora_alpha)
     if use_difficulty:
-        ft.add_difficulty_encoder(pipe, len(job.class_names), cfg.difficulty_tokens, cfg.class_input)
+        ft.add_difficulty_encoder(pipe, len(job.class_names), cfg.difficulty_tokens, cfg.class_input,
+                                  cfg.difficulty_frequencies)
     on_gpu = device.type == "cuda"
     if on_gpu and cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
