@@ -153,6 +153,10 @@ class GeneratorConfig:
     """Negative prompt for classifier-free guidance."""
     guidance_scale: float = 3.0
     """Classifier-free guidance scale (<= 1: no guidance)."""
+    difficulty_guidance_scale: Optional[float] = None
+    """null: the difficulty tokens are guided with the text by guidance_scale. A number guides
+    them on their own (a third UNet pass per step, prompt + null tokens): larger pushes images
+    further towards the requested s. Needs finetune.difficulty_dropout > 0."""
     scheduler: str = "ddim"
     """Sampling scheduler: ddim, dpm++, unipc or euler."""
     num_inference_steps: int = 20
@@ -224,6 +228,9 @@ class FinetuneConfig:
     range equally often; measured difficulty piles up near 0)."""
     condition_dropout: float = 0.1
     """Share of rows trained without prompt and difficulty (the unconditional branch)."""
+    difficulty_dropout: float = 0.0
+    """Share of the other rows trained with their prompt but without their difficulty (null
+    tokens): needed for generator.difficulty_guidance_scale."""
     num_workers: int = 1
     """Ray Train data-parallel workers."""
     use_gpu: bool = False
@@ -542,6 +549,11 @@ def _check_values(cfg: RaysysConfig, origin: str) -> None:
         problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
     if ft.sampling not in ("uniform", "difficulty_balanced"):
         problems.append(f"finetune.sampling must be uniform or difficulty_balanced, got '{ft.sampling}'")
+    if not 0 <= ft.difficulty_dropout < 1:
+        problems.append(f"finetune.difficulty_dropout must be in [0, 1), got {ft.difficulty_dropout}")
+    if cfg.generator.difficulty_guidance_scale is not None and ft.difficulty_dropout == 0 and "difficulty" in ft.variants:
+        problems.append("generator.difficulty_guidance_scale needs finetune.difficulty_dropout > 0: the model must "
+                        "learn the prompt with null difficulty tokens, the branch it guides against (try 0.1)")
     if not 0 <= ft.difficulty_frequencies <= 16:
         problems.append(f"finetune.difficulty_frequencies must be in 0..16, got {ft.difficulty_frequencies}")
     if ft.mixed_precision not in ("bf16", "no"):

@@ -25,6 +25,7 @@ class SamplingOptions:
     num_inference_steps: int = 20
     scheduler: str = "ddim"
     negative_prompt: str = ""
+    difficulty_guidance_scale: Optional[float] = None
     batch_size: int = 64
 
 
@@ -46,6 +47,7 @@ def _generate(pipe, prompts, seeds, labels, difficulty, opts: SamplingOptions) -
             prompts[rows], seeds=seeds[rows], class_labels=labels[rows],
             difficulty=None if difficulty is None else difficulty[rows],
             negative_prompt=opts.negative_prompt, guidance_scale=opts.guidance_scale,
+            difficulty_guidance_scale=opts.difficulty_guidance_scale,
             num_inference_steps=opts.num_inference_steps, scheduler=opts.scheduler,
         ).images)
     return np.concatenate(out)

@@ -151,6 +151,7 @@ def finetune_step(
     *,
     use_difficulty: bool,
     condition_dropout: float,
+    difficulty_dropout: float = 0.0,
     snr_gamma: Optional[float],
     generator: torch.Generator,
     autocast_dtype: Optional[torch.dtype] = None,
@@ -164,7 +165,8 @@ def finetune_step(
             pipe, scheduler, images, prompts,
             class_labels=rows.labels[indices],
             difficulty=rows.difficulty[indices] if use_difficulty else None,
-            condition_dropout=condition_dropout, snr_gamma=snr_gamma, generator=generator,
+            condition_dropout=condition_dropout, difficulty_dropout=difficulty_dropout,
+            snr_gamma=snr_gamma, generator=generator,
         )
 
 

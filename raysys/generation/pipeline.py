@@ -223,19 +223,24 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
 
     # ---- sampling ----------------------------------------------------------------------
 
-    def _denoise(self, latents, context, uncond, timesteps, guidance_scale):
+    def _denoise(self, latents, context, uncond, timesteps, guidance_scale, text_only=None,
+                 difficulty_guidance_scale=None):
+        """`uncond`: negative prompt + null tokens (None: no text guidance). `text_only`: the
+        prompt + null tokens, for a separate difficulty guidance scale (None: s is guided with
+        the text)."""
+        branches = [c for c in (uncond, text_only) if c is not None] + [context]
         for t in timesteps:
-            if uncond is not None:
-                x = torch.cat([latents, latents])
-                ctx = torch.cat([uncond, context])
-            else:
-                x, ctx = latents, context
+            x = torch.cat([latents] * len(branches))
             x = self.scheduler.scale_model_input(x, t)
-            eps = self.unet(x, t, encoder_hidden_states=ctx).sample
-            if uncond is not None:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            latents = self.scheduler.step(eps, t, latents).prev_sample
+            eps = self.unet(x, t, encoder_hidden_states=torch.cat(branches)).sample.chunk(len(branches))
+            eps_cond = eps[-1]
+            if text_only is None:
+                out = eps_cond if uncond is None else eps[0] + guidance_scale * (eps_cond - eps[0])
+            else:
+                eps_text = eps[-2]
+                out = eps_text if uncond is None else eps[0] + guidance_scale * (eps_text - eps[0])
+                out = out + difficulty_guidance_scale * (eps_cond - eps_text)
+            latents = self.scheduler.step(out, t, latents).prev_sample
         return latents
 
     @torch.no_grad()
@@ -249,6 +254,7 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         guidance: Optional[Sequence[Optional[float]]] = None,
         negative_prompt: str | Sequence[str] = "",
         guidance_scale: float = 1.0,
+        difficulty_guidance_scale: Optional[float] = None,
         num_inference_steps: int = 25,
         scheduler: Optional[str] = None,
         output_type: str = "np",
@@ -265,6 +271,12 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
             guidance: B values of λ in [0, 1] (None per row: text only, λ=0).
             negative_prompt: one negative prompt for all rows, or B of them.
             guidance_scale: classifier-free guidance scale (<= 1: no guidance).
+            difficulty_guidance_scale: None (default): s is guided together with the text, by
+                `guidance_scale`. A number w_d guides s on its own, with a third UNet pass on
+                the prompt + null difficulty tokens: eps = eps_u + w (eps_text - eps_u)
+                + w_d (eps_text+s - eps_text). w_d = w (> 1) gives the same images as None; a larger
+                w_d pushes the image further towards the requested s. Needs a model fine-tuned
+                with `difficulty_dropout` > 0 (it learns prompt + null tokens).
             num_inference_steps: T, the number of sampling steps.
             scheduler: ddim, dpm++, unipc or euler (None: keep the current one if it is one of
                 these, else ddim). All four are deterministic given the starting noise.
@@ -296,6 +308,9 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         context = self.condition(prompt, labels_t, diff_t).to(dtype)
         negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
         uncond = self.unconditional(negatives).to(dtype) if guidance_scale > 1.0 else None
+        text_only = None
+        if difficulty_guidance_scale is not None and self.difficulty_encoder is not None and diff_t is not None:
+            text_only = self.condition(prompt, labels_t, None).to(dtype)
 
         size = self.unet.config.sample_size
         noise = self.noise_for(seeds, (self.unet.config.in_channels, size, size)).to(device, dtype)
@@ -321,7 +336,8 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
                 t0 = timesteps[:1].repeat(len(rows))
                 latents = self.scheduler.add_noise(source_latents[rows], noise[rows], t0)
             out[rows] = self._denoise(
-                latents, context[rows], None if uncond is None else uncond[rows], timesteps, guidance_scale
+                latents, context[rows], None if uncond is None else uncond[rows], timesteps, guidance_scale,
+                None if text_only is None else text_only[rows], difficulty_guidance_scale,
             )
 
         if output_type == "latent":

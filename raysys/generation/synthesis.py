@@ -62,6 +62,7 @@ class SamplingSettings:
     num_inference_steps: int = 20
     scheduler: str = "ddim"
     negative_prompt: str = ""
+    difficulty_guidance_scale: Optional[float] = None
 
 
 def actor_identity() -> str:
@@ -121,7 +122,8 @@ class GenerateBatch:
             class_labels=rows["label"].to_pylist(),
             difficulty=None if all(d is None for d in difficulty) else difficulty,
             source_images=sources, guidance=guidance, negative_prompt=s.negative_prompt,
-            guidance_scale=s.guidance_scale, num_inference_steps=s.num_inference_steps, scheduler=s.scheduler,
+            guidance_scale=s.guidance_scale, difficulty_guidance_scale=s.difficulty_guidance_scale,
+            num_inference_steps=s.num_inference_steps, scheduler=s.scheduler,
         ).images
 
     def __call__(self, batch: pa.Table) -> pa.Table:

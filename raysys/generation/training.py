@@ -42,6 +42,7 @@ def diffusion_loss(
     class_labels: Optional[torch.Tensor] = None,
     difficulty: Optional[torch.Tensor] = None,
     condition_dropout: float = 0.1,
+    difficulty_dropout: float = 0.0,
     snr_gamma: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
@@ -52,7 +53,9 @@ def diffusion_loss(
 
     With probability `condition_dropout` a row's condition is dropped (prompt -> "",
     difficulty -> none, i.e. the null tokens), which trains the unconditional branch that
-    classifier-free guidance uses.
+    classifier-free guidance uses. With probability `difficulty_dropout` a row that keeps its
+    prompt loses only its difficulty (prompt + null tokens): the branch that a separate
+    difficulty guidance scale compares against.
     """
     n = len(images)
     device = images.device
@@ -64,8 +67,11 @@ def diffusion_loss(
     drop = (torch.rand(n, generator=generator) < condition_dropout).tolist()
     prompts = ["" if d else p for p, d in zip(prompts, drop)]
     if difficulty is not None:
+        drop_s = torch.tensor(drop, dtype=torch.bool)
+        if difficulty_dropout > 0:
+            drop_s |= torch.rand(n, generator=generator) < difficulty_dropout
         difficulty = difficulty.clone().float()
-        difficulty[torch.tensor(drop, dtype=torch.bool)] = float("nan")
+        difficulty[drop_s] = float("nan")
     context = pipe.condition(prompts, class_labels, difficulty)
     pred = pipe.unet(noisy, t, encoder_hidden_states=context.to(pipe.unet.dtype)).sample
     kind = scheduler.config.prediction_type

@@ -120,6 +120,7 @@ def _finetune_worker(job: FinetuneJob) -> None:
         g = torch.Generator().manual_seed(job.seed * 7919 + step * 31 + rank)
         loss = ft.finetune_step(
             pipe, scheduler, rows, idx, use_difficulty=use_difficulty, condition_dropout=cfg.condition_dropout,
+            difficulty_dropout=cfg.difficulty_dropout,
             snr_gamma=cfg.snr_gamma, generator=g, autocast_dtype=autocast,
         )
         opt.zero_grad(set_to_none=True)
@@ -199,6 +200,6 @@ def remote_task(fn, *, num_cpus: float, num_gpus: float = 0.0):
 
     def call(*args, **kwargs):
         task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_with_assigned_cpus)
-        return ray.get(task.remote(fn, *args, **kwargs))
+        return ray.get(task.options(name=fn.__name__).remote(fn, *args, **kwargs))
 
     return call

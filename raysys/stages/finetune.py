@@ -50,7 +50,8 @@ def _prove_control(cfg: RaysysConfig, base: str, adapters: dict[str, str], class
 
     device = "cuda" if cfg.finetune.use_gpu else "cpu"
     g, f = cfg.generator, cfg.finetune
-    opts = SamplingOptions(g.guidance_scale, g.num_inference_steps, g.scheduler, g.negative_prompt)
+    opts = SamplingOptions(g.guidance_scale, g.num_inference_steps, g.scheduler, g.negative_prompt,
+                           difficulty_guidance_scale=g.difficulty_guidance_scale)
     prompts = [g.prompt_template.format(name=n) for n in class_names]
     scorer = DifficultyScorer({"baseline": classifier_dir})
     out = {}

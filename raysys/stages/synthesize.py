@@ -133,7 +133,8 @@ def run(cfg: RaysysConfig) -> dict:
     run_info = None
     if len(work):
         g = cfg.generator
-        sampling = SamplingSettings(g.guidance_scale, g.num_inference_steps, g.scheduler, g.negative_prompt)
+        sampling = SamplingSettings(g.guidance_scale, g.num_inference_steps, g.scheduler, g.negative_prompt,
+                                    g.difficulty_guidance_scale)
         models = set(work["model"].to_pylist())
         run_info = run_synthesis(work, _generator_specs(cfg, models), sampling, cfg.synthesis,
                                  train_classifier.model_dir(cfg), output_root(cfg))

@@ -177,3 +177,38 @@ def test_encoder_fourier_features_are_configurable_and_round_trip(tmp_path):
         assert torch.allclose(features[:, 0], s)
     enc.save_pretrained(tmp_path / "enc")
     assert DifficultyEncoder.from_pretrained(tmp_path / "enc").config.num_frequencies == 8
+
+
+def test_difficulty_dropout_drops_only_the_difficulty_of_kept_prompts():
+    from raysys.generation.training import diffusion_loss, training_scheduler
+
+    pipe = tiny_pipeline(False)
+    seen = []
+    condition = pipe.condition
+
+    def spy(prompts, labels, difficulty):
+        seen.append((list(prompts), difficulty.clone()))
+        return condition(prompts, labels, difficulty)
+
+    pipe.condition = spy
+    n = 400
+    images, prompts = torch.zeros(n, 1, 16, 16), ["a photo of the digit one"] * n
+    for rate in (0.0, 0.5):
+        with torch.no_grad():
+            diffusion_loss(pipe, training_scheduler(pipe), images, prompts, class_labels=torch.zeros(n, dtype=torch.long),
+                           difficulty=torch.full((n,), 0.4), condition_dropout=0.0, difficulty_dropout=rate,
+                           generator=torch.Generator().manual_seed(0))
+    (kept0, s0), (kept, s) = seen
+    assert kept0 == prompts and kept == prompts and not torch.isnan(s0).any()
+    assert 0.4 < torch.isnan(s).float().mean() < 0.6
+
+
+def test_separate_difficulty_guidance_reduces_to_joint_guidance_and_strengthens_s():
+    pipe = tiny_pipeline(False)
+    base = dict(prompt=["a photo of the digit one"] * 2, seeds=[5, 5], class_labels=[1, 1], num_inference_steps=4,
+                difficulty=[0.1, 0.9], guidance_scale=3.0, output_type="latent")
+    joint = pipe(**base).images
+    same = pipe(difficulty_guidance_scale=3.0, **base).images
+    assert torch.allclose(joint, same, atol=1e-4)
+    gaps = [(pipe(difficulty_guidance_scale=w, **base).images.diff(dim=0)).abs().mean().item() for w in (0.0, 3.0, 9.0)]
+    assert gaps[0] < 1e-5 < gaps[1] < gaps[2]  # w_d = 0 ignores s; a larger w_d separates s = 0.1 from 0.9 more
