@@ -12,7 +12,7 @@ import ray
 
 from raysys.core import io
 from raysys.core.config import ScoreConfig
-from raysys.ray.session import use_assigned_cpus
+from raysys.ray.session import on_assigned_cpus
 from raysys.scoring.difficulty import DifficultyScorer
 
 
@@ -22,7 +22,6 @@ class ScoringActor:
     def __init__(self, model_dirs: dict[str, str], use_gpu: bool = False):
         import torch
 
-        use_assigned_cpus()
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.scorer = DifficultyScorer({k: io.local_copy(v) for k, v in model_dirs.items()}, device)
 
@@ -45,7 +44,7 @@ def score_table(table: pa.Table, model_dirs: dict[str, str], cfg: ScoreConfig) -
     blocks = [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
     ds = ray.data.from_arrow(blocks)
     scored = ds.map_batches(
-        ScoringActor,
+        on_assigned_cpus(ScoringActor),
         fn_constructor_kwargs={"model_dirs": model_dirs, "use_gpu": cfg.num_gpus > 0},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_gpus=cfg.num_gpus,
