@@ -3,8 +3,9 @@
 - `control_grid`: every class x every requested s x several seeds, generated with the prompt
   and the difficulty condition. Re-scored by a classifier, the measured difficulty should rise
   with the requested one: `spearman` gives the rank correlation.
-- `hard_factor_grid`: the difficulty tokens alone (empty prompt), one seed, s rising left to
-  right, one row per class: what the generator learned makes each class hard.
+- `hard_factor_grid`: the difficulty tokens alone (empty prompt), s rising left to right, one
+  row per class (one seed), or one row per seed when the encoder has no class input: what the
+  generator learned makes an image hard.
 """
 
 from __future__ import annotations
@@ -82,12 +83,18 @@ def control_grid(
 def hard_factor_grid(
     pipe: DifficultyDiffusionPipeline, num_classes: int, levels: Sequence[float], seed: int, opts: SamplingOptions
 ) -> np.ndarray:
-    """uint8 (classes, levels, H, W, C): empty prompt, difficulty tokens only, one seed."""
+    """uint8 (rows, levels, H, W, C): empty prompt, difficulty tokens only, s rising left to right.
+
+    One row per class, all with `seed`. An encoder without class input (tokens depend on s
+    alone) would draw the same row for every class, so it gets one row per seed instead:
+    seed, seed + 1, ... (as many rows as classes)."""
     if pipe.difficulty_encoder is None:
         raise ValueError("the hard-factor visualisation needs a pipeline with a difficulty encoder")
-    labels = [c for c in range(num_classes) for _ in levels]
+    by_class = pipe.difficulty_encoder.config.use_class
+    labels = [r if by_class else 0 for r in range(num_classes) for _ in levels]
+    seeds = [seed if by_class else seed + r for r in range(num_classes) for _ in levels]
     difficulty = [float(s) for _ in range(num_classes) for s in levels]
-    images = _generate(pipe, [""] * len(labels), [seed] * len(labels), labels, difficulty, opts)
+    images = _generate(pipe, [""] * len(labels), seeds, labels, difficulty, opts)
     return images.reshape(num_classes, len(levels), *images.shape[1:])
 
 

@@ -151,8 +151,12 @@ def run(cfg: RaysysConfig) -> dict:
         image_grid(grid["images"][:, :, 0], stage.file("control_grid.png"), row_labels=class_names,
                    col_labels=level_labels, title="difficulty model: prompt + requested s (seed 0)",
                    col_title=f"Spearman(requested, measured) = {metrics['difficulty_spearman']}")
-        image_grid(grid["hard"], stage.file("hard_factors.png"), row_labels=class_names, col_labels=level_labels,
-                   title=f"hard factors: difficulty tokens only, empty prompt, seed {HARD_FACTOR_SEED}")
+        if f.class_input:
+            hard_rows, hard_title = class_names, f"seed {HARD_FACTOR_SEED}"
+        else:  # tokens depend on s alone: one row per seed
+            hard_rows, hard_title = [f"seed {HARD_FACTOR_SEED + r}" for r in range(len(class_names))], "no class input"
+        image_grid(grid["hard"], stage.file("hard_factors.png"), row_labels=hard_rows, col_labels=level_labels,
+                   title=f"hard factors: difficulty tokens only, empty prompt, {hard_title}")
     histograms = {"real train": real}
     histograms.update({f"{v} model grid": g["measured"].ravel() for v, g in grids.items()})
     difficulty_histogram(histograms, stage.file("difficulty_control_hist.png"),

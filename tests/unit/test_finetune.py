@@ -26,12 +26,12 @@ def base_pipeline(vae: bool) -> DifficultyDiffusionPipeline:
                                           vae=vae, vocabulary=WORDS))
 
 
-def finetuned(vae: bool, difficulty: bool = True) -> DifficultyDiffusionPipeline:
+def finetuned(vae: bool, difficulty: bool = True, use_class: bool = True) -> DifficultyDiffusionPipeline:
     """A base pipeline with LoRA (non-zero, as after training) and optionally a difficulty encoder."""
     pipe = base_pipeline(vae)
     ft.add_lora(pipe, rank=4, alpha=4)
     if difficulty:
-        ft.add_difficulty_encoder(pipe, num_classes=4, num_tokens=2, use_class=True)
+        ft.add_difficulty_encoder(pipe, num_classes=4, num_tokens=2, use_class=use_class)
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in pipe.unet.named_parameters():
@@ -187,6 +187,15 @@ def test_control_grid_layout_and_hard_factors():
     assert np.abs(plain.images[0, 0, 0].astype(int) - plain.images[0, 0, 1].astype(int)).max() > 0
     hard = hard_factor_grid(pipe, 4, levels, seed=0, opts=opts)
     assert hard.shape == (4, 3, 16, 16, 1)
+    assert np.abs(hard[0].astype(int) - hard[1].astype(int)).max() > 0  # rows: classes, same seed
+    # Without class input the tokens depend on s alone: rows are seeds 0..3, not four copies.
+    no_class = finetuned(vae=False, use_class=False)
+    hard = hard_factor_grid(no_class, 4, levels, seed=0, opts=opts)
+    assert hard.shape == (4, 3, 16, 16, 1)
+    assert len({hard[r].tobytes() for r in range(4)}) == 4
+    first_seed = no_class(["", ""], seeds=[0, 1], class_labels=[0, 0], difficulty=[0.1, 0.1], guidance_scale=1.0,
+                          num_inference_steps=3).images
+    assert (hard[:2, 0] == first_seed).all()
     with pytest.raises(ValueError, match="difficulty encoder"):
         hard_factor_grid(finetuned(vae=False, difficulty=False), 4, levels, 0, opts)
 
