@@ -151,7 +151,8 @@ def run(cfg: RaysysConfig) -> dict:
               (finetune.stage_dir(cfg), "control_grid.png", "class_x_s_grid.png",
                "Class x requested difficulty s (difficulty model, one seed)."),
               (finetune.stage_dir(cfg), "hard_factors.png", "hard_factors.png",
-               "Hard factors: difficulty tokens only (empty prompt), same seed, s rising left to right."),
+               "Hard factors: difficulty tokens only (empty prompt), s rising left to right; one row per "
+               "class (one seed), or one row per seed when the encoder has no class input."),
               (pretrain_generator.stage_dir(cfg), "samples.png", "pretrain_samples.png",
                "Samples of the pretrained base generator, one row per class.")]
     for source, name, target, caption in copies:
