@@ -27,7 +27,7 @@ from raysys.models.classifiers import create_classifier, save_classifier
 from raysys.ray.scoring import score_table
 from raysys.ray.session import init_ray
 from raysys.scoring.difficulty import scores_from_probs
-from raysys.training.classifier import normalize
+from raysys.models.classifiers import normalize
 
 
 def plain_loop(model, images, labels, batch_size, size):

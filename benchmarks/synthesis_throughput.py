@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raysys.core.config import SynthesisConfig
+from raysys.core.config import SamplingConfig, SynthesisConfig
 from raysys.data.images import encode_png
 from raysys.generation.components import ComponentSpec, build_components
 from raysys.generation.difficulty_encoder import DifficultyEncoder
 from raysys.generation.pipeline import DifficultyDiffusionPipeline
 from raysys.generation.plans import PLAN_SCHEMA, stable_int
-from raysys.generation.synthesis import GeneratorSpec, SamplingSettings
+from raysys.generation.synthesis import GeneratorSpec
 from raysys.models.classifiers import create_classifier, save_classifier
 from raysys.ray.session import init_ray
 from raysys.ray.synthesis import run_synthesis
@@ -92,7 +92,7 @@ def main():
                                           vocabulary="a photo of the digit".split() + NAMES))
     pipe.register_modules(difficulty_encoder=DifficultyEncoder(num_classes=10, cross_attention_dim=64, num_tokens=4))
     params = sum(p.numel() for p in pipe.unet.parameters())
-    sampling = SamplingSettings(guidance_scale=3.0, num_inference_steps=args.steps, scheduler="ddim")
+    sampling = SamplingConfig(guidance_scale=3.0, num_inference_steps=args.steps, scheduler="ddim")
     plan = make_plan(args.images)
     with tempfile.TemporaryDirectory() as d:
         gen_dir, clf_dir = os.path.join(d, "gen"), os.path.join(d, "clf")

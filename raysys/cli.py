@@ -1,14 +1,10 @@
-"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]` and `raysys export SOURCE OUT`.
+"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]`, `raysys run CONFIG ...` and `raysys export SOURCE OUT`.
 
-Stages: prepare, train-classifier, score, pretrain-generator (only when generator.base is
-builtin), finetune, synthesize, curriculum (one schedule: the `curriculum` section), evaluate
-and report (the comparison's table and page), and run: every stage that applies, in order, with
-curriculum training every `compare.variants` x `compare.seeds` run. Complete stages are skipped.
-`tune` runs a Ray Tune sweep (ASHA) over the `tune.space` curriculum fields on the synthetic
-images already made, and writes the results table and the best config as YAML.
-`export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to an image
-folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv.
-Config errors and unusable data exit with status 2 and one line naming the problem.
+The stage commands come from the registry (`raysys.stages.STAGES`); `run` runs every stage that
+applies to the config, each after the stages it reads; `tune` is run on its own. Complete stages
+are skipped. `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to
+an image folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv. Config errors and unusable
+data exit with status 2 and one line naming the problem; an interrupted sweep exits with 130.
 """
 
 from __future__ import annotations
@@ -18,42 +14,22 @@ import os
 import sys
 import time
 
-from raysys.core.config import ConfigError, RaysysConfig, load_config
-from raysys.core.stage import Interrupted, MissingInput
+from raysys.core.config import RaysysConfig
+from raysys.core.loading import ConfigError
+from raysys.core.stage import Interrupted, MissingInput, Stage, chain, check_chain, run_stage
 from raysys.data.sources import DataError
-
-STAGES = ["prepare", "train-classifier", "score", "pretrain-generator", "finetune", "synthesize", "curriculum",
-          "evaluate", "report"]
-NEEDS_NO_RAY = {"prepare", "evaluate", "report"}
-
-
-def _stages_for(cfg: RaysysConfig) -> list[str]:
-    from raysys.stages import pretrain_generator
-
-    return [s for s in STAGES if s != "pretrain-generator" or pretrain_generator.needed(cfg)]
-
-
-def _run_stage(name: str, cfg: RaysysConfig, in_run: bool) -> None:
-    """One stage; inside `run`, curriculum trains every run of the comparison."""
-    import importlib
-
-    stage = importlib.import_module(f"raysys.stages.{name.replace('-', '_')}")
-    if in_run and name == "curriculum":
-        complete = all(stage.stage_dir(c).is_complete() for c in stage.curriculum_configs(cfg))
-    else:
-        complete = stage.stage_dir(cfg).is_complete()
-    if name not in NEEDS_NO_RAY and not complete:  # a complete stage needs no Ray
-        from raysys.ray.session import init_ray
-
-        init_ray(cfg.run.address, cfg.run.num_cpus, {"HF_HOME": cfg.run.hf_home} if cfg.run.hf_home else None)
-    if in_run and name == "curriculum":
-        stage.run_all(cfg)
-    else:
-        stage.run(cfg)
 
 
 def _clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def _start_ray(stage: Stage, cfg: RaysysConfig) -> None:
+    """Ray for a stage that is not complete and needs it (a complete stage needs no Ray)."""
+    if stage.needs_ray and not stage.is_complete(cfg):
+        from raysys.ray.session import init_ray
+
+        init_ray(cfg.run.address, cfg.run.num_cpus, {"HF_HOME": cfg.run.hf_home} if cfg.run.hf_home else None)
 
 
 def export_main(argv: list[str]) -> int:
@@ -75,11 +51,16 @@ def export_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raysys.stages import BY_COMMAND, STAGES, load_config
+
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="raysys", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=[*STAGES, "run", "tune"])
+    parser = argparse.ArgumentParser(
+        prog="raysys", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages:\n" + "\n".join(f"  {s.command:20s} {s.describe}" for s in STAGES)
+        + "\n  run                  every stage that applies, in order")
+    parser.add_argument("stage", choices=[*BY_COMMAND, "run"], metavar="STAGE", help="a stage below, or run")
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
@@ -91,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raysys: warning: run.root '{cfg.run.root}' is a local path; on a multi-node cluster "
                   "every node must see it (a shared file system), else use an s3:// or gs:// URI",
                   file=sys.stderr)
-        in_run = args.stage == "run"
-        stages = _stages_for(cfg) if in_run else [args.stage]
+        stages = chain(STAGES, cfg) if args.stage == "run" else [BY_COMMAND[args.stage]]
+        check_chain(stages, cfg, "command line" if overrides else args.config)
         start, seconds = time.time(), {}
-        for i, name in enumerate(stages, 1):
+        for i, stage in enumerate(stages, 1):
             t0 = time.time()
-            print(f"== stage {i}/{len(stages)}: {name} (run time so far {_clock(t0 - start)})", flush=True)
-            _run_stage(name, cfg, in_run)
-            seconds[name] = time.time() - t0
-            print(f"== stage {i}/{len(stages)}: {name} finished in {seconds[name]:.1f}s", flush=True)
+            print(f"== stage {i}/{len(stages)}: {stage.command} (run time so far {_clock(t0 - start)})", flush=True)
+            _start_ray(stage, cfg)
+            run_stage(stage, cfg)
+            seconds[stage.command] = time.time() - t0
+            print(f"== stage {i}/{len(stages)}: {stage.command} finished in {seconds[stage.command]:.1f}s", flush=True)
         if len(stages) > 1:
             print("== " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()) + f"; total {_clock(time.time() - start)}")
     except (ConfigError, DataError, MissingInput) as exc:

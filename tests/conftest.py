@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raysys.core.config import load_config
+from raysys.stages import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -49,8 +49,9 @@ def tiny_run(tmp_path_factory, ray_session):
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_run):
-    """pretrain-generator -> finetune on top of `tiny_run`: (cfg, pretrain, finetune metrics)."""
-    from raysys.stages import finetune, pretrain_generator
+    """pretrain-generator -> finetune -> control on top of `tiny_run`: (cfg, pretrain, finetune,
+    control metrics)."""
+    from raysys.stages import control, finetune, pretrain_generator
 
     cfg = tiny_run[0]
-    return cfg, pretrain_generator.run(cfg), finetune.run(cfg)
+    return cfg, pretrain_generator.run(cfg), finetune.run(cfg), control.run(cfg)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from typing import Any
 
 import pyarrow.fs as pafs
+
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+"""What a name that becomes a folder (a plan, a variant, a sweep) may hold."""
 
 
 def _is_uri(location: str) -> bool:

@@ -99,3 +99,16 @@ def read_manifest(location: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = io.filesystem(location)
     table = pq.read_table(path, filesystem=fs, columns=columns)
     return table if columns else conform(table)
+
+
+def list_parts(directory: str) -> list[str]:
+    """Locations of the complete parts (part-*.parquet) of a sharded manifest folder, in name order
+    (temporary files are not parts)."""
+    import pyarrow.fs as pafs
+
+    fs, path = io.filesystem(directory)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    names = sorted(i.base_name for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    return [io.join(directory, name) for name in names]

@@ -40,3 +40,46 @@ def create_schedule(
     if name == "adaptive":
         return Adaptive(guidance_levels, epochs, curriculum_epochs, stage_epochs)
     raise ValueError(f"unknown curriculum schedule '{name}' (choose from {', '.join(SCHEDULES)})")
+
+
+def check_curriculum(cfg) -> list[str]:
+    """Problems of the `curriculum` section of a RaysysConfig (with the plans and epochs it refers to)."""
+    from raysys.core.io import FOLDER_NAME
+
+    c = cfg.curriculum
+    problems = []
+    if c.schedule not in SCHEDULES:
+        problems.append(f"curriculum.schedule must be one of {', '.join(SCHEDULES)}, got '{c.schedule}'")
+    names = [p.name for p in cfg.synthesis.plans]
+    problems += [f"curriculum.plans: '{p}' is not a synthesis plan (plans: {names})" for p in c.plans if p not in names]
+    epochs = c.epochs or cfg.train.epochs
+    if c.epochs is not None and c.epochs < 1:
+        problems.append("curriculum.epochs must be >= 1 (or null)")
+    if c.curriculum_epochs is not None and not 0 <= c.curriculum_epochs <= epochs:
+        problems.append(f"curriculum.curriculum_epochs must lie in [0, {epochs}]")
+    if len(c.difficulty_bins) < 2 or any(a >= b for a, b in zip(c.difficulty_bins, c.difficulty_bins[1:])):
+        problems.append("curriculum.difficulty_bins must be at least 2 rising edges")
+    if c.stage_epochs < 1 or c.probe_steps < 1 or c.worst_k < 1:
+        problems.append("curriculum.stage_epochs, probe_steps and worst_k must be >= 1")
+    if c.synthetic_per_epoch < 0 or not 0 < c.undersample <= 1:
+        problems.append("curriculum.synthetic_per_epoch must be >= 0 and curriculum.undersample in (0, 1]")
+    dist, params = c.difficulty_distribution, c.difficulty_params
+    if dist is not None:
+        if len(params) != 2:
+            problems.append(f"curriculum.difficulty_params: {dist} takes 2 values, got {params}")
+        elif dist in ("normal", "beta") and min(params[1:]) <= 0 or (dist == "beta" and params[0] <= 0) or (
+                dist == "uniform" and not 0 <= params[0] < params[1] <= 1):
+            problems.append(f"curriculum.difficulty_params {params} do not define a {dist} distribution on "
+                            "[0, 1] (sigma, alpha, beta > 0; 0 <= lo < hi <= 1)")
+    m = c.measured_difficulty
+    if m is not None and not (len(m) == 2 and 0 <= m[0] < m[1] <= 1):
+        problems.append(f"curriculum.measured_difficulty must be [lo, hi] with 0 <= lo < hi <= 1, got {m}")
+    if c.name is not None and not FOLDER_NAME.match(c.name):
+        problems.append("curriculum.name may hold only letters, digits, - and _")
+    if c.num_workers is not None and c.num_workers < 1:
+        problems.append("curriculum.num_workers must be >= 1 (or null)")
+    if c.guidance_val_sources < 0:
+        problems.append("curriculum.guidance_val_sources must be >= 0")
+    if c.schedule == "adaptive" and c.guidance_val_sources < 1:
+        problems.append("curriculum.schedule adaptive needs curriculum.guidance_val_sources >= 1 (its measurements)")
+    return problems

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from raysys.core import io
-from raysys.core.schema import conform
+from raysys.core.schema import conform, list_parts, read_manifest
 
 CSV_COLUMNS = ("file", "sample_id", "label", "class_name", "origin", "difficulty", "requested_difficulty",
                "guidance", "prompt", "seed")
@@ -39,12 +39,10 @@ def read_source(source: str) -> pa.Table:
     from pyarrow import fs as pafs
 
     if fs.get_file_info(path).type == pafs.FileType.Directory:
-        from raysys.generation.synthesis import list_parts, _read
-
         parts = list_parts(source)
         if not parts:
             raise FileNotFoundError(f"{source}: a folder without part-*.parquet files")
-        return pa.concat_tables([conform(_read(p)) for p in parts])
+        return pa.concat_tables([read_manifest(p) for p in parts])
     return conform(pq.read_table(path, filesystem=fs))
 
 

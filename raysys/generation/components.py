@@ -17,7 +17,7 @@ from typing import Optional
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from raysys.core.config import ConfigError
+from raysys.core.loading import ConfigError
 from raysys.generation.pipeline import DifficultyDiffusionPipeline
 from raysys.generation.tokenizer import make_clip_tokenizer
 

@@ -15,19 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from raysys.core.config import SamplingConfig
 from raysys.generation.pipeline import DifficultyDiffusionPipeline
-
-
-@dataclass
-class SamplingOptions:
-    """How grid images are sampled (the generator section of the config)."""
-
-    guidance_scale: float = 2.0
-    num_inference_steps: int = 20
-    scheduler: str = "ddim"
-    negative_prompt: str = ""
-    difficulty_guidance_scale: Optional[float] = None
-    batch_size: int = 64
 
 
 @dataclass
@@ -40,10 +29,10 @@ class Grid:
     """float (classes, levels, seeds): s asked for (NaN: no difficulty condition)."""
 
 
-def _generate(pipe, prompts, seeds, labels, difficulty, opts: SamplingOptions) -> np.ndarray:
+def _generate(pipe, prompts, seeds, labels, difficulty, opts: SamplingConfig, batch_size: int) -> np.ndarray:
     out = []
-    for start in range(0, len(prompts), opts.batch_size):
-        rows = slice(start, start + opts.batch_size)
+    for start in range(0, len(prompts), batch_size):
+        rows = slice(start, start + batch_size)
         out.append(pipe(
             prompts[rows], seeds=seeds[rows], class_labels=labels[rows],
             difficulty=None if difficulty is None else difficulty[rows],
@@ -59,10 +48,11 @@ def control_grid(
     prompts_by_class: Sequence[str],
     levels: Sequence[float],
     num_seeds: int,
-    opts: SamplingOptions,
+    opts: SamplingConfig,
     *,
     with_difficulty: bool = True,
     first_seed: int = 0,
+    batch_size: int = 64,
 ) -> Grid:
     """Class x level x seed images. Seeds are shared across classes and levels, so a column of
     the grid differs only by the requested s. `with_difficulty=False` asks for no s (the plain
@@ -74,14 +64,15 @@ def control_grid(
     seeds = np.broadcast_to(first_seed + np.arange(num_seeds)[None, None, :], shape).ravel()
     prompts = [prompts_by_class[c] for c in labels]
     difficulty = [float(s) for s in requested] if with_difficulty else None
-    images = _generate(pipe, prompts, [int(s) for s in seeds], [int(c) for c in labels], difficulty, opts)
+    images = _generate(pipe, prompts, [int(s) for s in seeds], [int(c) for c in labels], difficulty, opts, batch_size)
     if not with_difficulty:
         requested = np.full_like(requested, np.nan)
     return Grid(images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), requested.reshape(shape))
 
 
 def hard_factor_grid(
-    pipe: DifficultyDiffusionPipeline, num_classes: int, levels: Sequence[float], seed: int, opts: SamplingOptions
+    pipe: DifficultyDiffusionPipeline, num_classes: int, levels: Sequence[float], seed: int, opts: SamplingConfig,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """uint8 (rows, levels, H, W, C): empty prompt, difficulty tokens only, s rising left to right.
 
@@ -94,7 +85,7 @@ def hard_factor_grid(
     labels = [r if by_class else 0 for r in range(num_classes) for _ in levels]
     seeds = [seed if by_class else seed + r for r in range(num_classes) for _ in levels]
     difficulty = [float(s) for _ in range(num_classes) for s in levels]
-    images = _generate(pipe, [""] * len(labels), seeds, labels, difficulty, opts)
+    images = _generate(pipe, [""] * len(labels), seeds, labels, difficulty, opts, batch_size)
     return images.reshape(num_classes, len(levels), *images.shape[1:])
 
 

@@ -11,14 +11,15 @@ The text encoder and the base UNet weights stay frozen. The result is an *adapte
 `load_lora_weights` reads it) and, for the difficulty variant, `difficulty_encoder/`
 (config.json + safetensors). `load_finetuned(base, adapters)` rebuilds the pipeline.
 
-The Ray Train adapter (`raysys.ray.finetune`) runs `finetune_step` inside its worker loop.
+`finetune_loop` is the whole run against a `TrainContext` (raysys.core.context); Ray Train
+runs it through raysys.ray.train.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -29,6 +30,10 @@ from raysys.generation.components import load_pipeline
 from raysys.generation.difficulty_encoder import DifficultyEncoder
 from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline
 from raysys.generation.training import diffusion_loss
+
+if TYPE_CHECKING:
+    from raysys.core.config import FinetuneConfig
+    from raysys.core.context import TrainContext
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 """The UNet's attention projections (self- and cross-attention), as in diffusers' LoRA scripts."""
@@ -190,3 +195,138 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
 
 def prompts_for(labels: np.ndarray, class_names: list[str], template: str) -> list[str]:
     return [template.format(name=class_names[int(label)]) for label in labels]
+
+
+VARIANTS = ("difficulty", "plain")
+"""The fine-tune variants: LoRA + difficulty encoder, and LoRA alone."""
+
+
+def check_finetune(f, generator) -> list[str]:
+    """Problems of the `finetune` section (a FinetuneConfig), with the generator section it serves."""
+    problems = []
+    if not f.variants or any(v not in VARIANTS for v in f.variants):
+        problems.append(f"finetune.variants must be a non-empty subset of {list(VARIANTS)}, got {f.variants}")
+    if f.steps < 1 or f.batch_size < 1 or f.num_workers < 1 or f.checkpoint_every < 1 or f.lora_rank < 1:
+        problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
+    if not 0 <= f.difficulty_dropout < 1:
+        problems.append(f"finetune.difficulty_dropout must be in [0, 1), got {f.difficulty_dropout}")
+    if generator.difficulty_guidance_scale is not None and f.difficulty_dropout == 0 and "difficulty" in f.variants:
+        problems.append("generator.difficulty_guidance_scale needs finetune.difficulty_dropout > 0: the model must "
+                        "learn the prompt with null difficulty tokens, the branch it guides against (try 0.1)")
+    if not 0 <= f.difficulty_frequencies <= 16:
+        problems.append(f"finetune.difficulty_frequencies must be in 0..16, got {f.difficulty_frequencies}")
+    if any(not 0 <= s <= 1 for s in f.grid_levels) or f.grid_seeds < 1:
+        problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
+    return problems
+
+
+@dataclass
+class FinetuneJob:
+    """One fine-tune run: which variant, on which rows."""
+
+    variant: str
+    """difficulty (LoRA + difficulty encoder) or plain (LoRA only)."""
+    base: str
+    """Base pipeline: absolute local directory or hub id."""
+    manifest: str
+    """Scored manifest (its train rows, with measured difficulty)."""
+    class_names: list[str]
+    prompt_template: str
+    cfg: "FinetuneConfig"
+    seed: int
+    name: str = "finetune"
+    """Shown in progress lines."""
+
+
+def load_rows(job: FinetuneJob, image_size: int, channels: int, rank: int, world: int) -> FinetuneRows:
+    """This worker's disjoint share of the scored train rows, as training tensors."""
+    import pyarrow.compute as pc
+
+    from raysys.core.schema import read_manifest
+    from raysys.data.images import decode_batch
+
+    table = read_manifest(job.manifest, columns=["image", "label", "split", "difficulty"])
+    table = table.filter(pc.equal(table["split"], "train"))
+    shard = np.arange(rank, table.num_rows, world)
+    images = decode_batch([table["image"][int(i)].as_py() for i in shard], image_size, channels)
+    labels = table["label"].to_numpy()[shard].astype(np.int64)
+    difficulty = table["difficulty"].to_numpy(zero_copy_only=False)[shard].astype(np.float32)
+    if np.isnan(difficulty).any():
+        raise ValueError(f"{job.manifest}: train rows without a measured difficulty; run the score stage first")
+    return FinetuneRows(images=torch.from_numpy(images).float().div_(127.5).sub_(1.0),
+                        prompts=prompts_for(labels, job.class_names, job.prompt_template),
+                        labels=torch.from_numpy(labels), difficulty=torch.from_numpy(difficulty))
+
+
+def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
+    """Fine-tune (or resume) one variant, one report every `checkpoint_every` steps; the last
+    checkpoint holds `adapters/`. Each step's rows come from (seed, step, rank) alone, so a
+    resumed run continues as the uninterrupted one would."""
+    import math
+    import time
+
+    from raysys.generation.training import training_scheduler
+    from raysys.core.context import Checkpoint, step_seed
+
+    cfg, rank, device = job.cfg, ctx.rank, ctx.device
+    torch.manual_seed(job.seed)
+    pipe = load_pipeline(job.base).to(device)
+    use_difficulty = job.variant == "difficulty"
+    add_lora(pipe, cfg.lora_rank, cfg.lora_alpha)
+    if use_difficulty:
+        add_difficulty_encoder(pipe, len(job.class_names), cfg.difficulty_tokens, cfg.class_input,
+                               cfg.difficulty_frequencies)
+    on_gpu = device.type == "cuda"
+    if on_gpu and cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    autocast = torch.bfloat16 if on_gpu and cfg.mixed_precision == "bf16" else None
+    rows = load_rows(job, pipe.image_size, pipe.image_channels, rank, ctx.world_size)
+    weights = sampling_weights(rows.difficulty, cfg.sampling)
+    scheduler = training_scheduler(pipe)
+    params = trainable_parameters(pipe)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, cfg.steps) / cfg.steps)))
+
+    start, losses, resumes = 0, [], []
+    restored = ctx.restore()
+    if restored is not None:
+        tensors, state = restored
+        load_adapter_state(pipe, tensors["adapters"])
+        opt.load_state_dict(tensors["opt"])
+        sched.load_state_dict(tensors["sched"])
+        start, losses, resumes = state["step"], state["losses"], state["resumes"] + [state["step"]]
+        if rank == 0:
+            print(f"[{job.name}] resuming at step {start + 1}/{cfg.steps}", flush=True)
+
+    pipe.unet.train()
+    t0, done_here = time.time(), 0
+    for step in range(start, cfg.steps):
+        idx = batch_indices(len(rows), cfg.batch_size, job.seed, step, rank, weights)
+        g = torch.Generator().manual_seed(step_seed(job.seed, step, rank, 3))
+        loss = finetune_step(pipe, scheduler, rows, idx, use_difficulty=use_difficulty,
+                             condition_dropout=cfg.condition_dropout, difficulty_dropout=cfg.difficulty_dropout,
+                             snr_gamma=cfg.snr_gamma, generator=g, autocast_dtype=autocast)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        done_here += 1
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.checkpoint_every and not last:
+            continue
+        rate = done_here / (time.time() - t0)
+        window = float(np.mean(losses[-cfg.checkpoint_every:]))
+        checkpoint = None
+        if rank == 0:
+            print(f"[{job.name}] step {step + 1}/{cfg.steps} loss {window:.4f} {rate:.2f} steps/s "
+                  f"ETA {(cfg.steps - step - 1) / rate:.0f}s", flush=True)
+            checkpoint = Checkpoint(
+                tensors={"adapters": adapter_state(pipe), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                state={"step": step + 1, "losses": losses, "resumes": resumes},
+                files=(lambda d: save_adapters(pipe, os.path.join(d, "adapters"))) if last else None)
+        ctx.report({"step": step + 1, "loss": window, "steps_per_s": rate}, checkpoint)

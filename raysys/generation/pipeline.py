@@ -347,3 +347,15 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
             return GenerationOutput(images=images.cpu())
         arr = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return GenerationOutput(images=arr)
+
+
+def check_generator(g) -> list[str]:
+    """Problems of the `generator` section (a GeneratorConfig: the base model, prompts, sampling)."""
+    problems = []
+    if g.scheduler not in SCHEDULERS:
+        problems.append(f"generator.scheduler must be one of {', '.join(SCHEDULERS)}, got '{g.scheduler}'")
+    if g.num_inference_steps < 1:
+        problems.append("generator.num_inference_steps must be >= 1")
+    if "{name}" not in g.prompt_template:
+        problems.append("generator.prompt_template must contain {name}")
+    return problems

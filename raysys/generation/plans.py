@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -227,3 +228,61 @@ def build_plan(
     if len(set(ids)) != len(ids):
         raise ValueError(f"plan '{plan.name}' has {len(ids) - len(set(ids))} duplicate sample ids")
     return table
+
+
+PLAN_KINDS = ("text", "discl")
+"""The kinds of plan `build_plan` makes."""
+MODELS = ("difficulty", "plain", "base")
+"""The generators a plan can name: the fine-tuned variants, or the base model as it is."""
+DISTRIBUTIONS = {"fixed": 1, "uniform": 2, "normal": 2, "beta": 2, "empirical": 0}
+"""Distributions of requested s (`sample_difficulty`) and how many parameters each takes."""
+
+
+def check_plans(sy, finetune_variants: Sequence[str]) -> list[str]:
+    """Problems of the `synthesis` section (a SynthesisConfig), with the fine-tuned variants it may use."""
+    problems = []
+    names = [p.name for p in sy.plans]
+    if len(set(names)) != len(names):
+        problems.append(f"synthesis.plans: names must be unique, got {names}")
+    for i, p in enumerate(sy.plans):
+        at = f"synthesis.plans[{i}] ({p.name})"
+        if not io.FOLDER_NAME.match(p.name):
+            problems.append(f"{at}: name may hold only letters, digits, - and _")
+        if p.model not in MODELS:
+            problems.append(f"{at}: model must be one of {', '.join(MODELS)}, got '{p.model}'")
+        elif p.model != "base" and p.model not in finetune_variants:
+            problems.append(f"synthesis plan '{p.name}' uses model '{p.model}', which finetune.variants "
+                            f"{list(finetune_variants)} does not train: add it there, or use another model")
+        if p.kind not in PLAN_KINDS:
+            problems.append(f"{at}: kind must be one of {', '.join(PLAN_KINDS)}, got '{p.kind}'")
+        if p.ratio < 0:
+            problems.append(f"{at}: ratio must be >= 0")
+        if p.difficulty not in DISTRIBUTIONS:
+            problems.append(f"{at}: difficulty must be one of {sorted(DISTRIBUTIONS)}, got '{p.difficulty}'")
+        elif len(p.difficulty_params) != DISTRIBUTIONS[p.difficulty]:
+            problems.append(f"{at}: difficulty {p.difficulty} takes {DISTRIBUTIONS[p.difficulty]} "
+                            f"difficulty_params, got {p.difficulty_params}")
+        elif p.difficulty in ("fixed", "uniform") and any(not 0 <= v <= 1 for v in p.difficulty_params):
+            problems.append(f"{at}: difficulty_params of {p.difficulty} must lie in [0, 1]")
+        elif p.difficulty in ("normal", "beta") and p.difficulty_params[1] <= 0 or (
+                p.difficulty == "beta" and p.difficulty_params[0] <= 0):
+            problems.append(f"{at}: difficulty_params of {p.difficulty} must be > 0 (sigma; alpha, beta)")
+        if p.kind == "discl" and (not p.guidance_levels or any(not 0 <= g <= 1 for g in p.guidance_levels)):
+            problems.append(f"{at}: guidance_levels must be non-empty and lie in [0, 1] (0: text only)")
+        if p.seeds_per_source < 1 or p.source_k < 1:
+            problems.append(f"{at}: seeds_per_source and source_k must be >= 1")
+        if not (p.prompts in ("template", "caption") or p.prompts.startswith("file:")):
+            problems.append(f"{at}: prompts must be template, caption or file:<path>, got '{p.prompts}'")
+        elif p.prompts.startswith("file:") and "://" not in p.prompts and not os.path.isfile(p.prompts[5:]):
+            problems.append(f"{at}: prompts file not found: {p.prompts[5:]}")
+    if sy.batch_size < 1 or sy.rows_per_block < 1 or sy.filter_actors < 1:
+        problems.append("synthesis.batch_size, rows_per_block and filter_actors must be >= 1")
+    if sy.min_actors < 1 or sy.max_actors < sy.min_actors:
+        problems.append("synthesis needs 1 <= min_actors <= max_actors (GPU nodes scale from 0; the pool from 1)")
+    if sy.initial_actors is not None and not sy.min_actors <= sy.initial_actors <= sy.max_actors:
+        problems.append("synthesis.initial_actors must lie in [min_actors, max_actors]")
+    if min(sy.num_gpus, sy.cpus_per_actor, sy.filter_cpus, sy.filter_num_gpus) < 0:
+        problems.append("synthesis.num_gpus, cpus_per_actor, filter_cpus and filter_num_gpus must be >= 0")
+    if not 0 <= sy.filter.classifier_min_p <= 1:
+        problems.append("synthesis.filter.classifier_min_p must lie in [0, 1]")
+    return problems

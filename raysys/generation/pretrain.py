@@ -92,3 +92,15 @@ def pretrain_base(
         "text_encoder_parameters": sum(p.numel() for p in pipe.text_encoder.parameters()),
         "prompts": prompts,
     }
+
+
+def check_pretrain(pt) -> list[str]:
+    """Problems of the `pretrain` section (a PretrainConfig)."""
+    problems = []
+    if len(pt.cross_attention_levels) != len(pt.block_out_channels):
+        problems.append("pretrain.cross_attention_levels needs one entry per pretrain.block_out_channels")
+    if pt.steps < 1 or pt.batch_size < 1 or pt.image_size < 8:
+        problems.append("pretrain.steps and pretrain.batch_size must be >= 1, pretrain.image_size >= 8")
+    if not 0 <= pt.ema_decay < 1:
+        problems.append("pretrain.ema_decay must be in [0, 1)")
+    return problems

@@ -38,7 +38,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raysys.core import io
-from raysys.core.schema import MANIFEST_SCHEMA, conform, to_table
+from raysys.core.config import SamplingConfig
+from raysys.core.schema import MANIFEST_SCHEMA, conform, list_parts, to_table
 
 # Columns that travel with each row between the stages but are not manifest columns.
 TRACE_COLUMNS = ("plan", "model", "actor_id", "busy_s", "generated_at")
@@ -56,15 +57,6 @@ class GeneratorSpec:
     """What the `generator` column records (base id + adapter digest)."""
 
 
-@dataclass
-class SamplingSettings:
-    guidance_scale: float = 3.0
-    num_inference_steps: int = 20
-    scheduler: str = "ddim"
-    negative_prompt: str = ""
-    difficulty_guidance_scale: Optional[float] = None
-
-
 def actor_identity() -> str:
     """host:pid:random: a restarted actor is a new process and gets a new identity."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -79,7 +71,7 @@ def _torch_device(use_gpu: bool):
 class GenerateBatch:
     """Plan rows in, generated rows (with encoded `image` and `generator`) out."""
 
-    def __init__(self, generators: dict[str, GeneratorSpec], sampling: SamplingSettings,
+    def __init__(self, generators: dict[str, GeneratorSpec], sampling: SamplingConfig,
                  image_format: str = "png", use_gpu: bool = False, micro_batch: Optional[int] = None):
         self.generators = generators
         self.sampling = sampling
@@ -259,16 +251,6 @@ class RescoreAndWrite:
 
 
 # ---- the written set ---------------------------------------------------------------------
-
-def list_parts(directory: str) -> list[str]:
-    """Locations of the complete parts under `directory` (temporary files are not parts)."""
-    fs, path = io.filesystem(directory)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    names = sorted(i.base_name for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
-    return [io.join(directory, name) for name in names]
-
 
 def _read(location: str, columns: Optional[list[str]] = None) -> pa.Table:
     fs, path = io.filesystem(location)

@@ -59,6 +59,11 @@ def _small_cnn(num_classes: int, in_chans: int, width: int = 32, **_) -> nn.Modu
     return SmallCNN(num_classes, in_chans, width)
 
 
+def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Every classifier's input convention: uint8 [0, 255] -> float [-1, 1]."""
+    return images_uint8.float().div_(127.5).sub_(1.0)
+
+
 def registered_names() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -173,3 +178,23 @@ def load_classifier(directory: str, device: str | torch.device = "cpu") -> tuple
     )
     model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
     return model.to(device).eval(), meta
+
+
+def check_classifier(c) -> list[str]:
+    """Problems of the `classifier` section (a ClassifierConfig), found before any worker starts."""
+    import os
+
+    problems = []
+    if c.name not in _REGISTRY:
+        import timm
+
+        if not timm.is_model(c.name):
+            close = timm.list_models(f"*{c.name.split('_')[0]}*")[:8]
+            problems.append(f"classifier.name '{c.name}' is neither registered ({registered_names()}) nor a timm "
+                            f"model; similar timm names: {close}")
+    if c.weights is not None:
+        if "://" in c.weights:
+            problems.append(f"classifier.weights must be a local file (workers read it from disk), got {c.weights}")
+        elif not os.path.isfile(c.weights):
+            problems.append(f"classifier.weights: no such file {c.weights}")
+    return problems

@@ -16,14 +16,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from raysys.core.config import SynthesisConfig
+from raysys.core.config import SamplingConfig, SynthesisConfig
 from raysys.ray.session import on_assigned_cpus
 from raysys.generation.synthesis import (
     ClipFilter,
     GenerateBatch,
     GeneratorSpec,
     RescoreAndWrite,
-    SamplingSettings,
 )
 
 
@@ -49,7 +48,7 @@ def _blocks(table: pa.Table, rows_per_block: int, pool: int) -> list[pa.Table]:
 def run_synthesis(
     plan: pa.Table,
     generators: dict[str, GeneratorSpec],
-    sampling: SamplingSettings,
+    sampling: SamplingConfig,
     cfg: SynthesisConfig,
     classifier_dir: str,
     output: str,

@@ -1,5 +1,5 @@
 """Ray Tune sweeps over the curriculum: each trial is a function trainable that builds and fits a
-TorchTrainer (the curriculum worker of raysys.ray.curriculum) and forwards its per-epoch reports
+TorchTrainer (raysys.training.curriculum.curriculum_loop) and forwards its per-epoch reports
 to Tune, where ASHA stops the weak trials at its rungs.
 
 - The trial function is only the Ray Train driver: it holds no CPU (1 MiB of logical memory), the Train
@@ -22,10 +22,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from raysys.core.config import RaysysConfig, apply_tune_params
+from raysys.core.config import RaysysConfig
 from raysys.core.stage import Interrupted
-from raysys.ray.curriculum import CurriculumJob, _worker
-from raysys.ray.train import classifier_trainer
+from raysys.curriculum.search import apply_tune_params
+from raysys.ray.train import Workers, trainer
+from raysys.training.curriculum import CurriculumJob, curriculum_loop
 
 
 @dataclass
@@ -73,16 +74,18 @@ def derive_concurrency(resources: dict[str, float], workers: int, cpus_per_worke
 def trial_job(job: SweepJob, params: dict[str, Any], trial_id: str) -> CurriculumJob:
     cfg = apply_tune_params(job.cfg, params, name=f"trial-{trial_id}")
     return CurriculumJob(cfg=cfg, manifest=job.manifest, plan_dirs=job.plan_dirs, num_classes=job.num_classes,
-                         groups=job.groups, storage=os.path.join(job.storage, "trials"), name=trial_id)
+                         groups=job.groups, name=trial_id)
 
 
 def _trial(params: dict[str, Any], job: SweepJob) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial = trial_job(job, params, tune.get_context().get_trial_id())
-    c = trial.cfg.curriculum
-    classifier_trainer(_worker, trial, trial.cfg.train, c.num_workers or trial.cfg.train.num_workers,
-                       callbacks=[TuneReportCallback()]).fit()
+    trial_id = tune.get_context().get_trial_id()
+    trial = trial_job(job, params, trial_id)
+    t = trial.cfg.train
+    workers = Workers(trial.cfg.curriculum.num_workers or t.num_workers, t.use_gpu, t.cpus_per_worker, t.max_failures)
+    trainer(curriculum_loop, trial, workers, trial_id, os.path.join(job.storage, "trials"),
+            callbacks=[TuneReportCallback()]).fit()
 
 
 class _Progress(tune.Callback):

@@ -14,7 +14,7 @@ import torch
 
 from raysys.data.images import decode_batch
 from raysys.models.classifiers import load_classifier
-from raysys.training.classifier import normalize
+from raysys.models.classifiers import normalize
 
 
 def scores_from_probs(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
@@ -77,3 +77,23 @@ class DifficultyScorer:
         if probs is None:
             probs = torch.empty(0, 1)
         return scores_from_probs(probs, labels_t)
+
+
+SPLITS = ("train", "val", "test", "pretrain")
+
+
+def check_score(sc) -> list[str]:
+    """Problems of the `score` section (a ScoreConfig)."""
+    problems = []
+    if sc.mode == "oof" and sc.folds < 2:
+        problems.append("score.folds must be >= 2 in oof mode")
+    if sc.fold_epochs is not None and sc.fold_epochs < 1:
+        problems.append("score.fold_epochs must be >= 1 (or null)")
+    if sc.batch_size < 1 or sc.concurrent_folds < 1:
+        problems.append("score.batch_size and score.concurrent_folds must be >= 1")
+    if sc.min_actors < 1 or sc.max_actors < sc.min_actors:
+        problems.append("score needs 1 <= min_actors <= max_actors")
+    if not sc.splits:
+        problems.append("score.splits must name at least one split")
+    problems += [f"score.splits: unknown split '{s}' (splits: {', '.join(SPLITS)})" for s in sc.splits if s not in SPLITS]
+    return problems

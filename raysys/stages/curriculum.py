@@ -1,32 +1,30 @@
 """Stage `curriculum`: the classifier trained on real + synthetic images with a schedule.
 
-`raysys curriculum CONFIG curriculum.schedule=NAME` trains one schedule (see
-raysys/curriculum/) on the scored real train split and the kept images of `curriculum.plans`,
-on Ray Train. It writes <root>/curriculum/<name>/ (`curriculum.name`, default the schedule):
-`model/`, and `metrics.json` with the final test metrics under the names tools rely on (acc, acc_many, acc_medium, acc_few, macro_f1,
-worst_<k>_acc, per_class_acc), the per-epoch history (selection, real and synthetic counts,
-validation metrics, per-λ accuracy on the guidance-validation set, adaptive gains and choices),
-and the schedule trace. Each schedule has its own folder, so several can be compared.
+One unit per run of the comparison: every `compare.variants` x `compare.seeds` (or, with no
+variants, the `curriculum` section once), `compare.concurrent` at a time on Ray. Each run trains
+one schedule (see raysys/curriculum/) on the scored real train split and the kept images of
+`curriculum.plans`, on Ray Train, into <root>/curriculum/<name>/ (`<variant>-seed<n>`, or
+`curriculum.name`, default the schedule): `model/`, and `metrics.json` with the final test metrics
+under the names tools rely on (acc, acc_many, acc_medium, acc_few, macro_f1, worst_<k>_acc,
+per_class_acc), the per-epoch history (selection, real and synthetic counts, validation metrics,
+per-λ accuracy on the guidance-validation set, adaptive gains and choices), and the schedule trace.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
+import difflib
+from dataclasses import fields, replace
 
 from raysys.core import io
-from raysys.core.config import ConfigError, RaysysConfig, digest, variant_config
-from raysys.core.stage import MissingInput, StageDir
-from raysys.stages import prepare, score, synthesize
-
-NAME = "curriculum"
-
-
-def stage_dir(cfg: RaysysConfig) -> StageDir:
-    c = cfg.curriculum
-    upstream = score.stage_dir(cfg).digest if c.schedule == "real_only" else synthesize.stage_dir(cfg).digest
-    return StageDir(cfg.run.root, f"{NAME}/{variant_name(cfg)}",
-                    digest(upstream, cfg.classifier, cfg.train, cfg.curriculum, cfg.run.seed))
+from raysys.core.config import CurriculumConfig, RaysysConfig
+from raysys.core.io import FOLDER_NAME
+from raysys.core.stage import Context, Stage, StageDir, missing_inputs, run_stage, run_unit
+from raysys.curriculum.registry import check_curriculum
+from raysys.models.classifiers import check_classifier
+from raysys.ray.train import fit, run_concurrently
+from raysys.stages import prepare, score, synthesize, train_classifier
+from raysys.training.classifier import check_train
+from raysys.training.curriculum import CurriculumJob, curriculum_loop, schedule_for
 
 
 def variant_name(cfg: RaysysConfig) -> str:
@@ -37,8 +35,16 @@ def plan_names(cfg: RaysysConfig) -> list[str]:
     return cfg.curriculum.plans or [p.name for p in cfg.synthesis.plans]
 
 
+def variant_config(cfg: RaysysConfig, variant: str, seed: int) -> RaysysConfig:
+    """The config of one curriculum run of the comparison: `curriculum` with the variant's fields
+    set, named `<variant>-seed<seed>`."""
+    overrides = cfg.compare.variants[variant]
+    return replace(cfg, curriculum=replace(cfg.curriculum, **overrides, name=f"{variant}-seed{seed}", seed=seed))
+
+
 def variants(cfg: RaysysConfig) -> dict[str, list[RaysysConfig]]:
     """Variant name -> the config of each of its curriculum runs (one per seed)."""
+    cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))  # runs may train in Ray tasks
     if not cfg.compare.variants:
         return {variant_name(cfg): [cfg]}
     return {name: [variant_config(cfg, name, seed) for seed in cfg.compare.seeds] for name in cfg.compare.variants}
@@ -48,88 +54,117 @@ def curriculum_configs(cfg: RaysysConfig) -> list[RaysysConfig]:
     return [c for runs in variants(cfg).values() for c in runs]
 
 
-def run_all(cfg: RaysysConfig) -> list[dict]:
-    """Every curriculum run of the comparison (`compare.variants` x `compare.seeds`, or the one
-    `curriculum` section), `compare.concurrent` at a time on Ray; complete runs are skipped."""
-    cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))  # Ray tasks run elsewhere
-    cfgs = curriculum_configs(cfg)
-    todo = [c for c in cfgs if not stage_dir(c).is_complete()]
-    seeds = len(cfg.compare.seeds) if cfg.compare.variants else 1
-    print(f"[curriculum] {len(cfgs)} runs ({len(variants(cfg))} variants x {seeds} seeds): {len(cfgs) - len(todo)} "
-          f"complete, {len(todo)} to train, {cfg.compare.concurrent} at a time", flush=True)
-    for c in cfgs:
-        if c not in todo:
-            print(f"[curriculum] {variant_name(c)}: complete for this config, skipped ({stage_dir(c).path})")
-    for c in todo:
-        _check_ready(c)
-    if todo:
-        from raysys.ray.curriculum import run_curricula
-
-        started = time.time()
-        run_curricula(todo, cfg.compare.concurrent)
-        io.write_json(wall_time_path(cfg), {"runs_trained": [variant_name(c) for c in todo],
-                                            "concurrent": cfg.compare.concurrent,
-                                            "wall_seconds": round(time.time() - started, 3)})
-    return [stage_dir(c).metrics() for c in cfgs]
-
-
-def wall_time_path(cfg: RaysysConfig) -> str:
-    """<root>/curriculum/wall_time.json: the wall time of the last `run_all` that trained runs
-    (runs overlap, so the sum of their own times overstates it)."""
-    return io.join(io.resolve(cfg.run.root), NAME, "wall_time.json")
-
-
-def _check_ready(cfg: RaysysConfig) -> None:
-    """Raise before any training if the inputs of this curriculum run are missing or its schedule
-    cannot be built."""
-    c = cfg.curriculum
-    if not score.stage_dir(cfg).is_complete():
-        raise MissingInput(f"curriculum needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
-    if c.schedule != "real_only" and not synthesize.stage_dir(cfg).is_complete():
-        raise MissingInput(f"curriculum schedule {c.schedule} needs synthetic images: run `raysys synthesize CONFIG` "
-                           f"first ({synthesize.stage_dir(cfg).path})")
-    from raysys.ray.curriculum import schedule_for
-
-    planned_levels = sorted({float(g) for p in cfg.synthesis.plans if p.name in plan_names(cfg) and p.kind == "discl"
-                             for g in p.guidance_levels})
-    try:
-        schedule_for(cfg, planned_levels)
-    except ValueError as exc:
-        raise ConfigError(f"curriculum.schedule {c.schedule} ({variant_name(cfg)}): {exc}") from None
+def stage_dir(cfg: RaysysConfig) -> StageDir:
+    """The folder of the curriculum run `cfg` itself describes (its `curriculum` section)."""
+    return STAGE.unit_dir(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    c = cfg.curriculum
-    if stage.is_complete():
-        print(f"[curriculum] {variant_name(cfg)}: complete for this config, skipped ({stage.path})")
-        return stage.metrics()
-    _check_ready(cfg)  # a schedule that cannot be built stops here, before Ray Train starts
-    from raysys.ray.curriculum import CurriculumJob, fit_curriculum
+    """The one curriculum run `cfg` describes (its `curriculum` section, not the comparison)."""
+    if not STAGE.unit_dir(cfg).is_complete():
+        missing_inputs(STAGE, [cfg])
+    return run_unit(STAGE, cfg)
 
+
+def run_all(cfg: RaysysConfig) -> list[dict]:
+    """Every run of the comparison; complete runs are skipped."""
+    return run_stage(STAGE, cfg)
+
+
+def _run(ctx: Context) -> dict:
+    cfg, c = ctx.cfg, ctx.cfg.curriculum
     prep = prepare.stage_dir(cfg).metrics()
-    stage.begin(cfg)
-    job = CurriculumJob(
-        cfg=cfg, manifest=score.manifest_path(cfg),
-        plan_dirs=[synthesize.plan_dir(cfg, name) for name in plan_names(cfg)],
-        num_classes=prep["num_classes"], groups=prep["groups"],
-        storage=io.join(stage.path, "ray"), name=f"curriculum-{variant_name(cfg)}-{stage.digest}",
-    )
-    result = fit_curriculum(job, stage.file("model"))
-    final = result.history[-1]["test"]
+    name = variant_name(cfg)
+    job = CurriculumJob(cfg=cfg, manifest=score.manifest_path(cfg),
+                        plan_dirs=[synthesize.plan_dir(cfg, n) for n in plan_names(cfg)],
+                        num_classes=prep["num_classes"], groups=prep["groups"], name=f"curriculum {name}")
+    state = fit(curriculum_loop, job, train_classifier.workers(cfg, c.num_workers), f"curriculum-{name}-{ctx.digest}",
+                ctx.file("ray"), outputs={"model": ctx.file("model")})
+    history = state["history"]
+    final = history[-1]["test"]
     keys = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", f"worst_{c.worst_k}_acc", "per_class_acc")
-    chosen = {str(k): v for k, v in result.schedule_state.get("chosen", {}).items()}
-    metrics = stage.finish({
-        "schedule": c.schedule, "variant": variant_name(cfg),
+    metrics = {
+        "schedule": c.schedule, "variant": name,
         **{k: final[k] for k in keys},
-        "val_acc": result.history[-1]["val"]["acc"], "val_acc_few": result.history[-1]["val"]["acc_few"],
-        "trace": [h["selection"] for h in result.history],
-        "adaptive_choices": chosen,
-        "synthetic_images_seen": sum(h["synthetic"] for h in result.history),
-        "resumed_at_epochs": result.resumed_at_epochs,
-        "epochs": result.history,
-    })
+        "val_acc": history[-1]["val"]["acc"], "val_acc_few": history[-1]["val"]["acc_few"],
+        "trace": [h["selection"] for h in history],
+        "adaptive_choices": {str(k): v for k, v in state["schedule"].get("chosen", {}).items()},
+        "synthetic_images_seen": sum(h["synthetic"] for h in history),
+        "resumed_at_epochs": state.get("resumes", []),
+        "epochs": history,
+    }
     few = metrics["acc_few"]
-    print(f"[curriculum] {c.schedule}: test acc {metrics['acc']:.4f}, few {few if few is None else round(few, 4)}, "
-          f"macro-F1 {metrics['macro_f1']:.4f} -> {stage.path}")
+    print(f"[curriculum] {name}: test acc {metrics['acc']:.4f}, few {few if few is None else round(few, 4)}, "
+          f"macro-F1 {metrics['macro_f1']:.4f} -> {ctx.dir.path}")
     return metrics
+
+
+def _batch(calls, cfg: RaysysConfig) -> list[dict]:
+    return run_concurrently(calls, cfg.compare.concurrent, [call.label for call in calls])
+
+
+def check_compare(cfg: RaysysConfig) -> list[str]:
+    """Problems of the `compare` section, and of every variant's curriculum section."""
+    cm = cfg.compare
+    problems = []
+    known = {f.name for f in fields(CurriculumConfig)} - {"name", "seed"}
+    for name, overrides in cm.variants.items():
+        if not FOLDER_NAME.match(name):
+            problems.append(f"compare.variants: name '{name}' may hold only letters, digits, - and _")
+        if not isinstance(overrides, dict):
+            problems.append(f"compare.variants.{name} must be a mapping of curriculum fields, got {overrides!r}")
+            continue
+        for key in overrides:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                problems.append(f"compare.variants.{name}: '{key}' is not a curriculum field"
+                                + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    if cm.variants and not problems:
+        for name in cm.variants:
+            variant = variant_config(cfg, name, cm.seeds[0] if cm.seeds else 0)
+            problems += [f"compare.variants.{name}: {p}" for p in check_curriculum(variant) + _schedule_problems(variant)]
+    if cm.baseline is not None and cm.baseline not in cm.variants:
+        problems.append(f"compare.baseline '{cm.baseline}' is not one of compare.variants {list(cm.variants)}")
+    if not cm.seeds or len(set(cm.seeds)) != len(cm.seeds):
+        problems.append(f"compare.seeds must be a non-empty list of distinct seeds, got {cm.seeds}")
+    if cm.concurrent < 1:
+        problems.append("compare.concurrent must be >= 1")
+    return problems
+
+
+def _schedule_problems(cfg: RaysysConfig) -> list[str]:
+    """A schedule that cannot be built over the λ levels its plans make stops here, before Ray Train."""
+    if check_curriculum(cfg):
+        return []
+    planned = sorted({float(g) for p in cfg.synthesis.plans if p.name in plan_names(cfg) and p.kind == "discl"
+                      for g in p.guidance_levels})
+    try:
+        schedule_for(cfg, planned)
+    except ValueError as exc:
+        return [f"curriculum.schedule {cfg.curriculum.schedule} ({variant_name(cfg)}): {exc}"]
+    return []
+
+
+def _check(cfg: RaysysConfig) -> list[str]:
+    problems = check_classifier(cfg.classifier) + check_train(cfg.train) + check_curriculum(cfg) + check_compare(cfg)
+    return problems + (_schedule_problems(cfg) if not cfg.compare.variants else [])
+
+
+def curriculum_fingerprint(cfg: RaysysConfig) -> tuple:
+    """One run's training: the classifier recipe and its curriculum section (its name is its folder)."""
+    return train_classifier.train_fingerprint(cfg), replace(cfg.curriculum, name=None), cfg.run.seed
+
+
+def _needs(cfg: RaysysConfig) -> tuple:
+    """A real-only run reads no synthetic image."""
+    if cfg.curriculum.schedule == "real_only":
+        return prepare.STAGE, score.STAGE
+    return prepare.STAGE, score.STAGE, synthesize.STAGE
+
+
+STAGE = Stage(
+    name="curriculum", reads=(prepare.STAGE, score.STAGE, synthesize.STAGE), needs=_needs, run=_run,
+    fingerprint=curriculum_fingerprint, check=_check,
+    units=curriculum_configs, folder=lambda cfg: f"curriculum/{variant_name(cfg)}", batch=_batch,
+    describe="the classifier trained with each schedule of the comparison x seed: curriculum/<variant>-seed<n>/",
+)

@@ -16,12 +16,11 @@ import io as _io
 import math
 
 from raysys.core import io
-from raysys.core.config import RaysysConfig, digest
-from raysys.core.stage import MissingInput, StageDir
+from raysys.core.config import RaysysConfig
+from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.stages import curriculum, train_classifier
-from raysys.stages.curriculum import curriculum_configs, variants
+from raysys.stages.curriculum import variants
 
-NAME = "evaluate"
 METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 
 
@@ -30,8 +29,11 @@ def baseline_name(cfg: RaysysConfig) -> str:
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    return StageDir(cfg.run.root, NAME, digest([curriculum.stage_dir(c).digest for c in curriculum_configs(cfg)],
-                                               baseline_name(cfg)))
+    return STAGE.dir(cfg)
+
+
+def run(cfg: RaysysConfig) -> dict:
+    return run_stage(STAGE, cfg)[0]
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -56,17 +58,9 @@ def compare(baseline: dict[str, list], other: dict[str, list]) -> dict:
     return out
 
 
-def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    if stage.is_complete():
-        print(f"[evaluate] complete for this config, skipped ({stage.path})")
-        return stage.metrics()
+def _run(stage: Context) -> dict:
+    cfg = stage.cfg
     runs = variants(cfg)
-    missing = [curriculum.variant_name(c) for c in curriculum_configs(cfg) if not curriculum.stage_dir(c).is_complete()]
-    if missing:
-        raise MissingInput(f"evaluate needs every curriculum run of the comparison; not complete: {missing} "
-                           f"(run `raysys run CONFIG`, which trains them)")
-    stage.begin(cfg)
     table = {}
     for name, cfgs in runs.items():
         per_seed = [curriculum.stage_dir(c).metrics() for c in cfgs]
@@ -83,10 +77,10 @@ def run(cfg: RaysysConfig) -> dict:
     base = baseline_name(cfg)
     comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
     reference = train_classifier.stage_dir(cfg)
-    metrics = stage.finish({
+    metrics = {
         "baseline": base, "variants": table, "comparisons": comparisons,
         "baseline_classifier": {k: reference.metrics().get(k) for k in METRICS} if reference.is_complete() else None,
-    })
+    }
     io.write_text(stage.file("results.csv"), results_csv(metrics))
     for name, row in table.items():
         verdict = "" if name == base else f"  {comparisons[name]['verdict']} {base}"
@@ -109,3 +103,10 @@ def results_csv(metrics: dict) -> str:
         writer.writerow([name, row["schedule"], row["loss"], " ".join(row["plans"]), len(row["seeds"]),
                          *[row[c] for k in METRICS for c in (k, f"{k}_std")]])
     return buf.getvalue()
+
+
+STAGE = Stage(
+    name="evaluate", reads=(curriculum.STAGE, train_classifier.STAGE), run=_run, needs_ray=False,
+    fingerprint=baseline_name,
+    describe="mean ± std over seeds per variant, paired comparisons and verdicts: results.csv",
+)

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from raysys.core.config import RaysysConfig, digest
+from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
-from raysys.core.stage import MissingInput, StageDir
-from raysys.data.longtail import assign_splits, class_groups
+from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.data.longtail import assign_splits, check_data, class_groups
 from raysys.data.sources import load_source
-
-NAME = "prepare"
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    return StageDir(cfg.run.root, NAME, digest(cfg.data, cfg.run.seed))
+    return STAGE.dir(cfg)
 
 
 def manifest_path(cfg: RaysysConfig) -> str:
@@ -25,10 +23,11 @@ def manifest_path(cfg: RaysysConfig) -> str:
 
 
 def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    if stage.is_complete():
-        print(f"[prepare] complete for this config, skipped ({stage.path})")
-        return stage.metrics()
+    return run_stage(STAGE, cfg)[0]
+
+
+def _run(ctx: Context) -> dict:
+    cfg = ctx.cfg
     src = load_source(cfg.data.source)  # raises DataError on unusable input, before any write
     num_classes = len(src.class_names)
     d = cfg.data
@@ -38,7 +37,6 @@ def run(cfg: RaysysConfig) -> dict:
         val_per_class=d.val_per_class, test_per_class=d.test_per_class,
         pretrain_per_class=d.pretrain_per_class, seed=cfg.run.seed,
     )
-    stage.begin(cfg)
     used = np.flatnonzero(plan.split != "")
     columns = {
         "sample_id": [sample_id("real", src.paths[i]) for i in used],
@@ -51,7 +49,7 @@ def run(cfg: RaysysConfig) -> dict:
     }
     if len(set(columns["sample_id"])) != len(used):
         raise RuntimeError("duplicate sample ids: two inputs share a path")
-    write_manifest(to_table(columns), manifest_path(cfg))
+    write_manifest(to_table(columns), ctx.file("manifest.parquet"))
 
     counts = {}
     split_arr = np.asarray(columns["split"])
@@ -59,7 +57,7 @@ def run(cfg: RaysysConfig) -> dict:
     for split in ("train", "val", "test", "pretrain"):
         counts[split] = np.bincount(labels_arr[split_arr == split], minlength=num_classes).tolist()
     groups = class_groups(plan.train_counts, d.many_threshold, d.few_threshold)
-    metrics = stage.finish({
+    metrics = {
         "source": d.source,
         "num_classes": num_classes,
         "class_names": src.class_names,
@@ -69,18 +67,23 @@ def run(cfg: RaysysConfig) -> dict:
         "rows": len(used),
         "counts": counts,
         "groups": groups,
-    })
+    }
     print(
         f"[prepare] {len(used)} rows: train {sum(counts['train'])} ({counts['train']}), "
         f"val {sum(counts['val'])}, test {sum(counts['test'])}, pretrain {sum(counts['pretrain'])}; "
-        f"{len(src.bad_files)} unreadable file(s) skipped -> {manifest_path(cfg)}"
+        f"{len(src.bad_files)} unreadable file(s) skipped -> {ctx.file('manifest.parquet')}"
     )
     return metrics
 
 
 def load(cfg: RaysysConfig):
-    """(manifest table, prepare metrics) of a completed prepare stage, or a clear error."""
-    stage = stage_dir(cfg)
-    if not stage.is_complete():
-        raise MissingInput(f"prepare has not run for this config: run `raysys prepare CONFIG` first ({stage.path})")
-    return read_manifest(manifest_path(cfg)), stage.metrics()
+    """(manifest table, prepare metrics) of the completed prepare stage."""
+    return read_manifest(manifest_path(cfg)), stage_dir(cfg).metrics()
+
+
+STAGE = Stage(
+    name="prepare", reads=(), run=_run, needs_ray=False,
+    fingerprint=lambda cfg: (cfg.data, cfg.run.seed),
+    check=lambda cfg: check_data(cfg.data),
+    describe="real images -> long-tailed train / val / test / pretrain splits: manifest.parquet",
+)

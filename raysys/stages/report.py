@@ -19,19 +19,21 @@ import time
 import numpy as np
 
 from raysys.core import io
-from raysys.core.config import RaysysConfig, digest
+from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import MissingInput, StageDir
-from raysys.stages import (evaluate, finetune, prepare, pretrain_generator, score, synthesize, train_classifier)
-from raysys.stages.curriculum import wall_time_path
+from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_seconds, upstream
+from raysys.stages import control, evaluate, prepare, pretrain_generator, score, synthesize
+from raysys.stages.curriculum import curriculum_configs
 
-NAME = "report"
 GROUPS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    upstream = [evaluate.stage_dir(cfg).digest, synthesize.stage_dir(cfg).digest, finetune.stage_dir(cfg).digest]
-    return StageDir(cfg.run.root, NAME, digest(upstream))
+    return STAGE.dir(cfg)
+
+
+def run(cfg: RaysysConfig) -> dict:
+    return run_stage(STAGE, cfg)[0]
 
 
 def summary_path(cfg: RaysysConfig) -> str:
@@ -39,22 +41,8 @@ def summary_path(cfg: RaysysConfig) -> str:
 
 
 def _stage_seconds(cfg: RaysysConfig) -> dict[str, float | None]:
-    stages = [("prepare", prepare), ("train_classifier", train_classifier), ("score", score)]
-    if pretrain_generator.needed(cfg):
-        stages.append(("pretrain_generator", pretrain_generator))
-    stages += [("finetune", finetune), ("synthesize", synthesize)]
-    out = {name: _seconds(module.stage_dir(cfg)) for name, module in stages}
-    wall = io.read_json(wall_time_path(cfg))["wall_seconds"] if io.exists(wall_time_path(cfg)) else None
-    out["curriculum"] = round(wall, 1) if wall is not None else None
-    out["evaluate"] = _seconds(evaluate.stage_dir(cfg))
-    return out
-
-
-def _seconds(stage: StageDir) -> float | None:
-    if not stage.is_complete():
-        return None
-    seconds = stage.metrics().get("seconds")
-    return round(seconds, 1) if seconds is not None else None
+    """Every stage before this one, in run order (curriculum: the wall time of its concurrent runs)."""
+    return {s.name: stage_seconds(s, cfg) for s in upstream(STAGE, cfg)}
 
 
 def _pct(x: float | None, std: float | None = None) -> str:
@@ -124,19 +112,12 @@ def guidance_grid(cfg: RaysysConfig, location: str) -> bool:
     return True
 
 
-def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    if stage.is_complete():
-        print(f"[report] complete for this config, skipped ({stage.file('index.html')})")
-        return stage.metrics()
-    if not evaluate.stage_dir(cfg).is_complete():
-        raise MissingInput(f"report needs the evaluate stage: run `raysys run CONFIG` ({evaluate.stage_dir(cfg).path})")
-    stage.begin(cfg)
+def _run(stage: Context) -> dict:
+    cfg = stage.cfg
     ev = evaluate.stage_dir(cfg).metrics()
     syn = synthesize.stage_dir(cfg).metrics() if synthesize.stage_dir(cfg).is_complete() else None
-    ft = finetune.stage_dir(cfg).metrics() if finetune.stage_dir(cfg).is_complete() else None
-    pre = pretrain_generator.stage_dir(cfg).metrics() \
-        if pretrain_generator.needed(cfg) and pretrain_generator.stage_dir(cfg).is_complete() else None
+    ft = control.stage_dir(cfg).metrics() if control.stage_dir(cfg).is_complete() else None
+    pre = ft if pretrain_generator.needed(cfg) and ft is not None and "recognition" in ft else None
     seconds = _stage_seconds(cfg)
 
     figures = []  # (file in the report folder, caption)
@@ -144,16 +125,16 @@ def run(cfg: RaysysConfig) -> dict:
                "Measured difficulty of the real images (out-of-fold), by class group."),
               (synthesize.stage_dir(cfg), "difficulty_hist.png", "synthetic_difficulty_hist.png",
                "Difficulty: real train vs synthetic, requested vs measured, per synthesis plan."),
-              (finetune.stage_dir(cfg), "requested_vs_measured.png", "requested_vs_measured.png",
+              (control.stage_dir(cfg), "requested_vs_measured.png", "requested_vs_measured.png",
                "Proof of control: mean measured difficulty per requested s (difficulty vs plain LoRA)."),
-              (finetune.stage_dir(cfg), "difficulty_control_hist.png", "control_hist.png",
+              (control.stage_dir(cfg), "difficulty_control_hist.png", "control_hist.png",
                "Measured difficulty of the control grids against the real train set."),
-              (finetune.stage_dir(cfg), "control_grid.png", "class_x_s_grid.png",
+              (control.stage_dir(cfg), "control_grid.png", "class_x_s_grid.png",
                "Class x requested difficulty s (difficulty model, one seed)."),
-              (finetune.stage_dir(cfg), "hard_factors.png", "hard_factors.png",
+              (control.stage_dir(cfg), "hard_factors.png", "hard_factors.png",
                "Hard factors: difficulty tokens only (empty prompt), s rising left to right; one row per "
                "class (one seed), or one row per seed when the encoder has no class input."),
-              (pretrain_generator.stage_dir(cfg), "samples.png", "pretrain_samples.png",
+              (control.stage_dir(cfg), "samples.png", "pretrain_samples.png",
                "Samples of the pretrained base generator, one row per class.")]
     for source, name, target, caption in copies:
         if source.is_complete() and io.exists(source.file(name)):
@@ -227,7 +208,7 @@ def run(cfg: RaysysConfig) -> dict:
         "report": stage.file("index.html"),
     }
     io.write_json(summary_path(cfg), summary)
-    metrics = stage.finish({"figures": [f for f, _ in figures], "summary": summary_path(cfg)})
+    metrics = {"figures": [f for f, _ in figures], "summary": summary_path(cfg)}
     print(f"[report] {stage.file('index.html')} (and index.md); summary -> {summary_path(cfg)}")
     for line in verdicts:
         print(f"[report] {line}")
@@ -291,3 +272,17 @@ def _markdown(title: str, sections) -> str:
             elif block[0] == "img":
                 lines += [f"![{block[2]}]({block[1]})", "", f"*{block[2]}*", ""]
     return "\n".join(lines)
+
+
+def _needs(cfg: RaysysConfig) -> tuple:
+    """The figures of synthesis and control, unless every run of the comparison is real-only."""
+    real_only = all(c.curriculum.schedule == "real_only" for c in curriculum_configs(cfg))
+    return (evaluate.STAGE, score.STAGE, prepare.STAGE) + (() if real_only else (synthesize.STAGE, control.STAGE))
+
+
+STAGE = Stage(
+    name="report", reads=(evaluate.STAGE, synthesize.STAGE, control.STAGE, score.STAGE, prepare.STAGE),
+    run=_run, needs_ray=False, fingerprint=lambda cfg: (cfg.data.many_threshold, cfg.data.few_threshold),
+    needs=_needs,
+    describe="index.html / index.md with the results, grids, histograms and costs; <root>/summary.json",
+)

@@ -9,30 +9,36 @@ pool. Writes <root>/score/manifest.parquet and difficulty_hist.png.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
 import pyarrow as pa
 
-from raysys.core.config import RaysysConfig, digest
+from raysys.core.config import RaysysConfig
+from raysys.core.loading import digest
 from raysys.core.schema import SCORE_COLUMNS, conform, write_manifest
-from raysys.core.stage import MissingInput, StageDir
+from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.ray.scoring import score_table
-from raysys.ray.train import ClassifierJob, fit_classifier, history_summary, run_concurrently
+from raysys.ray.train import fit, run_concurrently
 from raysys.report.plots import difficulty_histogram
-from raysys.scoring.difficulty import assign_folds
+from raysys.scoring.difficulty import assign_folds, check_score
 from raysys.stages import prepare, train_classifier
+from raysys.training.classifier import ClassifierJob, classifier_loop, history_summary
 
-NAME = "score"
 FULL = "full"
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    return StageDir(cfg.run.root, NAME, digest(train_classifier.stage_dir(cfg).digest, cfg.score))
+    return STAGE.dir(cfg)
 
 
 def manifest_path(cfg: RaysysConfig) -> str:
     return stage_dir(cfg).file("manifest.parquet")
+
+
+def run(cfg: RaysysConfig) -> dict:
+    return run_stage(STAGE, cfg)[0]
 
 
 def fold_key(folds: int, fold: int) -> str:
@@ -45,38 +51,31 @@ def fold_digest(cfg: RaysysConfig) -> str:
     return digest(train_classifier.stage_dir(cfg).digest, cfg.score.folds, cfg.score.fold_epochs)
 
 
-def _fit_fold_models(cfg: RaysysConfig, stage: StageDir, prep: dict) -> tuple[dict[str, str], list[dict]]:
+def _fit_fold_models(cfg: RaysysConfig, stage: Context, prep: dict) -> tuple[dict[str, str], list[dict]]:
     """Train the k fold models, `score.concurrent_folds` at a time (each resumes if killed)."""
     k = cfg.score.folds
     fd = fold_digest(cfg)
     keys = [fold_key(k, fold) for fold in range(k)]
     model_dirs = {key: stage.file("folds", fd, f"fold{fold}", "model") for fold, key in enumerate(keys)}
+    epochs = cfg.score.fold_epochs or cfg.train.epochs
     jobs = [ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
-                          groups=prep["groups"], storage=stage.file("folds", "ray"), name=f"{key}-{fd}",
-                          epochs=cfg.score.fold_epochs or cfg.train.epochs, fold=fold, folds=k)
+                          groups=prep["groups"], epochs=epochs, fold=fold, folds=k, name=key)
             for fold, key in enumerate(keys)]
     print(f"[score] {k} fold models, {min(cfg.score.concurrent_folds, k)} at a time", flush=True)
-    fits = run_concurrently(fit_classifier, [(job, model_dirs[key]) for job, key in zip(jobs, keys)],
-                            cfg.score.concurrent_folds, keys)
+    calls = [functools.partial(fit, classifier_loop, job, train_classifier.workers(cfg), f"{key}-{fd}",
+                               stage.file("folds", "ray"), {"model": model_dirs[key]})
+             for job, key in zip(jobs, keys)]
+    fits = run_concurrently(calls, cfg.score.concurrent_folds, keys)
     fold_metrics = []
-    for fold, fit in enumerate(fits):
-        summary = history_summary(fit.history)
+    for fold, state in enumerate(fits):
+        summary = history_summary(state["history"])
         fold_metrics.append({"fold": fold, **{m: summary[m] for m in ("acc", "acc_few", "macro_f1")}})
     return model_dirs, fold_metrics
 
 
-def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    if stage.is_complete():
-        print(f"[score] complete for this config, skipped ({stage.path})")
-        return stage.metrics()
+def _run(stage: Context) -> dict:
+    cfg = stage.cfg
     table, prep = prepare.load(cfg)
-    baseline = train_classifier.stage_dir(cfg)
-    if not baseline.is_complete():
-        raise MissingInput(
-            f"score needs the train_classifier model: run `raysys train-classifier CONFIG` first ({baseline.path})"
-        )
-    stage.begin(cfg)
     model_dirs = {FULL: train_classifier.model_dir(cfg)}
 
     # Which model scores which row.
@@ -138,7 +137,7 @@ def run(cfg: RaysysConfig) -> dict:
         field = result.schema.field(name)
         result = result.set_column(result.schema.get_field_index(name), field, column.cast(field.type))
     result = conform(result)
-    write_manifest(result, manifest_path(cfg))
+    write_manifest(result, stage.file("manifest.parquet"))
 
     difficulty = result["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
     labels = table["label"].to_numpy()
@@ -153,7 +152,7 @@ def run(cfg: RaysysConfig) -> dict:
     if missing:
         raise RuntimeError(f"{missing} rows were not scored")
     oof_used = cfg.score.mode == "oof" and train_scored
-    metrics = stage.finish({
+    metrics = {
         "mode": "oof" if oof_used else "full",
         "folds": cfg.score.folds if oof_used else None,
         "modes_used": sorted(set(keys[rows].tolist())),
@@ -166,6 +165,20 @@ def run(cfg: RaysysConfig) -> dict:
         **comparison,
         "fold_models": fold_metrics,
         "actors": {"min": cfg.score.min_actors, "max": cfg.score.max_actors, "num_gpus": cfg.score.num_gpus},
-    })
-    print(f"[score] {len(rows)} rows scored ({cfg.score.mode}); mean difficulty {per_split} -> {manifest_path(cfg)}")
+    }
+    print(f"[score] {len(rows)} rows scored ({cfg.score.mode}); mean difficulty {per_split} -> {stage.file('manifest.parquet')}")
     return metrics
+
+
+def score_fingerprint(cfg: RaysysConfig) -> tuple:
+    """What the scores depend on (the classifiers come in through train_classifier's digest): never
+    the actor pool, the batch size or how many fold models train at once."""
+    sc = cfg.score
+    return sc.mode, sc.folds, sc.fold_epochs, sorted(sc.splits)
+
+
+STAGE = Stage(
+    name="score", reads=(prepare.STAGE, train_classifier.STAGE), run=_run,
+    fingerprint=score_fingerprint, check=lambda cfg: check_score(cfg.score),
+    describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest.parquet",
+)

@@ -3,8 +3,8 @@
 1. **Plan**: each plan's rows are decided up front (`raysys.generation.plans`), with
    deterministic sample ids; `<output>/<plan>/_plan.json` records the plan's digest.
 2. **Skip what is written**: ids already in `<output>/<plan>/part-*.parquet` are dropped from the
-   work; a finished plan generates nothing. An output folder that holds an older, different
-   plan of the same name is moved aside to `<plan>.replaced-<digest>` (nothing is deleted).
+   work; a finished plan generates nothing. A plan folder that holds an older, different plan of
+   the same name is emptied first (the one cache policy: a changed config replaces outputs).
 3. **Generate -> [CLIP filter] -> re-score and write** on actor pools (`raysys.ray.synthesis`).
 4. **Check**: duplicate ids (a batch retried with another cut) are removed, then the written
    set must equal the planned set: nothing missing, nothing twice, or the stage fails.
@@ -24,20 +24,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysys.core import io
-from raysys.core.config import PlanConfig, RaysysConfig, digest
+from raysys.core.config import PlanConfig, RaysysConfig
+from raysys.core.loading import digest
 from raysys.core.schema import read_manifest
-from raysys.core.stage import MissingInput, StageDir
-from raysys.stages import finetune, pretrain_generator, score, train_classifier
-
-NAME = "synthesize"
+from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.generation.pipeline import check_generator
+from raysys.generation.plans import check_plans
+from raysys.stages import control, finetune, prepare, pretrain_generator, score, train_classifier
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    return StageDir(cfg.run.root, NAME, digest(finetune.stage_dir(cfg).digest, cfg.synthesis))
+    return STAGE.dir(cfg)
+
+
+def run(cfg: RaysysConfig) -> dict:
+    return run_stage(STAGE, cfg)[0]
 
 
 def output_root(cfg: RaysysConfig) -> str:
-    return io.resolve(cfg.synthesis.output) if cfg.synthesis.output else stage_dir(cfg).path
+    return io.resolve(cfg.synthesis.output) if cfg.synthesis.output else io.join(io.resolve(cfg.run.root), "synthesize")
 
 
 def plan_dir(cfg: RaysysConfig, name: str) -> str:
@@ -45,23 +50,27 @@ def plan_dir(cfg: RaysysConfig, name: str) -> str:
     return io.join(output_root(cfg), name)
 
 
+def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
+    """What a plan's rows and images depend on besides its upstream stages (never how many actors
+    make them): the sampling settings, the plan itself, the image format and the filter."""
+    return (control.sampling(cfg), cfg.generator.prompt_template, plan, cfg.synthesis.image_format,
+            cfg.synthesis.filter, cfg.run.seed)
+
+
 def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:
-    """What a plan's rows and images depend on (not how many actors make them)."""
-    return digest(finetune.stage_dir(cfg).digest, cfg.generator, plan, cfg.synthesis.image_format,
-                  cfg.synthesis.filter, cfg.run.seed)
+    return digest([s.digest(cfg) for s in STAGE.inputs(cfg)], plan_fingerprint(cfg, plan))
 
 
 def _claim_output(directory: str, plan_hash: str) -> None:
-    """Make `directory` hold this plan's rows only; an older plan's folder is moved aside."""
+    """Make `directory` hold this plan's rows only: an older, different plan's parts are deleted."""
     marker = io.join(directory, "_plan.json")
     if io.exists(marker):
         old = io.read_json(marker).get("digest")
         if old == plan_hash:
             return
         fs, path = io.filesystem(directory)
-        aside = f"{path}.replaced-{old}"
-        fs.move(path, aside)
-        print(f"[synthesize] {directory} held another plan (digest {old}); moved to {aside}")
+        fs.delete_dir_contents(path)
+        print(f"[synthesize] {directory} held another plan (digest {old}); its parts were deleted")
     io.makedirs(directory)
     io.write_json(marker, {"digest": plan_hash})
 
@@ -69,46 +78,24 @@ def _claim_output(directory: str, plan_hash: str) -> None:
 def _generator_specs(cfg: RaysysConfig, models: set[str]) -> dict:
     from raysys.generation.synthesis import GeneratorSpec
 
-    base = pretrain_generator.base_location(cfg)
-    if pretrain_generator.needed(cfg):
-        base = io.local_copy(base)
-    label_base = f"builtin:{pretrain_generator.stage_dir(cfg).digest}" if pretrain_generator.needed(cfg) else base
+    base, label_base = finetune.local_base(cfg), pretrain_generator.base_label(cfg)
     specs = {}
     for model in sorted(models):
         if model == "base":
             specs[model] = GeneratorSpec(base=base, label=label_base)
-            continue
-        if model not in cfg.finetune.variants:
-            raise RuntimeError(f"a plan uses model '{model}', but finetune.variants is {cfg.finetune.variants}: "
-                               f"add '{model}' to finetune.variants or use another model")
-        specs[model] = GeneratorSpec(base=base, adapters=io.local_copy(finetune.adapters_dir(cfg, model)),
-                                     label=f"{label_base}+{model}:{finetune.stage_dir(cfg).digest}")
+        else:
+            specs[model] = GeneratorSpec(base=base, adapters=io.local_copy(finetune.adapters_dir(cfg, model)),
+                                         label=f"{label_base}+{model}:{finetune.STAGE.digest(cfg)}")
     return specs
 
 
-def _check_inputs(cfg: RaysysConfig) -> None:
-    if not score.stage_dir(cfg).is_complete():
-        raise MissingInput(f"synthesize needs the scored manifest: run `raysys score CONFIG` first "
-                           f"({score.stage_dir(cfg).path})")
-    if any(p.model != "base" for p in cfg.synthesis.plans) and not finetune.stage_dir(cfg).is_complete():
-        raise MissingInput(f"synthesize needs the fine-tuned generators: run `raysys finetune CONFIG` first "
-                           f"({finetune.stage_dir(cfg).path})")
-    if pretrain_generator.needed(cfg) and not pretrain_generator.stage_dir(cfg).is_complete():
-        raise MissingInput("generator.base is builtin: run `raysys pretrain-generator CONFIG` first")
-
-
-def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    if stage.is_complete():
-        print(f"[synthesize] complete for this config, skipped ({stage.path})")
-        return stage.metrics()
-    _check_inputs(cfg)
+def _run(stage: Context) -> dict:
+    cfg = stage.cfg
     from raysys.generation.plans import build_plan
-    from raysys.generation.synthesis import SamplingSettings, read_plan, remove_duplicates, written_ids
+    from raysys.generation.synthesis import read_plan, remove_duplicates, written_ids
     from raysys.ray.synthesis import run_synthesis
 
-    stage.begin(cfg)
-    prep = io.read_json(io.join(io.resolve(cfg.run.root), "prepare", "metrics.json"))
+    prep = prepare.stage_dir(cfg).metrics()
     table = read_manifest(score.manifest_path(cfg))
     train = table.filter(pc.equal(table["split"], "train"))
 
@@ -132,9 +119,7 @@ def run(cfg: RaysysConfig) -> dict:
     # 3. Generate, filter, re-score, write.
     run_info = None
     if len(work):
-        g = cfg.generator
-        sampling = SamplingSettings(g.guidance_scale, g.num_inference_steps, g.scheduler, g.negative_prompt,
-                                    g.difficulty_guidance_scale)
+        sampling = control.sampling(cfg)
         models = set(work["model"].to_pylist())
         run_info = run_synthesis(work, _generator_specs(cfg, models), sampling, cfg.synthesis,
                                  train_classifier.model_dir(cfg), output_root(cfg))
@@ -185,14 +170,13 @@ def run(cfg: RaysysConfig) -> dict:
         "output": output_root(cfg),
     }
     _plot(cfg, stage, plans)
-    metrics = stage.finish(metrics)
     print(f"[synthesize] planned {metrics['planned']}, generated {generated} now, written {metrics['written']} "
           f"(kept {metrics['kept']}, filtered {metrics['filtered']}), duplicates {metrics['duplicates']}, "
           f"{metrics['images_per_s']} images/s -> {output_root(cfg)}")
     return metrics
 
 
-def _plot(cfg: RaysysConfig, stage: StageDir, plans: dict) -> None:
+def _plot(cfg: RaysysConfig, stage: Context, plans: dict) -> None:
     """Requested vs measured difficulty of the kept images of every plan that requested s."""
     from raysys.generation.synthesis import read_plan
     from raysys.report.plots import difficulty_histogram
@@ -208,3 +192,19 @@ def _plot(cfg: RaysysConfig, stage: StageDir, plans: dict) -> None:
             if not np.isnan(requested).all():
                 hist[f"{name} (requested)"] = requested[~np.isnan(requested)]
     difficulty_histogram(hist, stage.file("difficulty_hist.png"), "difficulty: real train vs synthetic")
+
+
+def _needs(cfg: RaysysConfig) -> tuple:
+    """Only plans of fine-tuned models need the finetune stage."""
+    needed = [prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE]
+    return tuple(needed + ([finetune.STAGE] if any(p.model != "base" for p in cfg.synthesis.plans) else []))
+
+
+STAGE = Stage(
+    name="synthesize", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
+                              finetune.STAGE),
+    needs=_needs, run=_run,
+    fingerprint=lambda cfg: [plan_fingerprint(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
+    check=lambda cfg: check_generator(cfg.generator) + check_plans(cfg.synthesis, cfg.finetune.variants),
+    describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/part-*.parquet",
+)

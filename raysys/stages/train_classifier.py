@@ -6,17 +6,16 @@ metrics. A killed run resumes from its last checkpoint when the same command is 
 
 from __future__ import annotations
 
-from raysys.core import io
-from raysys.core.config import RaysysConfig, digest
-from raysys.core.stage import StageDir
-from raysys.ray.train import ClassifierJob, fit_classifier, history_summary
+from raysys.core.config import RaysysConfig
+from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.models.classifiers import check_classifier
+from raysys.ray.train import Workers, fit
 from raysys.stages import prepare
-
-NAME = "train_classifier"
+from raysys.training.classifier import ClassifierJob, check_train, classifier_loop, history_summary
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    return StageDir(cfg.run.root, NAME, digest(prepare.stage_dir(cfg).digest, cfg.classifier, cfg.train))
+    return STAGE.dir(cfg)
 
 
 def model_dir(cfg: RaysysConfig) -> str:
@@ -24,35 +23,47 @@ def model_dir(cfg: RaysysConfig) -> str:
 
 
 def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    if stage.is_complete():
-        print(f"[train_classifier] complete for this config, skipped ({stage.path})")
-        return stage.metrics()
-    _, prep = prepare.load(cfg)
-    stage.begin(cfg)
-    job = ClassifierJob(
-        cfg=cfg,
-        manifest=prepare.manifest_path(cfg),
-        num_classes=prep["num_classes"],
-        groups=prep["groups"],
-        storage=io.join(stage.path, "ray"),
-        name=f"classifier-{stage.digest}",
-        epochs=cfg.train.epochs,
-    )
-    fit = fit_classifier(job, model_dir(cfg))
-    history = fit.history
+    return run_stage(STAGE, cfg)[0]
+
+
+def train_fingerprint(cfg: RaysysConfig) -> tuple:
+    """What a classifier fit's result depends on: the model and the training recipe, never the
+    resources it runs on (use_gpu, cpus_per_worker, max_failures) or checkpoint_every."""
+    t = cfg.train
+    return (cfg.classifier, t.epochs, t.batch_size, t.lr, t.weight_decay, t.num_workers, t.augment)
+
+
+def workers(cfg: RaysysConfig, num_workers: int | None = None) -> Workers:
+    t = cfg.train
+    return Workers(num_workers or t.num_workers, t.use_gpu, t.cpus_per_worker, t.max_failures)
+
+
+def _run(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    prep = prepare.stage_dir(cfg).metrics()
+    job = ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
+                        groups=prep["groups"], epochs=cfg.train.epochs, name="train_classifier")
+    state = fit(classifier_loop, job, workers(cfg), f"classifier-{ctx.digest}", ctx.file("ray"),
+                outputs={"model": ctx.file("model")})
+    history = state["history"]
     summary = history_summary(history)
-    metrics = stage.finish({
+    train_images = sum(prep["counts"]["train"])
+    print(f"[train_classifier] test acc {summary['acc']:.4f}  many {summary['acc_many']}  "
+          f"medium {summary['acc_medium']}  few {summary['acc_few']}  macro-F1 {summary['macro_f1']:.4f}")
+    return {
         "classifier": cfg.classifier.name,
         "num_workers": cfg.train.num_workers,
-        "train_images": sum(prep["counts"]["train"]),
-        "images_per_s": round(sum(prep["counts"]["train"]) * len(history) / sum(h["seconds"] for h in history), 2),
+        "train_images": train_images,
+        "images_per_s": round(train_images * len(history) / sum(h["seconds"] for h in history), 2),
         **summary,
-        "resumed_at_epochs": fit.resumed_at_epochs,
+        "resumed_at_epochs": state.get("resumes", []),
         "epochs": history,
-    })
-    print(
-        f"[train_classifier] test acc {summary['acc']:.4f}  many {summary['acc_many']}  "
-        f"medium {summary['acc_medium']}  few {summary['acc_few']}  macro-F1 {summary['macro_f1']:.4f}"
-    )
-    return metrics
+    }
+
+
+STAGE = Stage(
+    name="train_classifier", reads=(prepare.STAGE,), run=_run,
+    fingerprint=train_fingerprint,
+    check=lambda cfg: check_classifier(cfg.classifier) + check_train(cfg.train),
+    describe="the real-only baseline classifier on Ray Train: model/",
+)

@@ -29,18 +29,21 @@ import io as pyio
 from dataclasses import replace
 
 from raysys.core import io
-from raysys.core.config import ConfigError, RaysysConfig, apply_tune_params, digest, to_yaml
-from raysys.core.stage import MissingInput, StageDir
-from raysys.stages import curriculum, prepare, score, synthesize
+from raysys.core.config import RaysysConfig
+from raysys.core.loading import to_yaml
+from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.curriculum.search import apply_tune_params, check_tune
+from raysys.stages import curriculum, prepare, score, synthesize, train_classifier
 
-NAME = "tune"
 METRIC_COLUMNS = ("val_acc", "val_acc_few", "val_macro_f1", "test_acc", "test_acc_few", "test_macro_f1")
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
-    return StageDir(cfg.run.root, f"{NAME}/{cfg.tune.name}",
-                    digest(synthesize.stage_dir(cfg).digest, cfg.classifier, cfg.train, cfg.curriculum, cfg.tune,
-                           cfg.run.seed))
+    return STAGE.dir(cfg)
+
+
+def run(cfg: RaysysConfig) -> dict:
+    return run_stage(STAGE, cfg)[0]
 
 
 def rank_trials(rows: list[dict], metric: str, mode: str) -> list[dict]:
@@ -89,24 +92,11 @@ def best_config(cfg: RaysysConfig, best: dict) -> RaysysConfig:
     return replace(tuned, compare=replace(tuned.compare, variants={}, baseline=None))
 
 
-def run(cfg: RaysysConfig) -> dict:
-    stage = stage_dir(cfg)
-    t = cfg.tune
-    if stage.is_complete():
-        print(f"[tune] {t.name}: complete for this config, skipped ({stage.path})")
-        return stage.metrics()
-    if not t.space:
-        raise ConfigError("tune.space is empty: give it curriculum.* fields to search, e.g. "
-                          "'tune.space={curriculum.schedule: {choice: [all_levels, diverse_to_specific]}}'")
-    if not score.stage_dir(cfg).is_complete():
-        raise MissingInput(f"tune needs the scored manifest: run `raysys score CONFIG` first ({score.stage_dir(cfg).path})")
-    if not synthesize.stage_dir(cfg).is_complete():
-        raise MissingInput(f"tune trials read the synthetic images: run `raysys run CONFIG` (or the stages up to "
-                           f"`raysys synthesize CONFIG`) first ({synthesize.stage_dir(cfg).path})")
+def _run(stage: Context) -> dict:
     from raysys.ray.tune import SweepJob, run_sweep
 
+    cfg, t = stage.cfg, stage.cfg.tune
     prep = prepare.stage_dir(cfg).metrics()
-    stage.begin(cfg)
     cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))
     job = SweepJob(cfg=cfg, manifest=score.manifest_path(cfg),
                    plan_dirs=[synthesize.plan_dir(cfg, n) for n in curriculum.plan_names(cfg)],
@@ -122,13 +112,13 @@ def run(cfg: RaysysConfig) -> dict:
     best = ranked[0] if ranked and ranked[0]["status"] == "completed" else None
     if best is not None:
         io.write_text(stage.file("best.yaml"), to_yaml(best_config(cfg, best)))
-    metrics = stage.finish({
+    metrics = {
         "trials": len(rows), **counts, "max_concurrent_trials": concurrent, "metric": t.metric, "mode": t.mode,
         "best": None if best is None else {"trial_id": best["trial_id"], "params": best["params"],
                                            t.metric: best["metrics"].get(t.metric), **{
                                                m: best["metrics"].get(m) for m in METRIC_COLUMNS}},
         "best_config": stage.file("best.yaml") if best else None,
-    })
+    }
     print(f"[tune] {len(rows)} trials: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
           f"{counts['error']} errors -> {stage.file('results.md')}")
     if best is None:
@@ -138,3 +128,22 @@ def run(cfg: RaysysConfig) -> dict:
         print(f"[tune] best: {best['trial_id']} ({params}) {t.metric} {_cell(best['metrics'].get(t.metric))}; "
               f"train it with `raysys curriculum {stage.file('best.yaml')}`")
     return metrics
+
+
+def tune_fingerprint(cfg: RaysysConfig) -> tuple:
+    """The trials' training and the search; not how many trials run at once."""
+    return (curriculum.curriculum_fingerprint(cfg), replace(cfg.tune, max_concurrent_trials=None))
+
+
+def _ready(cfg: RaysysConfig) -> list[str]:
+    if cfg.tune.space:
+        return []
+    return ["tune.space is empty: give it curriculum.* fields to search, e.g. "
+            "'tune.space={curriculum.schedule: {choice: [all_levels, diverse_to_specific]}}'"]
+
+
+STAGE = Stage(
+    name="tune", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, synthesize.STAGE), run=_run,
+    fingerprint=tune_fingerprint, check=check_tune, ready=_ready, in_run=False, folder=lambda cfg: f"tune/{cfg.tune.name}",
+    describe="a Ray Tune sweep (ASHA) over curriculum.* fields on the synthetic images: results.md, best.yaml",
+)

@@ -1,13 +1,16 @@
 """Classifier training and evaluation in plain torch (no Ray): one epoch, prediction, metrics.
 
-The Ray Train adapter (raysys/ray/train.py) wraps these with data-parallel setup,
-checkpoints and reporting; tests call them directly.
+`classifier_loop` is the whole fit against a `TrainContext` (raysys.core.context): Ray Train
+runs it through raysys.ray.train, a test through `LocalContext`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +21,12 @@ from torch import nn
 
 from raysys.core.config import TrainConfig
 from raysys.data.images import decode_batch
+from raysys.models.classifiers import normalize
 from raysys.training.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from raysys.core.config import RaysysConfig
+    from raysys.core.context import TrainContext
 
 
 @dataclass
@@ -39,11 +47,6 @@ def images_from_manifest(table: pa.Table, split: str | None, size: int, channels
     pixels = decode_batch(table["image"].to_pylist(), size, channels)
     labels = np.asarray(table["label"].to_numpy(zero_copy_only=False), dtype=np.int64)
     return LabelledImages(torch.from_numpy(pixels), torch.from_numpy(labels))
-
-
-def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images_uint8.float().div_(127.5).sub_(1.0)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -124,3 +127,128 @@ def evaluate(
     probs = predict_proba(model, data.images, 512, device)
     pred = probs.argmax(1).numpy()
     return classification_metrics(data.labels.numpy(), pred, num_classes, groups)
+
+
+def check_train(t: TrainConfig) -> list[str]:
+    """Problems of the `train` section."""
+    problems = []
+    if t.epochs < 1 or t.batch_size < 1 or t.checkpoint_every < 1 or t.num_workers < 1:
+        problems.append("train.epochs, train.batch_size, train.checkpoint_every and train.num_workers must be >= 1")
+    if t.lr <= 0:
+        problems.append("train.lr must be > 0")
+    return problems
+
+
+@dataclass
+class ClassifierJob:
+    """One classifier fit: which rows it trains on, for how long."""
+
+    cfg: "RaysysConfig"
+    manifest: str
+    """Prepared manifest (local path or URI)."""
+    num_classes: int
+    groups: dict
+    """Class groups (many/medium/few) for the metrics."""
+    epochs: int
+    fold: int | None = None
+    """Out-of-fold mode: train on every train row except fold `fold` of `folds`."""
+    folds: int = 0
+    name: str = "classifier"
+    """Shown in progress lines."""
+
+
+def classifier_meta(cfg: "RaysysConfig", num_classes: int) -> dict:
+    """What `save_classifier` records beside the weights, so `load_classifier` rebuilds the model."""
+    return {"name": cfg.classifier.name, "num_classes": num_classes, "in_chans": cfg.data.channels,
+            "width": cfg.classifier.width, "image_size": cfg.data.image_size}
+
+
+def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
+    """Train (or resume) the classifier, one report per epoch; the last checkpoint holds `model/`
+    and the whole history (per-epoch train loss, validation metrics, test metrics at the end)."""
+    from raysys.core.schema import read_manifest
+    from raysys.models.classifiers import create_classifier, save_classifier
+    from raysys.scoring.difficulty import assign_folds
+    from raysys.core.context import Checkpoint, step_seed
+
+    cfg = job.cfg
+    rank, world = ctx.rank, ctx.world_size
+    torch.manual_seed(cfg.run.seed)
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
+    train_table = table.filter(pc.equal(table["split"], "train"))
+    if job.fold is not None:
+        folds = assign_folds(train_table["sample_id"].to_pylist(), train_table["label"].to_numpy(), job.folds,
+                             cfg.run.seed)
+        train_table = train_table.filter(folds != job.fold)
+    size, chans = cfg.data.image_size, cfg.data.channels
+    train = images_from_manifest(train_table, None, size, chans)
+    val = images_from_manifest(table, "val", size, chans)
+    test = images_from_manifest(table, "test", size, chans)
+
+    model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
+                              weights=cfg.classifier.weights, image_size=size)
+    model = ctx.prepare_model(model)
+    bare = getattr(model, "module", model)
+    per_rank = len(train) // world
+    opt, sched = make_optimizer(model, replace(cfg.train, epochs=job.epochs), -(-per_rank // cfg.train.batch_size))
+    start, history, resumes = restore_training(ctx, bare, opt, sched, job.name, job.epochs)
+
+    for epoch in range(start, job.epochs):
+        t0 = time.time()
+        torch.manual_seed(step_seed(cfg.run.seed, epoch, rank))
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, 0, 1)))
+        shard = perm[rank * per_rank: (rank + 1) * per_rank]
+        gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, rank, 2))
+        loss = train_epoch(model, train, shard, opt, sched, batch_size=cfg.train.batch_size,
+                           augment=cfg.train.augment, generator=gen, device=ctx.device)
+        val_m = evaluate(bare, val, job.num_classes, job.groups, ctx.device)
+        record = {"epoch": epoch + 1, "train_loss": round(loss, 6), "seconds": round(time.time() - t0, 3), "val": val_m}
+        last = epoch == job.epochs - 1
+        if last:
+            record["test"] = evaluate(bare, test, job.num_classes, job.groups, ctx.device)
+        history.append(record)
+        if rank == 0:
+            few = val_m["acc_few"]
+            print(f"[{job.name}] epoch {epoch + 1}/{job.epochs} loss {loss:.4f} val acc {val_m['acc']:.4f}"
+                  f" few {few if few is None else round(few, 4)} ({record['seconds']:.1f}s)", flush=True)
+        metrics = {"epoch": epoch + 1, "train_loss": loss, "val_acc": val_m["acc"], "val_acc_few": val_m["acc_few"]}
+        checkpoint = None
+        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+            meta = classifier_meta(cfg, job.num_classes)
+            checkpoint = Checkpoint(
+                tensors={"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                state={"epoch": epoch, "history": history, "resumes": resumes},
+                files=lambda d: save_classifier(bare, os.path.join(d, "model"), meta))
+        ctx.report(metrics, checkpoint)
+
+
+def restore_training(ctx: "TrainContext", model: nn.Module, opt, sched, name: str, epochs: int,
+                     schedule=None) -> tuple[int, list, list]:
+    """(first epoch to train, history so far, epochs done at each resume) from the context's latest
+    checkpoint, with model, optimizer, LR schedule (and curriculum schedule) state restored."""
+    restored = ctx.restore()
+    if restored is None:
+        return 0, [], []
+    tensors, state = restored
+    model.load_state_dict(tensors["model"])
+    opt.load_state_dict(tensors["opt"])
+    sched.load_state_dict(tensors["sched"])
+    if schedule is not None:
+        schedule.load_state(state["schedule"])
+    start = state["epoch"] + 1
+    if ctx.rank == 0:
+        print(f"[{name}] resuming at epoch {start + 1}/{epochs}", flush=True)
+    return start, state["history"], state.get("resumes", []) + [start]
+
+
+def history_summary(history: list[dict]) -> dict:
+    """Final-epoch metrics flattened to the names tools rely on (acc, acc_many, ..., macro_f1)."""
+    final = history[-1]
+    out = {}
+    for split in ("val", "test"):
+        if split in final:
+            m = final[split]
+            for key in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", "worst_class_acc"):
+                out[f"{split}_{key}" if split == "val" else key] = m[key]
+            out[f"{split}_per_class_acc"] = m["per_class_acc"]
+    return out

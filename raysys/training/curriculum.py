@@ -12,6 +12,7 @@ epoch's mix, the guidance-validation set, the adaptive probe, and the long-tail 
 - `select_measured`: the easy / medium / hard subsets, by re-scored difficulty.
 - `GuidanceVal`: hard real images held out with all their synthetic λ images (DisCL). The
   adaptive schedule measures p(y|x) there before and after a short real-only probe.
+- `curriculum_loop`: the whole run against a `TrainContext` (raysys.core.context).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +31,12 @@ from torch import nn
 
 from raysys.curriculum.base import REAL_ONLY, Level, Schedule, Selection
 from raysys.curriculum.difficulty import bin_of
-from raysys.training.classifier import LabelledImages, images_from_manifest, normalize, predict_proba
+from raysys.models.classifiers import normalize
+from raysys.training.classifier import LabelledImages, images_from_manifest, predict_proba
+
+if TYPE_CHECKING:
+    from raysys.core.config import RaysysConfig
+    from raysys.core.context import TrainContext
 
 
 def _rng(*parts: object) -> np.random.Generator:
@@ -289,3 +295,149 @@ def probe_gains_inputs(model: nn.Module, gval: GuidanceVal, real: LabelledImages
 def worst_k_accuracy(per_class_acc: Sequence[Optional[float]], k: int) -> Optional[float]:
     values = sorted(a for a in per_class_acc if a is not None and a == a)
     return float(np.mean(values[:k])) if values else None
+
+
+@dataclass
+class CurriculumJob:
+    """One curriculum run: the real rows, the synthetic plans, the class groups."""
+
+    cfg: "RaysysConfig"
+    manifest: str
+    """Scored manifest (real rows)."""
+    plan_dirs: list[str]
+    """Synthesis plan folders whose kept rows form the synthetic pool."""
+    num_classes: int
+    groups: dict
+    name: str = "curriculum"
+    """Shown in progress lines."""
+
+
+def read_synthetic(plan_dirs: list[str]) -> pa.Table:
+    from raysys.core.schema import to_table
+    from raysys.generation.synthesis import read_plan
+
+    tables = [t for t in (read_plan(d) for d in plan_dirs) if len(t)]
+    return pa.concat_tables(tables) if tables else to_table({})
+
+
+def curriculum_seed(cfg: "RaysysConfig") -> int:
+    return cfg.curriculum.seed if cfg.curriculum.seed is not None else cfg.run.seed
+
+
+def schedule_for(cfg: "RaysysConfig", guidance_levels: list[float]) -> Schedule:
+    """The run's schedule, over `curriculum.guidance_levels` or else the λ levels of its pool."""
+    from raysys.curriculum.registry import create_schedule
+
+    c = cfg.curriculum
+    epochs = c.epochs or cfg.train.epochs
+    curriculum_epochs = c.curriculum_epochs if c.curriculum_epochs is not None else epochs - max(1, epochs // 13)
+    levels = c.guidance_levels if c.guidance_levels is not None else guidance_levels
+    return create_schedule(c.schedule, epochs=epochs, curriculum_epochs=curriculum_epochs, guidance_levels=levels,
+                           difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs, seed=curriculum_seed(cfg))
+
+
+def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
+    """Train (or resume) one curriculum run, one report per epoch.
+
+    Each epoch: the schedule's selection (the adaptive schedule first measures and chooses on rank
+    0 and broadcasts its choice), the epoch's mix (the same on every rank: it depends only on
+    (seed, epoch)), one shard per rank, then evaluation. The checkpoint holds the model, optimizer,
+    LR schedule, history and the schedule's state, so a resumed run makes the same choices and
+    continues as the uninterrupted one would."""
+    import os
+    import time
+    from dataclasses import replace
+
+    from raysys.core.schema import read_manifest
+    from raysys.models.classifiers import create_classifier, save_classifier
+    from raysys.training.classifier import classifier_meta, evaluate, make_optimizer, restore_training, train_epoch
+    from raysys.core.context import Checkpoint, step_seed
+
+    cfg, c = job.cfg, job.cfg.curriculum
+    seed = curriculum_seed(cfg)
+    rank, world = ctx.rank, ctx.world_size
+    size, chans = cfg.data.image_size, cfg.data.channels
+    plan_names = [os.path.basename(d) for d in job.plan_dirs]
+
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
+    real_train = table.filter(pc.equal(table["split"], "train"))
+    synthetic = read_synthetic(job.plan_dirs if c.schedule != "real_only" else [])
+    if c.measured_difficulty is not None:
+        synthetic = select_measured(synthetic, *c.measured_difficulty)
+    real_train, synthetic, held_real, held_syn = split_guidance_val(real_train, synthetic, c.guidance_val_sources, seed)
+    gval = build_guidance_val(held_real, held_syn, size, chans) if len(held_real) else None
+    pool = build_pool(real_train, synthetic, size, chans, job.groups["few"], c.difficulty_bins)
+    real_only_data = images_from_manifest(real_train, None, size, chans)
+    val = images_from_manifest(table, "val", size, chans)
+    test = images_from_manifest(table, "test", size, chans)
+    lam = pool.guidance[~np.isnan(pool.guidance)]
+    schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
+    epochs = c.epochs or cfg.train.epochs
+    if gval is not None and c.guidance_levels is not None:
+        gval = gval.only_levels(c.guidance_levels)  # adaptive measures (and chooses among) these only
+    weights = difficulty_weights(pool.requested, c.difficulty_distribution, c.difficulty_params) \
+        if c.difficulty_distribution else None
+    check_selections_match(schedule, pool, epochs, weights, plan_names)
+
+    torch.manual_seed(seed)  # the same initial weights in every run of this config
+    model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
+                              weights=cfg.classifier.weights, image_size=size)
+    model = ctx.prepare_model(model)
+    bare = getattr(model, "module", model)
+    steps = -(-(mix_size(pool, c.synthetic_per_epoch, c.undersample, c.equal_steps) // world) // cfg.train.batch_size)
+    opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
+    start, history, resumes = restore_training(ctx, bare, opt, sched, job.name, epochs, schedule)
+
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        record = {"epoch": epoch + 1, "stage": schedule.stage(epoch)}
+        if schedule.adaptive and schedule.needs_choice(epoch):
+            choice = None
+            if rank == 0:
+                before, after = probe_gains_inputs(bare, gval, real_only_data, c.probe_steps, cfg.train.batch_size,
+                                                   cfg.train.lr, seed, epoch, ctx.device)
+                choice = {"before": before, "after": after}
+            choice = ctx.broadcast(choice)
+            chosen = schedule.record(epoch, choice["before"], choice["after"])
+            record["adaptive"] = {"chosen": chosen, "gains": schedule.gains[schedule.stage(epoch)]}
+        selection = schedule.selection(epoch)
+        mix = epoch_mix(pool, selection, epoch, seed, c.synthetic_per_epoch, c.undersample, weights, c.equal_steps)
+        if rank == 0 and not selection.real_only and mix.matching == 0:
+            print(f"[{job.name}] warning: epoch {epoch + 1} selects [{selection}], but no synthetic image of "
+                  f"plans {plan_names} matches it: a real-only epoch", flush=True)
+        per_rank = len(mix.indices) // world
+        shard = torch.from_numpy(mix.indices[rank * per_rank:(rank + 1) * per_rank])
+        torch.manual_seed(step_seed(seed, epoch, rank))
+        gen = torch.Generator().manual_seed(step_seed(seed, epoch, rank, 2))
+        prior = log_prior(pool.data.labels[torch.from_numpy(mix.indices)], job.num_classes) \
+            if c.loss == "balanced_softmax" else None
+        loss = train_epoch(model, pool.data, shard, opt, sched, batch_size=cfg.train.batch_size,
+                           augment=cfg.train.augment, generator=gen, device=ctx.device, log_prior=prior)
+        val_m = evaluate(bare, val, job.num_classes, job.groups, ctx.device)
+        val_m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(val_m["per_class_acc"], c.worst_k)
+        record.update({"selection": str(selection), "real": mix.real, "synthetic": mix.synthetic,
+                       "matching": mix.matching, "train_loss": round(loss, 6), "val": val_m})
+        if gval is not None:
+            record["guidance_val_acc"] = guidance_accuracy(bare, gval, ctx.device)
+        last = epoch == epochs - 1
+        if last:
+            test_m = evaluate(bare, test, job.num_classes, job.groups, ctx.device)
+            test_m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(test_m["per_class_acc"], c.worst_k)
+            record["test"] = test_m
+        record["seconds"] = round(time.time() - t0, 3)
+        history.append(record)
+        if rank == 0:
+            few = val_m["acc_few"]
+            print(f"[{job.name}] epoch {epoch + 1}/{epochs} [{selection}] real {mix.real} + synthetic {mix.synthetic} "
+                  f"loss {loss:.4f} val acc {val_m['acc']:.4f} few {few if few is None else round(few, 4)}", flush=True)
+        metrics = {"epoch": epoch + 1, "train_loss": loss,
+                   **{f"val_{k}": val_m[k] for k in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")},
+                   **({f"test_{k}": test_m[k] for k in ("acc", "acc_few", "macro_f1")} if last else {})}
+        checkpoint = None
+        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+            meta = classifier_meta(cfg, job.num_classes)
+            checkpoint = Checkpoint(
+                tensors={"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                state={"epoch": epoch, "history": history, "resumes": resumes, "schedule": schedule.state()},
+                files=lambda d: save_classifier(bare, os.path.join(d, "model"), meta))
+        ctx.report(metrics, checkpoint)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from raysys.core.config import load_config
+from raysys.stages import load_config
 from raysys.stages import curriculum, synthesize
 from tests.conftest import REPO, TINY
 
@@ -27,7 +27,7 @@ def tiny_synthetic(tiny_generator):
 
 
 def _copy(cfg, root):
-    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize"):
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "control", "synthesize"):
         shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
 
 
@@ -105,7 +105,7 @@ COMPARE = ["curriculum.epochs=3", "compare.seeds=[0, 1]", "compare.concurrent=2"
 def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synthetic, tmp_path):
     from raysys.cli import main
     from raysys.core import io
-    from raysys.core.config import variant_config
+    from raysys.stages.curriculum import variant_config
     from raysys.stages import evaluate, report
 
     root = tmp_path / "compare"

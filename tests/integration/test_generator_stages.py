@@ -12,27 +12,28 @@ import time
 
 import pytest
 
-from raysys.core.config import load_config
+from raysys.stages import load_config
 from raysys.generation.pipeline import LORA_WEIGHTS
-from raysys.stages import finetune, pretrain_generator
+from raysys.stages import control, finetune, pretrain_generator
 from tests.conftest import REPO, TINY
 
 pytestmark = pytest.mark.integration
 
 
 def test_pretrained_base_is_a_pipeline_and_recognition_is_measured(tiny_generator):
-    cfg, pre, _ = tiny_generator
+    cfg, pre, _, ctl = tiny_generator
     assert pre["status"] == "done" and pre["steps"] == cfg.pretrain.steps
     assert pre["loss_end"] < pre["loss_start"]
     assert pre["pretrain_images"] == 10 * cfg.data.pretrain_per_class
-    assert 0.0 <= pre["recognition"] <= 1.0 and len(pre["recognition_per_class"]) == 10
-    assert pre["recognition_images"] == 10 * pretrain_generator.RECOGNITION_SEEDS
+    assert 0.0 <= ctl["recognition"] <= 1.0 and len(ctl["recognition_per_class"]) == 10
+    assert ctl["recognition_images"] == 10 * control.RECOGNITION_SEEDS
+    assert 0.0 <= ctl["recognition_real_same_size"] <= 1.0
     assert os.path.isfile(os.path.join(pretrain_generator.pipeline_dir(cfg), "model_index.json"))
-    assert os.path.getsize(pretrain_generator.stage_dir(cfg).file("samples.png")) > 1000
+    assert os.path.getsize(control.stage_dir(cfg).file("samples.png")) > 1000
 
 
 def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
-    cfg, _, fine = tiny_generator
+    cfg, _, fine, ctl = tiny_generator
     assert set(fine["variants"]) == {"difficulty", "plain"}
     for variant in ("difficulty", "plain"):
         adapters = finetune.adapters_dir(cfg, variant)
@@ -40,14 +41,14 @@ def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
         assert os.path.isdir(os.path.join(adapters, "difficulty_encoder")) == (variant == "difficulty")
         v = fine["variants"][variant]
         assert v["steps"] == cfg.finetune.steps and v["resumed_at_steps"] == []
-        c = fine["control"][variant]
+        c = ctl["control"][variant]
         n = 10 * len(cfg.finetune.grid_levels) * cfg.finetune.grid_seeds
         assert c["images"] == n and len(c["measured_mean_by_level"]) == len(cfg.finetune.grid_levels)
         assert all(0 <= x <= 1 for x in c["measured_mean_by_level"])
-    rho = fine["difficulty_spearman"]
+    rho = ctl["difficulty_spearman"]
     assert rho is not None and -1 <= rho <= 1  # value at tiny size is noise; quickstart size is reported
     for png in ("control_grid.png", "hard_factors.png", "requested_vs_measured.png", "difficulty_control_hist.png"):
-        assert os.path.getsize(finetune.stage_dir(cfg).file(png)) > 1000, png
+        assert os.path.getsize(control.stage_dir(cfg).file(png)) > 1000, png
     # The fine-tuned generator loads from its files alone and honours the difficulty condition.
     from raysys.generation.finetune import load_finetuned
 
@@ -55,20 +56,21 @@ def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
     out = pipe(["a photo of the digit one"] * 2, seeds=[3, 3], class_labels=[1, 1], difficulty=[0.1, 0.9],
                num_inference_steps=4, output_type="pt").images
     assert out.shape == (2, 1, 8, 8) and (out[0] - out[1]).abs().max() > 0
-    metrics = json.loads(open(finetune.stage_dir(cfg).file("metrics.json")).read())
+    metrics = json.loads(open(control.stage_dir(cfg).file("metrics.json")).read())
     assert metrics["status"] == "done" and "difficulty_spearman" in metrics
 
 
 def test_rerun_skips_complete_generator_stages(tiny_generator):
-    cfg, pre, fine = tiny_generator
+    cfg, pre, fine, ctl = tiny_generator
     t0 = time.time()
     assert pretrain_generator.run(cfg)["config_digest"] == pre["config_digest"]
     assert finetune.run(cfg)["config_digest"] == fine["config_digest"]
+    assert control.run(cfg)["config_digest"] == ctl["config_digest"]
     assert time.time() - t0 < 5
 
 
 def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, ray_session):
-    cfg, _, _ = tiny_generator
+    cfg = tiny_generator[0]
     root = tmp_path / "run"
     for stage in ("prepare", "train_classifier", "score", "pretrain_generator"):  # reuse the finished stages
         shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)

@@ -20,7 +20,7 @@ RAYSYS = [sys.executable, "-m", "raysys.cli"]
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
     overrides = [f"run.root={tmp_path / 'run'}", "train.epochs=60"]
-    from raysys.core.config import load_config
+    from raysys.stages import load_config
 
     cfg = load_config(TINY, overrides)
     prepare.run(cfg)
@@ -86,27 +86,33 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
 
 def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator):
     # The session's finished classifier and generator stages are copied in (each is tested on its
-    # own): `run` skips those five and runs synthesize -> curriculum -> evaluate -> report.
+    # own): `run` skips those six and runs synthesize -> curriculum -> evaluate -> report.
     root = tmp_path / "run"
-    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune"):
+    copied = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "control")
+    for stage in copied:
         shutil.copytree(os.path.join(tiny_generator[0].run.root, stage), root / stage)
     cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]",
            "curriculum.schedule=all_levels", "curriculum.epochs=2"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.count("complete for this config, skipped") == 5
+    assert first.stdout.count("complete for this config, skipped") == len(copied)
     from raysys.core.schema import read_manifest
 
     table = read_manifest(str(root / "score" / "manifest.parquet"))
     train = [d for d, s in zip(table["difficulty"].to_pylist(), table["split"].to_pylist()) if s == "train"]
     assert len(train) == 246 and all(d is not None and 0 <= d <= 1 for d in train)
-    stages = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize",
-              "curriculum/all_levels", "evaluate", "report")
+    stages = (*copied, "synthesize", "curriculum/all_levels", "evaluate", "report")
     for stage in stages:
         assert (root / stage / "config.yaml").is_file() and (root / stage / "metrics.json").is_file()
-    assert re.findall(r"^== stage (\d+)/9: \S+ finished in ", first.stdout, re.MULTILINE) == [str(i) for i in range(1, 10)]
+    assert re.findall(r"^== stage (\d+)/10: \S+ finished in ", first.stdout, re.MULTILINE) == [str(i) for i in range(1, 11)]
     assert (root / "report" / "index.html").is_file() and (root / "summary.json").is_file()
     assert (root / "finetune" / "plain" / "adapters" / "pytorch_lora_weights.safetensors").is_file()
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stdout.count("complete for this config, skipped") == len(stages)
+    # Resource and concurrency knobs are in no fingerprint: every stage is skipped, one line each.
+    resources = ["score.max_actors=2", "synthesis.max_actors=1", "compare.concurrent=1", "train.cpus_per_worker=2"]
+    knobs = subprocess.run(cmd + resources, cwd=REPO, capture_output=True, text=True, env=env)
+    assert knobs.returncode == 0, knobs.stderr[-2000:]
+    skipped = re.findall(r"^\[(\w+)\] (\S+): complete for this config, skipped", knobs.stdout, re.MULTILINE)
+    assert [folder for _, folder in skipped] == list(stages)

@@ -71,7 +71,7 @@ def test_rerun_of_complete_stages_is_skipped(tiny_run):
 
 
 def test_two_data_parallel_workers_train_one_model(tmp_path, ray_session):
-    from raysys.core.config import load_config
+    from raysys.stages import load_config
     from tests.conftest import TINY
 
     cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", "train.num_workers=2", "train.epochs=12",

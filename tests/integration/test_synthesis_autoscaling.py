@@ -30,7 +30,7 @@ OVERRIDES = ["synthesis.plans=[{name: pool, model: plain, ratio: 8.0}]", "synthe
 DRIVER = r'''
 import json, sys
 import ray
-from raysys.core.config import load_config
+from raysys.stages import load_config
 from raysys.ray.session import init_ray
 from raysys.stages import synthesize
 

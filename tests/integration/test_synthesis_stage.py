@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from raysys.core.config import load_config
+from raysys.stages import load_config
 from raysys.core.schema import read_manifest
 from raysys.data.images import decode
 from raysys.generation.plans import class_counts
@@ -69,7 +69,9 @@ def test_synthesis_writes_exactly_the_plan(tiny_synthesis):
 def test_rerun_of_a_finished_plan_writes_nothing(tiny_synthesis):
     cfg, first = tiny_synthesis
     parts = {p: os.stat(p).st_mtime_ns for name in first["plans"] for p in list_parts(synthesize.plan_dir(cfg, name))}
-    again = load_config(TINY, [f"run.root={cfg.run.root}", "synthesis.batch_size=7"])  # a new stage digest
+    again = load_config(TINY, [f"run.root={cfg.run.root}", "synthesis.batch_size=7"])  # a resource knob
+    assert synthesize.stage_dir(again).digest == synthesize.stage_dir(cfg).digest
+    os.remove(synthesize.stage_dir(cfg).file("metrics.json"))  # as if the stage had been killed at its end
     assert not synthesize.stage_dir(again).is_complete()
     m = synthesize.run(again)
     assert m["generated"] == 0 and m["written"] == first["written"] and m["duplicates"] == 0

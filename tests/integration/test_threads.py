@@ -4,7 +4,7 @@ tasks and actors set torch's threads to the CPUs Ray gave them."""
 import ray
 import torch
 
-from raysys.ray.finetune import remote_task
+from raysys.ray.train import remote_task
 from raysys.ray.session import on_assigned_cpus, use_assigned_cpus
 
 

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from raysys.core.config import load_config
+from raysys.stages import load_config
+from raysys.core.stage import missing_inputs
 from raysys.stages import curriculum, synthesize
 from raysys.stages import tune as tune_stage
 from tests.conftest import REPO, TINY
@@ -69,7 +70,8 @@ def test_asha_sweep_writes_ranked_results_and_a_runnable_best_config(tiny_synthe
     assert m["best"]["trial_id"] == rows[0]["trial_id"] and m["best"]["val_acc"] == pytest.approx(float(rows[0]["val_acc"]), abs=1e-4)
     # best.yaml runs as is: on the same run root its upstream stages are complete.
     assert curriculum.stage_dir(best).path.endswith(os.path.join("curriculum", "tuned-sweep"))
-    curriculum._check_ready(best)
+    assert curriculum.STAGE.check(best) == []  # the schedule builds over the plans' levels
+    missing_inputs(curriculum.STAGE, [best])  # and every input it needs is complete
 
     again = tune_stage.run(cfg)
     assert again["seconds"] == m["seconds"]  # complete: skipped, nothing retrained

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from raysys.core.config import load_config
+from raysys.stages import STAGES, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -74,11 +74,11 @@ def test_runtime_env_is_one_ray_accepts():
         RuntimeEnv(**{**env, "env_vars": {"PYTHONUNBUFFERED": 1}})  # the check is real
 
 
-@pytest.mark.parametrize("script, stage", [
-    ("prepare", "prepare"), ("train_classifier", "train-classifier"), ("score", "score"),
-    ("pretrain_generator", "pretrain-generator"), ("finetune", "finetune"), ("synthesize", "synthesize"),
-    ("curriculum", "curriculum"), ("evaluate", "evaluate"), ("report", "report"), ("pipeline", "run"),
-])
+def test_there_is_one_job_entrypoint_per_registered_stage_and_one_for_run():
+    assert {p.stem for p in (REPO / "jobs").glob("*.py")} == {s.name for s in STAGES} | {"pipeline"}
+
+
+@pytest.mark.parametrize("script, stage", [(s.name, s.command) for s in STAGES] + [("pipeline", "run")])
 def test_job_entrypoints_run_the_cli(script, stage, monkeypatch):
     calls = []
     monkeypatch.setattr("raysys.cli.main", lambda argv: calls.append(argv) or 0)

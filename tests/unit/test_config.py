@@ -1,6 +1,9 @@
 import pytest
 
-from raysys.core.config import ConfigError, RaysysConfig, digest, load_config, to_yaml
+from raysys.core.config import RaysysConfig
+from raysys.core.loading import ConfigError
+from raysys.stages import load_config
+from raysys.core.loading import digest, to_yaml
 from tests.conftest import TINY
 
 

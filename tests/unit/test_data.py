@@ -109,7 +109,7 @@ def test_class_groups_use_thresholds():
 
 
 def test_prepare_stage_lists_corrupt_files_in_metrics(tmp_path):
-    from raysys.core.config import load_config
+    from raysys.stages import load_config
     from raysys.core.schema import read_manifest
     from raysys.stages import prepare
     from tests.conftest import TINY

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from raysys.generation import finetune as ft
+from raysys.core.config import SamplingConfig
 from raysys.generation.components import ComponentSpec, build_components
 from raysys.generation.control import (
-    SamplingOptions,
     control_grid,
     hard_factor_grid,
     spearman,
@@ -174,23 +174,23 @@ def test_adapter_state_restores_a_checkpoint():
 
 def test_control_grid_layout_and_hard_factors():
     pipe = finetuned(vae=False)
-    opts = SamplingOptions(guidance_scale=1.0, num_inference_steps=3, batch_size=5)
+    opts = SamplingConfig(guidance_scale=1.0, num_inference_steps=3)
     levels = [0.1, 0.5, 0.9]
-    grid = control_grid(pipe, PROMPTS, levels, 2, opts)
+    grid = control_grid(pipe, PROMPTS, levels, 2, opts, batch_size=5)
     assert grid.images.shape == (4, 3, 2, 16, 16, 1)
     assert (grid.labels[2] == 2).all() and np.allclose(grid.requested[:, 1], 0.5)
     # Only s differs along a row: images change with s; seeds differ along the last axis.
     assert np.abs(grid.images[1, 0, 0].astype(int) - grid.images[1, 2, 0].astype(int)).max() > 0
-    plain = control_grid(pipe, PROMPTS, levels, 2, opts, with_difficulty=False)
+    plain = control_grid(pipe, PROMPTS, levels, 2, opts, with_difficulty=False, batch_size=5)
     assert np.isnan(plain.requested).all()
     assert (plain.images[:, 0] == plain.images[:, 2]).all()  # no s: the level axis is the same image
     assert np.abs(plain.images[0, 0, 0].astype(int) - plain.images[0, 0, 1].astype(int)).max() > 0
-    hard = hard_factor_grid(pipe, 4, levels, seed=0, opts=opts)
+    hard = hard_factor_grid(pipe, 4, levels, seed=0, opts=opts, batch_size=5)
     assert hard.shape == (4, 3, 16, 16, 1)
     assert np.abs(hard[0].astype(int) - hard[1].astype(int)).max() > 0  # rows: classes, same seed
     # Without class input the tokens depend on s alone: rows are seeds 0..3, not four copies.
     no_class = finetuned(vae=False, use_class=False)
-    hard = hard_factor_grid(no_class, 4, levels, seed=0, opts=opts)
+    hard = hard_factor_grid(no_class, 4, levels, seed=0, opts=opts, batch_size=5)
     assert hard.shape == (4, 3, 16, 16, 1)
     assert len({hard[r].tobytes() for r in range(4)}) == 4
     first_seed = no_class(["", ""], seeds=[0, 1], class_labels=[0, 0], difficulty=[0.1, 0.1], guidance_scale=1.0,

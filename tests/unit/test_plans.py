@@ -4,7 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raysys.core.config import ConfigError, PlanConfig, load_config
+from raysys.core.config import PlanConfig
+from raysys.core.loading import ConfigError
+from raysys.stages import load_config
 from raysys.data.images import encode_png
 from raysys.generation.plans import allocate, build_plan, choose_sources, class_counts, sample_difficulty
 

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from raysys.core.config import ConfigError, load_config, variant_config
+from raysys.core.loading import ConfigError
+from raysys.stages import load_config
+from raysys.stages.curriculum import curriculum_configs, variant_config
 from raysys.stages import evaluate, report
 from tests.conftest import TINY
 
@@ -59,7 +61,7 @@ def test_variant_config_sets_the_variant_fields_seed_and_name():
     assert (v.curriculum.name, v.curriculum.seed, v.curriculum.loss, v.curriculum.epochs) == ("bs-seed4", 4,
                                                                                              "balanced_softmax", 7)
     assert cfg.curriculum.loss == "ce"  # the run's own section is untouched
-    assert [c.curriculum.name for c in evaluate.curriculum_configs(cfg)] == ["ro-seed3", "ro-seed4", "bs-seed3",
+    assert [c.curriculum.name for c in curriculum_configs(cfg)] == ["ro-seed3", "ro-seed4", "bs-seed3",
                                                                            "bs-seed4"]
     assert evaluate.baseline_name(cfg) == "ro"
 
@@ -76,8 +78,8 @@ def test_bad_compare_sections_are_config_errors(override, message):
         load_config(TINY, [override])
 
 
-@pytest.mark.parametrize("stage, needs", [("report", "report needs the evaluate stage"),
-                                          ("evaluate", "evaluate needs every curriculum run")])
+@pytest.mark.parametrize("stage, needs", [("report", "report needs the output of evaluate: run `raysys evaluate"),
+                                          ("evaluate", "evaluate needs the output of curriculum: run `raysys curriculum")])
 def test_a_stage_without_its_inputs_is_one_line_and_status_2(stage, needs, tmp_path, capsys):
     from raysys.cli import main
 

@@ -80,7 +80,7 @@ def test_training_learns_digits_and_scorer_agrees(digits_split, tmp_path):
     s = scorer(images, test.labels[:64].numpy(), ["full"] * 64)
     model.eval()
     with torch.no_grad():
-        from raysys.training.classifier import normalize
+        from raysys.models.classifiers import normalize
 
         expected = torch.softmax(model(normalize(test.images[:64])), 1)
     p_true = expected.gather(1, test.labels[:64].view(-1, 1)).squeeze(1).numpy()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raysys.core.config import PlanConfig
+from raysys.core.config import SamplingConfig, PlanConfig
 from raysys.generation.components import ComponentSpec, build_components
 from raysys.generation.difficulty_encoder import DifficultyEncoder
 from raysys.generation.plans import build_plan
@@ -20,7 +20,6 @@ from raysys.generation.synthesis import (
     GenerateBatch,
     GeneratorSpec,
     RescoreAndWrite,
-    SamplingSettings,
     list_parts,
     read_plan,
     remove_duplicates,
@@ -33,7 +32,7 @@ from tests.unit.test_plans import NAMES, train_table
 from tests.unit.test_storage import memory_uris  # noqa: F401  (fixture)
 
 WORDS = "a photo of c0 c1 c2 c3".split()
-SAMPLING = SamplingSettings(guidance_scale=2.0, num_inference_steps=3)
+SAMPLING = SamplingConfig(guidance_scale=2.0, num_inference_steps=3)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import io
 
 import pytest
 
-from raysys.core.config import ConfigError, apply_tune_params, load_config
+from raysys.core.loading import ConfigError
+from raysys.stages import load_config
+from raysys.curriculum.search import apply_tune_params
 from raysys.stages.tune import best_config, rank_trials, results_tables
 from tests.conftest import TINY
 
@@ -24,9 +26,9 @@ def _load(*overrides):
     ("tune.space={curriculum.undersample: {uniform: [0.5, 1.5]}}", "undersample in (0, 1]"),
     ("tune.space={curriculum.difficulty_params.5: {choice: [0.5]}}", "has no item 5"),
     ("tune.space={curriculum.epochs: {range: [1, 2]}}", "must be one of {choice"),
-    ("tune.metric=acc", "tune.metric must be one of"),
+    ("tune.metric=acc", "bad value for 'tune.metric': Invalid value 'acc', expected one of ['val_acc'"),
     ("tune.reduction_factor=1", "reduction_factor >= 2"),
-    ("curriculum.difficulty_distribution=gamma", "normal, beta, uniform or null"),
+    ("curriculum.difficulty_distribution=gamma", "expected one of ['normal', 'beta', 'uniform']"),
     ("curriculum.difficulty_distribution=normal", None),
     ("curriculum.measured_difficulty=[0.8, 0.2]", "measured_difficulty must be [lo, hi]"),
 ])
@@ -96,6 +98,6 @@ def test_tune_without_a_space_or_without_synthetic_images_stops_before_any_work(
     with pytest.raises(ConfigError, match="tune.space is empty"):
         tune_stage.run(_load(f"run.root={tmp_path}"))
     cfg = _load(f"run.root={tmp_path}", "tune.space={curriculum.loss: {choice: [ce, balanced_softmax]}}")
-    with pytest.raises(MissingInput, match="raysys score CONFIG"):
+    with pytest.raises(MissingInput, match="tune needs the output of prepare: run `raysys prepare CONFIG`"):
         tune_stage.run(cfg)
     assert not (tmp_path / "tune").exists()  # nothing was started

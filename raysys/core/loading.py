@@ -1,0 +1,113 @@
+"""Reading a config: YAML over the defaults, then `key=value` overrides, with types and keys checked.
+
+`read_config` raises `ConfigError` naming the key path and where it came from (the file, or
+"command line") for an unknown key or a value of the wrong type or outside its `Literal`
+choices. The checks of values that depend on more than a field's type live beside their
+components and run as the stages' `check` (`raysys.stages.load_config` does both).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from raysys.core.config import RaysysConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work started."""
+
+
+def _all_keys(dc_type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(dc_type):
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(_all_keys(type(default), path + "."))
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        hint = difflib.get_close_matches(key, _all_keys(RaysysConfig), n=1)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        return ConfigError(f"{origin}: unknown config key '{key}'.{suggestion}")
+    msg = str(exc).splitlines()[0]
+    return ConfigError(f"{origin}: bad value for '{key}': {msg}")
+
+
+def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
+    try:
+        cfg: RaysysConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, origin) from None
+    # Workers run in their own directories: hand them absolute paths.
+    if cfg.classifier.weights is not None and "://" not in cfg.classifier.weights:
+        cfg.classifier.weights = os.path.abspath(os.path.expanduser(cfg.classifier.weights))
+    base = os.path.expanduser(cfg.generator.base)
+    if cfg.generator.base != "builtin" and "://" not in base and os.path.exists(base):
+        cfg.generator.base = os.path.abspath(base)  # a local directory, not a hub id
+    for plan in cfg.synthesis.plans:
+        if plan.prompts.startswith("file:") and "://" not in plan.prompts:
+            plan.prompts = "file:" + os.path.abspath(os.path.expanduser(plan.prompts[5:]))
+    return cfg
+
+
+def read_file(path: str | Path) -> DictConfig:
+    """The defaults with YAML `path` merged over them."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(RaysysConfig), OmegaConf.load(path))
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RaysysConfig:
+    """YAML `path` (optional) over the defaults, then `key=value` overrides; keys and types checked."""
+    merged = read_file(path) if path is not None else OmegaConf.structured(RaysysConfig)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except (OmegaConfBaseException, ValidationError) as exc:
+        raise _explain(exc, "command line") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"command line: an override value is not valid YAML ({str(exc).splitlines()[0]}); "
+                          "flow mappings need a space after ':', e.g. 'compare.variants={a: {schedule: real_only}}'") from None
+    return _to_config(merged, "command line" if overrides else str(path or "config"))
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return OmegaConf.to_container(OmegaConf.structured(obj))
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def digest(*parts: Any) -> str:
+    """Stable short digest of config sections (dataclasses, also inside lists) and plain values."""
+    return hashlib.sha256(json.dumps(_plain(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,87 @@
+"""The stage graph without running anything: the order derived from what each stage reads, and
+which stages a config change reruns (a stage reruns exactly when its digest changes)."""
+
+import pytest
+
+from raysys.core.loading import ConfigError
+from raysys.core.stage import Stage, chain, check_chain
+from raysys.stages import STAGES, load_config
+from tests.conftest import TINY
+
+COMPARE = ["compare.seeds=[0, 1]", "compare.variants={real_only: {schedule: real_only}, "
+           "dts: {schedule: diverse_to_specific, plans: [discl]}}"]
+
+
+def _digests(*overrides: str) -> dict[str, str]:
+    """Stage (and curriculum run) -> digest, for every stage of the chain and the tune stage."""
+    cfg = load_config(TINY, [*COMPARE, "tune.space={curriculum.loss: {choice: [ce, balanced_softmax]}}", *overrides])
+    out = {}
+    for stage in STAGES:
+        if not stage.applies(cfg):
+            continue
+        for unit in stage.dirs(cfg):
+            out[unit.name] = unit.digest
+    return out
+
+
+def _changed(*overrides: str) -> set[str]:
+    base, other = _digests(), _digests(*overrides)
+    assert base.keys() == other.keys()
+    return {name for name in base if base[name] != other[name]}
+
+
+def test_the_run_order_comes_from_what_stages_read():
+    cfg = load_config(TINY)
+    order = chain(STAGES, cfg)
+    assert [s.name for s in order] == ["prepare", "train_classifier", "score", "pretrain_generator", "finetune",
+                                       "control", "synthesize", "curriculum", "evaluate", "report"]
+    for i, stage in enumerate(order):
+        assert all(r in order[:i] for r in stage.reads if r.applies(cfg))
+    real_base = load_config(TINY, ["generator.base=some/hub-id", "data.pretrain_per_class=0"])
+    assert "pretrain_generator" not in [s.name for s in chain(STAGES, real_base)]
+    # Listed backwards, every stage still runs after what it reads.
+    backwards = chain(list(reversed(STAGES)), cfg)
+    assert backwards[0].name == "prepare" and backwards[-1].name == "report" and set(backwards) == set(order)
+    for i, stage in enumerate(backwards):
+        assert all(r in backwards[:i] for r in stage.reads if r.applies(cfg))
+
+
+def test_resource_and_concurrency_knobs_change_no_stage():
+    assert _changed("score.max_actors=2", "synthesis.max_actors=1", "compare.concurrent=1",
+                    "train.cpus_per_worker=2", "score.concurrent_folds=1", "score.batch_size=17",
+                    "synthesis.batch_size=7", "synthesis.cpus_per_actor=2", "finetune.cpus_per_worker=1",
+                    "finetune.checkpoint_every=7", "pretrain.cpus=1", "train.checkpoint_every=3",
+                    "tune.max_concurrent_trials=1", "train.max_failures=2") == set()
+
+
+def test_a_sampling_knob_reruns_the_grid_synthesis_and_what_reads_them_never_a_model():
+    changed = _changed("generator.guidance_scale=4")
+    assert changed == {"control", "synthesize", "curriculum/dts-seed0", "curriculum/dts-seed1", "evaluate", "report",
+                       "tune/sweep"}
+    grid = _changed("finetune.grid_seeds=3")  # only the proof of control and the report that shows it
+    assert grid == {"control", "report"}
+
+
+def test_a_data_change_reruns_everything_and_a_curriculum_change_only_the_curricula():
+    assert _changed("data.max_per_class=50") == set(_digests())
+    assert _changed("curriculum.synthetic_per_epoch=0.25") == {
+        "curriculum/real_only-seed0", "curriculum/real_only-seed1", "curriculum/dts-seed0", "curriculum/dts-seed1",
+        "evaluate", "report", "tune/sweep"}
+    assert _changed("finetune.lr=0.01") == {"finetune", "control", "synthesize", "curriculum/dts-seed0",
+                                            "curriculum/dts-seed1", "evaluate", "report", "tune/sweep"}
+
+
+def test_a_version_bump_reruns_the_stage_and_everything_downstream():
+    cfg = load_config(TINY)
+    a = Stage(name="a", reads=(), fingerprint=lambda c: c.data, run=lambda ctx: {})
+    b = Stage(name="b", reads=(a,), fingerprint=lambda c: (), run=lambda ctx: {})
+    a2 = Stage(name="a", reads=(), fingerprint=lambda c: c.data, run=lambda ctx: {}, version=2)
+    b2 = Stage(name="b", reads=(a2,), fingerprint=lambda c: (), run=lambda ctx: {})
+    assert a.digest(cfg) != a2.digest(cfg) and b.digest(cfg) != b2.digest(cfg)
+
+
+def test_every_stage_is_checked_before_any_work():
+    cfg = load_config(TINY)
+    broken = Stage(name="x", reads=(), fingerprint=lambda c: (), run=lambda ctx: {}, check=lambda c: ["x is bad"])
+    with pytest.raises(ConfigError, match=r"^here: x is bad$"):
+        check_chain([*STAGES, broken], cfg, "here")
