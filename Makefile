@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
-	test -x /usr/bin/chromium || (apt-get install -y -q chromium || sudo apt-get install -y -q chromium)
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium)
 	$(BIN)/python -m pip install --quiet -e ".[test,browser]"
 	$(BIN)/python -m pytest -m slow -q
 
