@@ -199,7 +199,8 @@ def run_unit(stage: Stage, unit_cfg: RaysysConfig) -> dict:
     metrics.json are written last, after every artefact."""
     out = stage.unit_dir(unit_cfg)
     if out.is_complete():
-        print(f"[{stage.name}] {out.name}: complete for this config, skipped ({out.path})", flush=True)
+        unit = f" {out.name.split('/', 1)[1]}:" if "/" in out.name else ""
+        print(f"[{stage.name}]{unit} complete for this config, skipped ({out.path})", flush=True)
         return out.metrics()
     started = time.time()
     if io.exists(out.file("metrics.json")):  # outputs of another config: no longer done once touched

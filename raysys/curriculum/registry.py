@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from raysys.core.io import FOLDER_NAME
 from raysys.curriculum.adaptive import Adaptive
 from raysys.curriculum.all_levels import AllLevels
 from raysys.curriculum.base import Level, Schedule
@@ -44,8 +45,6 @@ def create_schedule(
 
 def check_curriculum(cfg) -> list[str]:
     """Problems of the `curriculum` section of a RaysysConfig (with the plans and epochs it refers to)."""
-    from raysys.core.io import FOLDER_NAME
-
     c = cfg.curriculum
     problems = []
     if c.schedule not in SCHEDULES:

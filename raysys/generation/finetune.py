@@ -17,19 +17,25 @@ runs it through raysys.ray.train.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from raysys.core.context import Checkpoint, step_seed
+from raysys.core.schema import read_manifest
+from raysys.data.images import decode_batch
 from raysys.generation.components import load_pipeline
 from raysys.generation.difficulty_encoder import DifficultyEncoder
 from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline
-from raysys.generation.training import diffusion_loss
+from raysys.generation.training import diffusion_loss, training_scheduler
 
 if TYPE_CHECKING:
     from raysys.core.config import FinetuneConfig
@@ -240,11 +246,6 @@ class FinetuneJob:
 
 def load_rows(job: FinetuneJob, image_size: int, channels: int, rank: int, world: int) -> FinetuneRows:
     """This worker's disjoint share of the scored train rows, as training tensors."""
-    import pyarrow.compute as pc
-
-    from raysys.core.schema import read_manifest
-    from raysys.data.images import decode_batch
-
     table = read_manifest(job.manifest, columns=["image", "label", "split", "difficulty"])
     table = table.filter(pc.equal(table["split"], "train"))
     shard = np.arange(rank, table.num_rows, world)
@@ -262,12 +263,6 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
     """Fine-tune (or resume) one variant, one report every `checkpoint_every` steps; the last
     checkpoint holds `adapters/`. Each step's rows come from (seed, step, rank) alone, so a
     resumed run continues as the uninterrupted one would."""
-    import math
-    import time
-
-    from raysys.generation.training import training_scheduler
-    from raysys.core.context import Checkpoint, step_seed
-
     cfg, rank, device = job.cfg, ctx.rank, ctx.device
     torch.manual_seed(job.seed)
     pipe = load_pipeline(job.base).to(device)

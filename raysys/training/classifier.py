@@ -20,8 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysys.core.config import TrainConfig
+from raysys.core.context import Checkpoint, step_seed
+from raysys.core.schema import read_manifest
 from raysys.data.images import decode_batch
-from raysys.models.classifiers import normalize
+from raysys.models.classifiers import create_classifier, normalize, save_classifier
+from raysys.scoring.difficulty import assign_folds
 from raysys.training.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -166,11 +169,6 @@ def classifier_meta(cfg: "RaysysConfig", num_classes: int) -> dict:
 def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
     """Train (or resume) the classifier, one report per epoch; the last checkpoint holds `model/`
     and the whole history (per-epoch train loss, validation metrics, test metrics at the end)."""
-    from raysys.core.schema import read_manifest
-    from raysys.models.classifiers import create_classifier, save_classifier
-    from raysys.scoring.difficulty import assign_folds
-    from raysys.core.context import Checkpoint, step_seed
-
     cfg = job.cfg
     rank, world = ctx.rank, ctx.world_size
     torch.manual_seed(cfg.run.seed)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
@@ -29,10 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raysys.core.context import Checkpoint, step_seed
+from raysys.core.schema import read_manifest, to_table
 from raysys.curriculum.base import REAL_ONLY, Level, Schedule, Selection
 from raysys.curriculum.difficulty import bin_of
-from raysys.models.classifiers import normalize
-from raysys.training.classifier import LabelledImages, images_from_manifest, predict_proba
+from raysys.curriculum.registry import create_schedule
+from raysys.generation.synthesis import read_plan
+from raysys.models.classifiers import create_classifier, normalize, save_classifier
+from raysys.training.classifier import (LabelledImages, classifier_meta, evaluate, images_from_manifest,
+                                        make_optimizer, predict_proba, restore_training, train_epoch)
 
 if TYPE_CHECKING:
     from raysys.core.config import RaysysConfig
@@ -313,9 +320,6 @@ class CurriculumJob:
 
 
 def read_synthetic(plan_dirs: list[str]) -> pa.Table:
-    from raysys.core.schema import to_table
-    from raysys.generation.synthesis import read_plan
-
     tables = [t for t in (read_plan(d) for d in plan_dirs) if len(t)]
     return pa.concat_tables(tables) if tables else to_table({})
 
@@ -326,8 +330,6 @@ def curriculum_seed(cfg: "RaysysConfig") -> int:
 
 def schedule_for(cfg: "RaysysConfig", guidance_levels: list[float]) -> Schedule:
     """The run's schedule, over `curriculum.guidance_levels` or else the λ levels of its pool."""
-    from raysys.curriculum.registry import create_schedule
-
     c = cfg.curriculum
     epochs = c.epochs or cfg.train.epochs
     curriculum_epochs = c.curriculum_epochs if c.curriculum_epochs is not None else epochs - max(1, epochs // 13)
@@ -344,15 +346,6 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     (seed, epoch)), one shard per rank, then evaluation. The checkpoint holds the model, optimizer,
     LR schedule, history and the schedule's state, so a resumed run makes the same choices and
     continues as the uninterrupted one would."""
-    import os
-    import time
-    from dataclasses import replace
-
-    from raysys.core.schema import read_manifest
-    from raysys.models.classifiers import create_classifier, save_classifier
-    from raysys.training.classifier import classifier_meta, evaluate, make_optimizer, restore_training, train_epoch
-    from raysys.core.context import Checkpoint, step_seed
-
     cfg, c = job.cfg, job.cfg.curriculum
     seed = curriculum_seed(cfg)
     rank, world = ctx.rank, ctx.world_size
