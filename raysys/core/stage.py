@@ -154,7 +154,7 @@ class Stage:
 
     def digest(self, cfg: RaysysConfig) -> str:
         dirs = self.dirs(cfg)
-        return dirs[0].digest if self.units is None else digest(self.name, [d.digest for d in dirs])
+        return dirs[0].digest if self.units is None else digest(self.name, [(d.name, d.digest) for d in dirs])
 
     def is_complete(self, cfg: RaysysConfig) -> bool:
         return all(d.is_complete() for d in self.dirs(cfg))

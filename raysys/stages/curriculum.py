@@ -15,6 +15,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import fields, replace
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from raysys.core import io
 from raysys.core.config import CurriculumConfig, RaysysConfig
 from raysys.core.io import FOLDER_NAME
@@ -122,6 +125,11 @@ def check_compare(cfg: RaysysConfig) -> list[str]:
     if cm.variants and not problems:
         for name in cm.variants:
             variant = variant_config(cfg, name, cm.seeds[0] if cm.seeds else 0)
+            try:
+                OmegaConf.structured(variant.curriculum)  # the fields' types and Literal choices
+            except (TypeError, ValueError, OmegaConfBaseException) as exc:
+                problems.append(f"compare.variants.{name}: {str(exc).splitlines()[0]}")
+                continue
             problems += [f"compare.variants.{name}: {p}" for p in check_curriculum(variant) + _schedule_problems(variant)]
     if cm.baseline is not None and cm.baseline not in cm.variants:
         problems.append(f"compare.baseline '{cm.baseline}' is not one of compare.variants {list(cm.variants)}")
@@ -151,8 +159,12 @@ def _check(cfg: RaysysConfig) -> list[str]:
 
 
 def curriculum_fingerprint(cfg: RaysysConfig) -> tuple:
-    """One run's training: the classifier recipe and its curriculum section (its name is its folder)."""
-    return train_classifier.train_fingerprint(cfg), replace(cfg.curriculum, name=None), cfg.run.seed
+    """One run's training: the classifier recipe (with the run's own epochs and workers) and its
+    curriculum section (its name is its folder)."""
+    c, t = cfg.curriculum, cfg.train
+    recipe = replace(cfg, train=replace(t, epochs=c.epochs or t.epochs, num_workers=c.num_workers or t.num_workers))
+    return (train_classifier.train_fingerprint(recipe), replace(c, name=None, epochs=None, num_workers=None),
+            cfg.run.seed)
 
 
 def _needs(cfg: RaysysConfig) -> tuple:

@@ -77,7 +77,8 @@ def finetune_fingerprint(cfg: RaysysConfig) -> tuple:
     base = None if pretrain_generator.needed(cfg) else cfg.generator.base
     return (base, cfg.generator.prompt_template, f.variants, f.lora_rank, f.lora_alpha, f.difficulty_tokens,
             f.class_input, f.difficulty_frequencies, f.steps, f.batch_size, f.lr, f.snr_gamma, f.sampling,
-            f.condition_dropout, f.difficulty_dropout, f.num_workers, f.mixed_precision, cfg.run.seed)
+            f.condition_dropout, f.difficulty_dropout, f.num_workers, f.mixed_precision if f.use_gpu else "no",
+            cfg.run.seed)
 
 
 STAGE = Stage(

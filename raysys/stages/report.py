@@ -136,6 +136,8 @@ def _run(stage: Context) -> dict:
                "class (one seed), or one row per seed when the encoder has no class input."),
               (control.stage_dir(cfg), "samples.png", "pretrain_samples.png",
                "Samples of the pretrained base generator, one row per class.")]
+    if not pretrain_generator.needed(cfg):  # a samples.png left from a built-in base is not this run's
+        copies = [c for c in copies if c[1] != "samples.png"]
     for source, name, target, caption in copies:
         if source.is_complete() and io.exists(source.file(name)):
             io.write_bytes(stage.file(target), io.read_bytes(source.file(name)))

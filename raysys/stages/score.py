@@ -174,7 +174,8 @@ def score_fingerprint(cfg: RaysysConfig) -> tuple:
     """What the scores depend on (the classifiers come in through train_classifier's digest): never
     the actor pool, the batch size or how many fold models train at once."""
     sc = cfg.score
-    return sc.mode, sc.folds, sc.fold_epochs, sorted(sc.splits)
+    oof = sc.mode == "oof" and "train" in sc.splits
+    return sc.mode, sc.folds if oof else None, sc.fold_epochs if oof else None, list(sc.splits)
 
 
 STAGE = Stage(

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from raysys.core import io
 from raysys.core.config import PlanConfig, RaysysConfig
-from raysys.core.loading import digest
+from raysys.core.loading import ConfigError, digest
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.pipeline import check_generator
@@ -52,22 +52,30 @@ def plan_dir(cfg: RaysysConfig, name: str) -> str:
 
 def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
     """What a plan's rows and images depend on besides its upstream stages (never how many actors
-    make them): the sampling settings, the plan itself, the image format and the filter."""
-    return (control.sampling(cfg), cfg.generator.prompt_template, plan, cfg.synthesis.image_format,
-            cfg.synthesis.filter, cfg.run.seed)
+    make them): the base model, the sampling settings, the plan itself, the image format and the filter."""
+    return (pretrain_generator.base_label(cfg), control.sampling(cfg), cfg.generator.prompt_template, plan,
+            cfg.synthesis.image_format, cfg.synthesis.filter, cfg.run.seed)
 
 
 def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:
-    return digest([s.digest(cfg) for s in STAGE.inputs(cfg)], plan_fingerprint(cfg, plan))
+    """A plan's own digest: the stages it reads (the fine-tunes only for a fine-tuned model's plan)
+    and its fingerprint, so changing one plan, or a fine-tune, regenerates only the plans it concerns."""
+    upstream = [prepare.STAGE, train_classifier.STAGE, score.STAGE] + ([finetune.STAGE] if plan.model != "base" else [])
+    return digest([s.digest(cfg) for s in upstream], plan_fingerprint(cfg, plan))
 
 
-def _claim_output(directory: str, plan_hash: str) -> None:
-    """Make `directory` hold this plan's rows only: an older, different plan's parts are deleted."""
+def _claim_output(cfg: RaysysConfig, directory: str, plan_hash: str) -> None:
+    """Make `directory` hold this plan's rows only. Under the run root an older, different plan's
+    parts are deleted (a changed config replaces its outputs); in a `synthesis.output` of the
+    user's, which other configs may share, nothing is deleted: the stage stops and says so."""
     marker = io.join(directory, "_plan.json")
     if io.exists(marker):
         old = io.read_json(marker).get("digest")
         if old == plan_hash:
             return
+        if cfg.synthesis.output:
+            raise ConfigError(f"{directory} holds another plan of this name (digest {old}, this one {plan_hash}): "
+                              "give the plan another name, another synthesis.output, or delete that folder")
         fs, path = io.filesystem(directory)
         fs.delete_dir_contents(path)
         print(f"[synthesize] {directory} held another plan (digest {old}); its parts were deleted")
@@ -106,7 +114,7 @@ def _run(stage: Context) -> dict:
         rows = build_plan(p, train, prep["class_names"], prep["groups"]["few"], cfg.generator.prompt_template,
                           cfg.run.seed)
         plans[p.name] = rows
-        _claim_output(plan_dir(cfg, p.name), plan_digest(cfg, p))
+        _claim_output(cfg, plan_dir(cfg, p.name), plan_digest(cfg, p))
         done = written_ids(plan_dir(cfg, p.name))
         already[p.name] = sum(1 for sid in rows["sample_id"].to_pylist() if sid in done)
         remaining = rows.filter(pa.array([sid not in done for sid in rows["sample_id"].to_pylist()]))
@@ -204,7 +212,7 @@ STAGE = Stage(
     name="synthesize", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
                               finetune.STAGE),
     needs=_needs, run=_run,
-    fingerprint=lambda cfg: [plan_fingerprint(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
+    fingerprint=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
     check=lambda cfg: check_generator(cfg.generator) + check_plans(cfg.synthesis, cfg.finetune.variants),
     describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/part-*.parquet",
 )

@@ -46,6 +46,8 @@ def _run(ctx: Context) -> dict:
     state = fit(classifier_loop, job, workers(cfg), f"classifier-{ctx.digest}", ctx.file("ray"),
                 outputs={"model": ctx.file("model")})
     history = state["history"]
+    if len(history) != cfg.train.epochs:
+        raise RuntimeError(f"train_classifier: the last checkpoint has {len(history)} epochs, expected {cfg.train.epochs}")
     summary = history_summary(history)
     train_images = sum(prep["counts"]["train"])
     print(f"[train_classifier] test acc {summary['acc']:.4f}  many {summary['acc_many']}  "

@@ -85,3 +85,32 @@ def test_every_stage_is_checked_before_any_work():
     broken = Stage(name="x", reads=(), fingerprint=lambda c: (), run=lambda ctx: {}, check=lambda c: ["x is bad"])
     with pytest.raises(ConfigError, match=r"^here: x is bad$"):
         check_chain([*STAGES, broken], cfg, "here")
+
+
+def test_plans_rerun_alone_and_a_base_plan_follows_the_base_model():
+    from raysys.stages import synthesize
+
+    base = ["data.pretrain_per_class=0", "synthesis.plans=[{name: b, model: base}]"]
+    a = load_config(TINY, [*base, "generator.base=org/model-a"])
+    b = load_config(TINY, [*base, "generator.base=org/model-b"])
+    assert synthesize.stage_dir(a).digest != synthesize.stage_dir(b).digest
+    assert synthesize.plan_digest(a, a.synthesis.plans[0]) != synthesize.plan_digest(b, b.synthesis.plans[0])
+    cfg = load_config(TINY)
+    more = load_config(TINY, ["synthesis.plans=[{name: difficulty, model: difficulty, kind: text, ratio: 0.2, "
+                              "class_shares: inverse_frequency, difficulty: uniform, difficulty_params: [0.0, 1.0]}, "
+                              "{name: extra, model: base}]"])
+    assert synthesize.plan_digest(more, more.synthesis.plans[0]) == synthesize.plan_digest(cfg, cfg.synthesis.plans[0])
+    lr = load_config(TINY, ["finetune.lr=0.01", "synthesis.plans=[{name: extra, model: base}]"])
+    assert synthesize.plan_digest(lr, lr.synthesis.plans[0]) == synthesize.plan_digest(more, more.synthesis.plans[1])
+
+
+def test_renaming_a_variant_reruns_evaluate_and_a_bad_variant_value_is_refused_before_any_work():
+    renamed = ["compare.variants={ro: {schedule: real_only}, dts: {schedule: diverse_to_specific, plans: [discl]}}"]
+    a = load_config(TINY, ["compare.variants={real_only: {schedule: real_only}, "
+                           "dts: {schedule: diverse_to_specific, plans: [discl]}}"])
+    b = load_config(TINY, renamed)
+    from raysys.stages import evaluate
+
+    assert evaluate.stage_dir(a).digest != evaluate.stage_dir(b).digest
+    with pytest.raises(ConfigError, match=r"compare\.variants\.x: .*focal"):
+        load_config(TINY, ["compare.variants={x: {loss: focal}}"])
