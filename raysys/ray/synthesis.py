@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -113,6 +112,3 @@ def actor_usage(summary: pa.Table, wall: float) -> dict:
                       "wall_s": round(wall, 3), "utilisation": round(float(busy[rows].sum()) / max(wall, 1e-9), 3)}
     return out
 
-
-def generators_for(base: str, adapters: dict[str, Optional[str]], labels: dict[str, str]) -> dict[str, GeneratorSpec]:
-    return {m: GeneratorSpec(base=base, adapters=a, label=labels[m]) for m, a in adapters.items()}
