@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/scoring_throughput.py
+	$(BIN)/python benchmarks/data_plane_scaling.py
 	$(BIN)/python benchmarks/synthesis_throughput.py
 
 clean:

@@ -24,8 +24,37 @@ def tiny_cfg(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One small local Ray for every integration test (2 CPUs); shut down at the end."""
+def s3_endpoint():
+    """A local S3 server (moto) for the whole session, reached through pyarrow's S3 filesystem:
+    `s3://` locations are not the local disk, in this process, in Ray workers and in CLI
+    subprocesses alike (they all inherit the endpoint and the test credentials)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
+                      AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket on the session's S3 server: its s3:// root."""
+    import uuid
+
+    import boto3
+
+    name = f"raysys-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint):
+    """One small local Ray for every integration test (2 CPUs); shut down at the end. It starts
+    after the S3 server, so its workers reach it."""
     import ray
 
     from raysys.ray.session import init_ray

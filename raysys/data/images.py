@@ -56,3 +56,31 @@ def decode_batch(images: list[bytes], size: int, channels: int) -> np.ndarray:
     for i, data in enumerate(images):
         out[i] = decode(data, size, channels)
     return out
+
+
+def image_format(data: bytes) -> str:
+    """png, jpeg, webp or other, from the first bytes."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "other"
+
+
+def resize_encoded(data: bytes, shorter_side: int) -> bytes:
+    """A copy of an encoded image whose shorter side is `shorter_side` (never enlarged; the original
+    bytes if it is already that small): JPEG (quality 95) stays JPEG, anything else becomes PNG."""
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if min(w, h) <= shorter_side:
+            return data
+        scale = shorter_side / min(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        jpeg = img.format == "JPEG"
+        img = img.convert("RGB" if jpeg or img.mode not in ("L", "RGB", "RGBA") else img.mode)
+        small = img.resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=95) if jpeg else small.save(buf, format="PNG")
+    return buf.getvalue()

@@ -87,21 +87,3 @@ def class_groups(train_counts: list[int], many_threshold: int, few_threshold: in
         else:
             groups["medium"].append(c)
     return groups
-
-
-def check_data(d) -> list[str]:
-    """Problems of the `data` section (a DataConfig)."""
-    problems = []
-    if d.imbalance_ratio < 1:
-        problems.append("data.imbalance_ratio must be >= 1")
-    if d.channels not in (1, 3):
-        problems.append("data.channels must be 1 or 3")
-    if d.image_size < 4:
-        problems.append("data.image_size must be >= 4")
-    if d.val_per_class < 1 or d.test_per_class < 1:
-        problems.append("data.val_per_class and data.test_per_class must be >= 1 (metrics need both splits)")
-    if d.max_per_class < 0 or d.pretrain_per_class < 0:
-        problems.append("data.max_per_class and data.pretrain_per_class must be >= 0")
-    if d.few_threshold > d.many_threshold:
-        problems.append("data.few_threshold must be <= data.many_threshold")
-    return problems

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from peft import LoraConfig
@@ -246,12 +247,15 @@ class FinetuneJob:
 
 def load_rows(job: FinetuneJob, image_size: int, channels: int, rank: int, world: int) -> FinetuneRows:
     """This worker's disjoint share of the scored train rows, as training tensors."""
-    table = read_manifest(job.manifest, columns=["image", "label", "split", "difficulty"])
-    table = table.filter(pc.equal(table["split"], "train"))
-    shard = np.arange(rank, table.num_rows, world)
-    images = decode_batch([table["image"][int(i)].as_py() for i in shard], image_size, channels)
-    labels = table["label"].to_numpy()[shard].astype(np.int64)
-    difficulty = table["difficulty"].to_numpy(zero_copy_only=False)[shard].astype(np.float32)
+    rows = read_manifest(job.manifest, columns=["sample_id"], where=pc.field("split") == "train")
+    mine = rows["sample_id"].take(pa.array(np.arange(rank, rows.num_rows, world)))  # this worker's share, by id
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "difficulty"],
+                          where=pc.field("sample_id").isin(mine))
+    order = {sid: i for i, sid in enumerate(mine.to_pylist())}
+    table = table.take(pa.array(np.argsort([order[sid] for sid in table["sample_id"].to_pylist()])))
+    images = decode_batch(table["image"].to_pylist(), image_size, channels)
+    labels = table["label"].to_numpy().astype(np.int64)
+    difficulty = table["difficulty"].to_numpy(zero_copy_only=False).astype(np.float32)
     if np.isnan(difficulty).any():
         raise ValueError(f"{job.manifest}: train rows without a measured difficulty; run the score stage first")
     return FinetuneRows(images=torch.from_numpy(images).float().div_(127.5).sub_(1.0),

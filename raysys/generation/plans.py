@@ -169,9 +169,12 @@ def build_plan(
 ) -> pa.Table:
     """The plan's rows as a PLAN_SCHEMA table.
 
-    `train`: the real train rows of the scored manifest (sample_id, label, image, difficulty,
-    prompt). Deterministic: the same arguments give the same table, ids and seeds included.
+    `train`: the real train rows of the scored manifest (sample_id, label, difficulty, prompt, and
+    `image` if the rows should carry their source's bytes; without it `with_source_images` adds
+    them later, for the rows still to generate). Deterministic: the same arguments give the same
+    table, ids and seeds included.
     """
+    with_images = "image" in train.column_names
     labels = train["label"].to_numpy()
     difficulty = train["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
     empirical = difficulty[~np.isnan(difficulty)]
@@ -202,7 +205,7 @@ def build_plan(
         rows["requested_difficulty"].append(s_value)
         rows["guidance"].append(lam_value)
         rows["source_id"].append(source_id)
-        rows["source_image"].append(None if source_row is None else train["image"][source_row].as_py())
+        rows["source_image"].append(None if source_row is None or not with_images else train["image"][source_row].as_py())
         rows["seed"].append(seed)
 
     if plan.kind == "text":
@@ -228,6 +231,15 @@ def build_plan(
     if len(set(ids)) != len(ids):
         raise ValueError(f"plan '{plan.name}' has {len(ids) - len(set(ids))} duplicate sample ids")
     return table
+
+
+def with_source_images(rows: pa.Table, images: dict[str, bytes]) -> pa.Table:
+    """Plan rows with `source_image` filled from `images` (sample_id -> encoded bytes)."""
+    missing = sorted({sid for sid in rows["source_id"].to_pylist() if sid is not None and sid not in images})
+    if missing:
+        raise ValueError(f"{len(missing)} source image(s) of the plan are not in the manifest, e.g. {missing[0]}")
+    column = pa.array([None if sid is None else images[sid] for sid in rows["source_id"].to_pylist()], pa.binary())
+    return rows.set_column(rows.schema.get_field_index("source_image"), PLAN_SCHEMA.field("source_image"), column)
 
 
 PLAN_KINDS = ("text", "discl")

@@ -115,8 +115,7 @@ def _run(ctx: Context) -> dict:
     class_names = prepare.stage_dir(cfg).metrics()["class_names"]
     pretrain_images = pretrain_labels = None
     if pretrain_generator.needed(cfg):
-        table, _ = prepare.load(cfg)
-        table = table.filter(pc.equal(table["split"], "pretrain"))
+        table, _ = prepare.load(cfg, where=pc.field("split") == "pretrain", columns=["image", "label"])
         pretrain_images, pretrain_labels = table["image"].to_pylist(), table["label"].to_numpy().astype(np.int64)
     t0 = time.time()
     task = remote_task(_measure, num_cpus=f.cpus_per_worker, num_gpus=1 if f.use_gpu else 0)
@@ -133,8 +132,8 @@ def _run(ctx: Context) -> dict:
               f"{metrics['recognition_real_native']:.1%} at their size, "
               f"{metrics['recognition_real_same_size']:.1%} at the generator's)")
 
-    table = read_manifest(score.manifest_path(cfg), columns=["split", "difficulty"])
-    real = table.filter(pc.equal(table["split"], "train"))["difficulty"].to_numpy(zero_copy_only=False)
+    real = read_manifest(score.manifest_path(cfg), columns=["difficulty"],
+                         where=pc.field("split") == "train")["difficulty"].to_numpy(zero_copy_only=False)
     levels = [float(s) for s in f.grid_levels]
     control = {}
     for variant, grid in grids.items():

@@ -1,12 +1,13 @@
-"""Stage `evaluate`: the comparison's results table, from the curriculum runs on the test split.
+"""Stage `evaluate`: the comparison's results table, from the curriculum runs on the test splits.
 
 Reads the final test metrics of every `compare.variants` x `compare.seeds` curriculum run (or of
 the single `curriculum` run when no variants are configured) and writes <root>/evaluate/:
 `metrics.json` with, per variant, the mean and standard deviation over seeds of overall,
 many/medium/few accuracy and macro-F1 and the per-seed values; and, per variant against the
 baseline variant, the mean paired difference in overall and few-class accuracy, the seeds it
-won, and a plain verdict ("beats" only if the mean difference is > 0 on both). Also
-`results.csv` (one row per variant) for other tools.
+won, and a plain verdict ("beats" only if the mean difference is > 0 on both); with several
+test splits (data.test_splits, e.g. ID and OOD), accuracy and macro-F1 of each, side by side.
+Also `results.csv` (one row per variant) for other tools.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _run(stage: Context) -> dict:
                "seconds": sum(m.get("seconds", 0.0) for m in per_seed)}
         for k in METRICS:
             row[k], row[f"{k}_std"] = mean_std(row["per_seed"][k])
+        row["test_splits"] = by_test_split(per_seed)
         table[name] = row
     base = baseline_name(cfg)
     comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
@@ -84,9 +86,24 @@ def _run(stage: Context) -> dict:
     io.write_text(stage.file("results.csv"), results_csv(metrics))
     for name, row in table.items():
         verdict = "" if name == base else f"  {comparisons[name]['verdict']} {base}"
+        splits = "".join(f"  {split} macro-F1 {fmt(m['macro_f1']['mean'], m['macro_f1']['std'])}"
+                         for split, m in row["test_splits"].items()) if len(row["test_splits"]) > 1 else ""
         print(f"[evaluate] {name:24s} acc {fmt(row['acc'], row['acc_std'])}  few {fmt(row['acc_few'], row['acc_few_std'])}"
-              f"{verdict}")
+              f"{splits}{verdict}")
     return metrics
+
+
+def by_test_split(per_seed: list[dict]) -> dict:
+    """split -> metric -> {mean, std, per_seed}: every test split the data gives (ID and OOD side by side)."""
+    splits = list(dict.fromkeys(s for m in per_seed for s in m.get("test_splits", {})))
+    out = {}
+    for split in splits:
+        out[split] = {}
+        for k in ("acc", "acc_few", "macro_f1"):
+            values = [m.get("test_splits", {}).get(split, {}).get(k) for m in per_seed]
+            mean, std = mean_std(values)
+            out[split][k] = {"mean": mean, "std": std, "per_seed": values}
+    return out
 
 
 def fmt(mean: float | None, std: float | None) -> str:
@@ -98,10 +115,15 @@ def fmt(mean: float | None, std: float | None) -> str:
 def results_csv(metrics: dict) -> str:
     buf = _io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["variant", "schedule", "loss", "plans", "seeds", *[c for k in METRICS for c in (k, f"{k}_std")]])
+    splits = list(dict.fromkeys(s for row in metrics["variants"].values() for s in row.get("test_splits", {})))
+    split_cols = [(s, k) for s in splits for k in ("acc", "macro_f1")] if len(splits) > 1 else []
+    writer.writerow(["variant", "schedule", "loss", "plans", "seeds", *[c for k in METRICS for c in (k, f"{k}_std")],
+                     *[c for s, k in split_cols for c in (f"{s}_{k}", f"{s}_{k}_std")]])
     for name, row in metrics["variants"].items():
+        per_split = [row["test_splits"].get(s, {}).get(k, {}) for s, k in split_cols]
         writer.writerow([name, row["schedule"], row["loss"], " ".join(row["plans"]), len(row["seeds"]),
-                         *[row[c] for k in METRICS for c in (k, f"{k}_std")]])
+                         *[row[c] for k in METRICS for c in (k, f"{k}_std")],
+                         *[v for m in per_split for v in (m.get("mean"), m.get("std"))]])
     return buf.getvalue()
 
 

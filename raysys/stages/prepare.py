@@ -1,17 +1,36 @@
-"""Stage `prepare`: real images -> long-tailed splits -> <root>/prepare/manifest.parquet.
+"""Stage `prepare`: real images -> splits -> <root>/prepare/manifest/part-*.parquet.
 
-Needs no Ray. Unreadable images are skipped, counted and listed in metrics.json.
+1. **List** the source (`raysys.data.sources`): one small row per image (where it is, class,
+   the dataset's own split and domain), no image bytes.
+2. **Split** by labels and split names alone (`raysys.data.splits`): the long-tailed
+   resampling or the dataset's own splits. Only the selected rows go on.
+3. **Read, check, store, write** on Ray Data: each task reads the images of one part, decodes
+   each in full, stores its bytes (or a resized copy, or only its `uri`) and writes the part
+   atomically. An unreadable image is left out, counted and listed (`metrics.json`,
+   `bad_files.json`), never fatal. A killed prepare, run again, keeps the parts it finished and
+   writes the rest: the same manifest as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raysys.core import io
 from raysys.core.config import RaysysConfig
-from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
+from raysys.core.schema import claim_folder, list_parts, part_file, read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.data.longtail import assign_splits, check_data, class_groups
-from raysys.data.sources import load_source
+from raysys.data.ingest import finished_part_summary, real_sample_id, write_real_part
+from raysys.data.longtail import class_groups
+from raysys.data.sources import DataError, list_source
+from raysys.data.splits import check_data, plan_splits, with_splits
+from raysys.ray.parts import map_parts
+
+BAD_FILES_IN_METRICS = 100
+"""Unreadable files listed in metrics.json (all of them are in bad_files.json)."""
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
@@ -19,71 +38,122 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 
 def manifest_path(cfg: RaysysConfig) -> str:
-    return stage_dir(cfg).file("manifest.parquet")
+    """The prepared manifest: a folder of Parquet parts."""
+    return stage_dir(cfg).file("manifest")
 
 
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(ctx: Context) -> dict:
-    cfg = ctx.cfg
-    src = load_source(cfg.data.source)  # raises DataError on unusable input, before any write
-    num_classes = len(src.class_names)
-    d = cfg.data
-    plan = assign_splits(
-        src.labels, num_classes,
-        max_per_class=d.max_per_class, imbalance_ratio=d.imbalance_ratio,
-        val_per_class=d.val_per_class, test_per_class=d.test_per_class,
-        pretrain_per_class=d.pretrain_per_class, seed=cfg.run.seed,
-    )
-    used = np.flatnonzero(plan.split != "")
-    columns = {
-        "sample_id": [sample_id("real", src.paths[i]) for i in used],
-        "image": [src.images[i] for i in used],
-        "path": [src.paths[i] for i in used],
-        "label": [int(src.labels[i]) for i in used],
-        "class_name": [src.class_names[src.labels[i]] for i in used],
-        "split": [str(plan.split[i]) for i in used],
-        "origin": ["real"] * len(used),
-    }
-    if len(set(columns["sample_id"])) != len(used):
-        raise RuntimeError("duplicate sample ids: two inputs share a path")
-    write_manifest(to_table(columns), ctx.file("manifest.parquet"))
+def _write_parts(batch: pa.Table, directory: str, store: str, store_size: int | None) -> pa.Table:
+    part = batch["part"][0].as_py()
+    rows = pa.Table.from_struct_array(batch["rows"][0].values)
+    return write_real_part(rows, directory, part, store, store_size)
 
-    counts = {}
-    split_arr = np.asarray(columns["split"])
-    labels_arr = np.asarray(columns["label"])
-    for split in ("train", "val", "test", "pretrain"):
-        counts[split] = np.bincount(labels_arr[split_arr == split], minlength=num_classes).tolist()
-    groups = class_groups(plan.train_counts, d.many_threshold, d.few_threshold)
+
+def _parts(selected: pa.Table, rows_per_part: int) -> pa.Table:
+    """One row per part: its file name and its listing rows (a list of structs)."""
+    names, lists = [], []
+    struct = selected.combine_chunks().to_struct_array().combine_chunks()
+    for index, start in enumerate(range(0, len(selected), rows_per_part)):
+        names.append(part_file(index))
+        lists.append(start)
+    offsets = pa.array(lists + [len(selected)], pa.int32())
+    return pa.table({"part": names, "rows": pa.ListArray.from_arrays(offsets, struct)})
+
+
+def _run(ctx: Context) -> dict:
+    cfg, d = ctx.cfg, ctx.cfg.data
+    listing = list_source(d)  # raises DataError on unusable input, before any image is read
+    listing, plan = plan_splits(listing, d, cfg.run.seed)
+    selected = with_splits(listing, plan)
+    ids = [real_sample_id(p) for p in selected["path"].to_pylist()]
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), None
+        for p, i in zip(selected["path"].to_pylist(), ids):
+            if i in seen:
+                dup = p
+                break
+            seen.add(i)
+        raise DataError(f"{d.source}: the image '{dup}' is listed twice")
+    num_classes = len(listing.class_names)
+
+    directory = manifest_path(cfg)
+    resumed = claim_folder(directory, ctx.digest)
+    parts = _parts(selected, d.rows_per_part)
+    done = set(io.filesystem(p)[1].rsplit("/", 1)[-1] for p in list_parts(directory)) if resumed else set()
+    todo = parts.filter(pa.array([name not in done for name in parts["part"].to_pylist()]))
+    summaries = [finished_part_summary(pa.Table.from_struct_array(parts["rows"][i].values), directory, name)
+                 for i, name in enumerate(parts["part"].to_pylist()) if name in done]
+    if done:
+        print(f"[prepare] resuming: {len(done)} of {len(parts)} parts already written")
+    print(f"[prepare] {len(listing)} images listed in {d.source}, {len(selected)} selected "
+          f"({d.splits} splits): {len(todo)} part(s) of <= {d.rows_per_part} rows to write", flush=True)
+    total = sum(len(todo["rows"][i].values) for i in range(len(todo)))
+    written = map_parts(todo, functools.partial(_write_parts, directory=directory, store=d.store,
+                                                store_size=d.store_size), desc="[prepare]", total=total)
+    if len(written):
+        summaries.append(written)
+    summary = pa.concat_tables(summaries)
+
+    ok = summary["ok"].to_numpy(zero_copy_only=False)
+    bad_rows = summary.filter(pc.invert(summary["ok"]))
+    bad = [{"path": p, "error": e} for p, e in zip(bad_rows["path"].to_pylist(), bad_rows["error"].to_pylist())]
+    io.write_json(ctx.file("bad_files.json"), bad)
+    good = summary.filter(summary["ok"])
+    split_arr = np.asarray(good["split"].to_pylist(), dtype=object)
+    labels_arr = good["label"].to_numpy()
+    split_names = sorted(set(split_arr.tolist()), key=lambda s: (s != "train", s))
+    counts = {s: np.bincount(labels_arr[split_arr == s], minlength=num_classes).tolist() for s in split_names}
+    train_counts = counts.get("train", [0] * num_classes)
+    empty = [listing.class_names[c] for c in range(num_classes) if train_counts[c] == 0]
+    if empty:
+        raise DataError(f"{d.source}: class(es) {empty[:10]} have no readable train image (all their files are corrupt)")
+    for s in [d.val_split, *d.test_splits]:
+        if s not in counts:
+            raise DataError(f"{d.source}: the split '{s}' has no readable image")
+    groups = class_groups(train_counts, d.many_threshold, d.few_threshold)
     metrics = {
         "source": d.source,
+        "splits": d.splits,
         "num_classes": num_classes,
-        "class_names": src.class_names,
-        "images_read": len(src) + len(src.bad_files),
-        "bad_files_count": len(src.bad_files),
-        "bad_files": src.bad_files,
-        "rows": len(used),
+        "class_names": listing.class_names,
+        "images_listed": len(listing),
+        "images_read": int(len(summary)),
+        "dropped": listing.dropped,
+        "bad_files_count": len(bad),
+        "bad_files": bad[:BAD_FILES_IN_METRICS],
+        "rows": int(ok.sum()),
+        "parts": len(parts),
+        "stored_bytes": int(np.sum(summary["stored_bytes"].to_numpy())),
+        "store": d.store,
         "counts": counts,
+        "val_split": d.val_split,
+        "test_splits": list(d.test_splits),
         "groups": groups,
+        "has_domains": bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if len(listing) else False,
     }
-    print(
-        f"[prepare] {len(used)} rows: train {sum(counts['train'])} ({counts['train']}), "
-        f"val {sum(counts['val'])}, test {sum(counts['test'])}, pretrain {sum(counts['pretrain'])}; "
-        f"{len(src.bad_files)} unreadable file(s) skipped -> {ctx.file('manifest.parquet')}"
-    )
+    sizes = ", ".join(f"{s} {sum(c)}" for s, c in counts.items())
+    print(f"[prepare] {metrics['rows']} rows: {sizes}; train per class {train_counts}; "
+          f"{len(bad)} unreadable file(s) skipped -> {directory}")
     return metrics
 
 
-def load(cfg: RaysysConfig):
-    """(manifest table, prepare metrics) of the completed prepare stage."""
-    return read_manifest(manifest_path(cfg)), stage_dir(cfg).metrics()
+def load(cfg: RaysysConfig, where=None, columns: list[str] | None = None):
+    """(manifest rows matching `where`, prepare metrics) of the completed prepare stage."""
+    return read_manifest(manifest_path(cfg), columns=columns, where=where), stage_dir(cfg).metrics()
+
+
+def prepare_fingerprint(cfg: RaysysConfig) -> tuple:
+    """The data section (downstream stages read image_size and channels through this digest) and
+    the seed that draws the splits."""
+    return cfg.data, cfg.run.seed
 
 
 STAGE = Stage(
-    name="prepare", reads=(), run=_run, needs_ray=False,
-    fingerprint=lambda cfg: (cfg.data, cfg.run.seed),
+    name="prepare", reads=(), run=_run, version=2,
+    fingerprint=prepare_fingerprint,
     check=lambda cfg: check_data(cfg.data),
-    describe="real images -> long-tailed train / val / test / pretrain splits: manifest.parquet",
+    describe="real images -> the dataset's own or long-tailed train / val / test / pretrain splits: manifest/",
 )

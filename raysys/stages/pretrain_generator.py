@@ -65,8 +65,7 @@ def _run(ctx: Context) -> dict:
     from raysys.data.images import decode_batch
 
     cfg = ctx.cfg
-    table, prep = prepare.load(cfg)
-    table = table.filter(pc.equal(table["split"], "pretrain"))
+    table, prep = prepare.load(cfg, where=pc.field("split") == "pretrain", columns=["image", "label"])
     if table.num_rows == 0:
         raise ValueError("the pretrain split is empty: set data.pretrain_per_class > 0 to pretrain the built-in generator")
     size = cfg.pretrain.image_size

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+import pyarrow.compute as pc
+
 from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
@@ -94,9 +96,9 @@ def guidance_grid(cfg: RaysysConfig, location: str) -> bool:
         lam = round(r["guidance"], 4)
         if lam not in entry["cells"] and r["image"] is not None and r["keep"]:
             entry["cells"][lam] = r["image"]
-    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"])
-    wanted = {e["source"] for e in by_class.values()}
-    source_images = {sid: im for sid, im in zip(real["sample_id"].to_pylist(), real["image"].to_pylist()) if sid in wanted}
+    wanted = sorted({e["source"] for e in by_class.values()})
+    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"], where=pc.field("sample_id").isin(wanted))
+    source_images = dict(zip(real["sample_id"].to_pylist(), real["image"].to_pylist()))
     blank = np.zeros((size, size, chans), np.uint8)
 
     def img(data):
@@ -184,11 +186,23 @@ def _run(stage: Context) -> dict:
     total = sum(s for s in seconds.values() if s)
     stage_rows.append(["total", f"{total:.1f}"])
 
+    test_splits = list(dict.fromkeys(s for v in ev["variants"].values() for s in v.get("test_splits", {})))
+    split_blocks = []
+    if len(test_splits) > 1:
+        split_header = ["variant", *[f"{s} {k}" for s in test_splits for k in ("overall %", "macro-F1 %")]]
+        split_rows = [[name, *[_pct(v["test_splits"].get(s, {}).get(k, {}).get("mean"),
+                                    v["test_splits"].get(s, {}).get(k, {}).get("std"))
+                               for s in test_splits for k in ("acc", "macro_f1")]]
+                      for name, v in ev["variants"].items()]
+        split_blocks = [("p", f"Every test split the data gives, side by side (data.test_splits; the table above "
+                              f"is {test_splits[0]}):"), ("table", split_header, split_rows)]
+    headline = cfg.data.test_splits[0]
     sections = [
-        ("Results on the balanced test split", [("p", p) for p in verdicts] + [("table", header, rows)] + [
+        (f"Results on the test split '{headline}'", [("p", p) for p in verdicts] + [("table", header, rows)] + [
             ("p", f"Mean ± standard deviation over seeds {ev['variants'][base]['seeds']} of the curriculum runs; "
                   "Δ is the mean paired (same seed) difference in percentage points. Groups: many > "
-                  f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]),
+                  f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]
+         + split_blocks),
         ("Difficulty and control", [("img", f, c) for f, c in figures]),
         ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
                                                                   "adaptive choices"], trace_rows)]),

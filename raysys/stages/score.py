@@ -4,7 +4,8 @@ Mode `oof` (default): train rows are split into k stratified folds; fold i is sc
 classifier trained (on Ray Train) on the other k-1 folds, so no row is scored by a model
 that memorised it. Other splits are scored by the train_classifier stage's model, which never
 saw them. Mode `full` scores everything with that model. Scoring runs on a Ray Data actor
-pool. Writes <root>/score/manifest.parquet and difficulty_hist.png.
+pool, part by part: the driver holds sample ids and scores, never images. Writes
+<root>/score/manifest/part-*.parquet and difficulty_hist.png.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raysys.core.config import RaysysConfig
-from raysys.core.loading import digest
-from raysys.core.schema import SCORE_COLUMNS, conform, write_manifest
+from raysys.core.loading import ConfigError, digest
+from raysys.core.schema import claim_folder
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.ray.scoring import score_table
+from raysys.ray.scoring import score_manifest
 from raysys.ray.train import fit, run_concurrently
 from raysys.report.plots import difficulty_histogram
 from raysys.scoring.difficulty import assign_folds, check_score
@@ -34,7 +36,8 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 
 def manifest_path(cfg: RaysysConfig) -> str:
-    return stage_dir(cfg).file("manifest.parquet")
+    """The scored manifest: a folder of Parquet parts, one per part of prepare's."""
+    return stage_dir(cfg).file("manifest")
 
 
 def run(cfg: RaysysConfig) -> dict:
@@ -73,100 +76,84 @@ def _fit_fold_models(cfg: RaysysConfig, stage: Context, prep: dict) -> tuple[dic
     return model_dirs, fold_metrics
 
 
+def score_splits(cfg: RaysysConfig) -> list[str]:
+    """The splits scored: score.splits, or train, the validation split and the test splits."""
+    if cfg.score.splits is not None:
+        return list(cfg.score.splits)
+    return list(dict.fromkeys(["train", cfg.data.val_split, *cfg.data.test_splits]))
+
+
 def _run(stage: Context) -> dict:
     cfg = stage.cfg
-    table, prep = prepare.load(cfg)
+    rows, prep = prepare.load(cfg, columns=["sample_id", "label", "split"])  # ids and labels: no images
+    splits = score_splits(cfg)
+    present = sorted(set(rows["split"].to_pylist()))
+    unknown = [s for s in splits if s not in present]
+    if unknown:
+        raise ConfigError(f"score.splits names {unknown}, which the prepared manifest does not have "
+                          f"(its splits: {present})")
     model_dirs = {FULL: train_classifier.model_dir(cfg)}
 
-    # Which model scores which row.
-    splits = np.asarray(table["split"].to_pylist(), dtype=object)
-    ids = np.asarray(table["sample_id"].to_pylist(), dtype=object)
-    wanted = np.isin(splits, cfg.score.splits)
-    keys = np.full(len(table), FULL, dtype=object)
+    # Which model scores which row: a train row's fold model in oof mode, else the full model.
+    keys: dict[str, str] = {}
     fold_metrics: list[dict] = []
     fold_seconds = 0.0
-    if cfg.score.mode == "oof" and "train" in cfg.score.splits:
+    oof = cfg.score.mode == "oof" and "train" in splits
+    if oof:
         t0 = time.time()
         fold_dirs, fold_metrics = _fit_fold_models(cfg, stage, prep)
         fold_seconds = time.time() - t0
         model_dirs.update(fold_dirs)
-        train_rows = np.flatnonzero(splits == "train")
-        folds = assign_folds(
-            list(ids[train_rows]),
-            table["label"].to_numpy()[train_rows], cfg.score.folds, cfg.run.seed,
-        )
-        for row, fold in zip(train_rows, folds):
-            keys[row] = fold_key(cfg.score.folds, fold)
+        train = rows.filter(pc.equal(rows["split"], "train"))
+        train_ids = train["sample_id"].to_pylist()
+        folds = assign_folds(train_ids, train["label"].to_numpy(), cfg.score.folds, cfg.run.seed)
+        keys = {sid: fold_key(cfg.score.folds, int(f)) for sid, f in zip(train_ids, folds)}
 
-    rows = np.flatnonzero(wanted)
-    score_ids, score_rows, score_keys = list(ids[rows]), list(rows), list(keys[rows])
-    train_rows = rows[splits[rows] == "train"]
-    if cfg.score.mode == "oof" and len(train_rows):
-        # The same train rows scored by the full model too: shows what out-of-fold scoring corrects.
-        score_ids += [f"{sid}#full" for sid in ids[train_rows]]
-        score_rows += list(train_rows)
-        score_keys += [FULL] * len(train_rows)
-    to_score = pa.table({
-        "sample_id": pa.array(score_ids, pa.string()),
-        "image": table["image"].take(pa.array(score_rows)),
-        "label": table["label"].take(pa.array(score_rows)),
-        "score_mode": pa.array(score_keys, pa.string()),
-    })
-
+    output = manifest_path(cfg)
+    claim_folder(output, stage.digest)
+    wanted = int(pc.sum(pc.is_in(rows["split"], pa.array(splits))).as_py() or 0)
     t0 = time.time()
-    scored = score_table(to_score, model_dirs, cfg.score)
+    # oof: the same train rows are scored by the full model too, which shows what out-of-fold corrects.
+    scored = score_manifest(prepare.manifest_path(cfg), output, model_dirs, keys, splits, cfg.score, total=wanted,
+                            with_full=oof)
     score_seconds = time.time() - t0
+    if len(scored) != wanted:
+        raise RuntimeError(f"{wanted} rows to score, {len(scored)} scored")
 
-    index = {sid: i for i, sid in enumerate(scored["sample_id"].to_pylist())}
+    split_arr = np.asarray(scored["split"].to_pylist(), dtype=object)
+    difficulty = scored["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+    labels = scored["label"].to_numpy()
     comparison = {}
-    if cfg.score.mode == "oof" and len(train_rows):
-        full_rows = [index[f"{sid}#full"] for sid in ids[train_rows]]
-        comparison["train_mean_difficulty_full_model"] = float(np.mean(scored["difficulty"].to_numpy()[full_rows]))
-
-    # Join the scores back onto the manifest by sample_id (rows not scored stay null).
-    at = np.full(len(table), -1, dtype=np.int64)
-    for row in rows:
-        at[row] = index[ids[row]]
-    take = pa.array(at, pa.int64(), mask=at < 0)
-    result = table
-    for name in SCORE_COLUMNS:
-        if name == "score_mode":
-            column = pa.array([k if a >= 0 else None for k, a in zip(keys.tolist(), at)], pa.string())
-        else:
-            column = scored[name].take(take)
-        field = result.schema.field(name)
-        result = result.set_column(result.schema.get_field_index(name), field, column.cast(field.type))
-    result = conform(result)
-    write_manifest(result, stage.file("manifest.parquet"))
-
-    difficulty = result["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
-    labels = table["label"].to_numpy()
-    train_scored = "train" in cfg.score.splits
-    hist_split = "train" if train_scored else cfg.score.splits[0]
-    in_hist = splits == hist_split
-    by_group = {g: difficulty[in_hist & np.isin(labels, members)] for g, members in prep["groups"].items()}
-    difficulty_histogram(by_group, stage.file("difficulty_hist.png"),
-                         f"{hist_split} difficulty by class group ({cfg.score.mode if train_scored else 'full'})")
-    per_split = {s: float(np.nanmean(difficulty[splits == s])) for s in cfg.score.splits if (splits == s).any()}
-    missing = int(np.isnan(difficulty[wanted]).sum())
+    if oof:
+        full = scored["full_difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
+        comparison["train_mean_difficulty_full_model"] = float(np.mean(full[split_arr == "train"]))
+    missing = int(np.isnan(difficulty).sum())
     if missing:
         raise RuntimeError(f"{missing} rows were not scored")
-    oof_used = cfg.score.mode == "oof" and train_scored
+    hist_split = "train" if "train" in splits else splits[0]
+    in_hist = split_arr == hist_split
+    by_group = {g: difficulty[in_hist & np.isin(labels, members)] for g, members in prep["groups"].items()}
+    difficulty_histogram(by_group, stage.file("difficulty_hist.png"),
+                         f"{hist_split} difficulty by class group ({'oof' if oof and hist_split == 'train' else 'full'})")
+    per_split = {s: float(np.mean(difficulty[split_arr == s])) for s in splits if (split_arr == s).any()}
+    modes = sorted(set(scored["score_mode"].to_pylist()))
+    forward_passes = len(scored) + (int((split_arr == "train").sum()) if oof else 0)
     metrics = {
-        "mode": "oof" if oof_used else "full",
-        "folds": cfg.score.folds if oof_used else None,
-        "modes_used": sorted(set(keys[rows].tolist())),
-        "rows_scored": int(len(rows)),
+        "mode": "oof" if oof else "full",
+        "folds": cfg.score.folds if oof else None,
+        "splits": splits,
+        "modes_used": modes,
+        "rows_scored": int(len(scored)),
         "scoring_seconds": round(score_seconds, 3),
         "fold_training_seconds": round(fold_seconds, 3),
-        "images_per_s": round(len(to_score) / score_seconds, 2),
+        "images_per_s": round(forward_passes / score_seconds, 2),
         "mean_difficulty": per_split,
         f"{hist_split}_mean_difficulty_by_group": {g: float(v.mean()) if len(v) else None for g, v in by_group.items()},
         **comparison,
         "fold_models": fold_metrics,
         "actors": {"min": cfg.score.min_actors, "max": cfg.score.max_actors, "num_gpus": cfg.score.num_gpus},
     }
-    print(f"[score] {len(rows)} rows scored ({cfg.score.mode}); mean difficulty {per_split} -> {stage.file('manifest.parquet')}")
+    print(f"[score] {len(scored)} rows scored ({metrics['mode']}); mean difficulty {per_split} -> {output}")
     return metrics
 
 
@@ -174,12 +161,13 @@ def score_fingerprint(cfg: RaysysConfig) -> tuple:
     """What the scores depend on (the classifiers come in through train_classifier's digest): never
     the actor pool, the batch size or how many fold models train at once."""
     sc = cfg.score
-    oof = sc.mode == "oof" and "train" in sc.splits
-    return sc.mode, sc.folds if oof else None, sc.fold_epochs if oof else None, list(sc.splits)
+    splits = score_splits(cfg)
+    oof = sc.mode == "oof" and "train" in splits
+    return sc.mode, sc.folds if oof else None, sc.fold_epochs if oof else None, splits
 
 
 STAGE = Stage(
     name="score", reads=(prepare.STAGE, train_classifier.STAGE), run=_run,
     fingerprint=score_fingerprint, check=lambda cfg: check_score(cfg.score),
-    describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest.parquet",
+    describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest/",
 )

@@ -99,13 +99,14 @@ def _generator_specs(cfg: RaysysConfig, models: set[str]) -> dict:
 
 def _run(stage: Context) -> dict:
     cfg = stage.cfg
-    from raysys.generation.plans import build_plan
+    from raysys.generation.plans import build_plan, with_source_images
     from raysys.generation.synthesis import read_plan, remove_duplicates, written_ids
     from raysys.ray.synthesis import run_synthesis
 
     prep = prepare.stage_dir(cfg).metrics()
-    table = read_manifest(score.manifest_path(cfg))
-    train = table.filter(pc.equal(table["split"], "train"))
+    # The train rows' ids, labels and scores; image bytes only for the sources still to generate from.
+    train = read_manifest(score.manifest_path(cfg), columns=["sample_id", "label", "difficulty", "prompt"],
+                          where=pc.field("split") == "train")
 
     # 1-2. Plans, and what is still to do.
     t0 = time.time()
@@ -123,6 +124,11 @@ def _run(stage: Context) -> dict:
               f"{already[p.name]} already written, {len(remaining)} to generate")
     plan_seconds = time.time() - t0
     work = pa.concat_tables(todo)
+    sources = sorted({sid for sid in work["source_id"].to_pylist() if sid is not None})
+    if sources:
+        found = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"],
+                              where=pc.field("sample_id").isin(sources))
+        work = with_source_images(work, dict(zip(found["sample_id"].to_pylist(), found["image"].to_pylist())))
 
     # 3. Generate, filter, re-score, write.
     run_info = None
@@ -190,8 +196,8 @@ def _plot(cfg: RaysysConfig, stage: Context, plans: dict) -> None:
     from raysys.report.plots import difficulty_histogram
 
     hist = {}
-    real = read_manifest(score.manifest_path(cfg), columns=["split", "difficulty"])
-    hist["real train"] = real.filter(pc.equal(real["split"], "train"))["difficulty"].to_numpy(zero_copy_only=False)
+    real = read_manifest(score.manifest_path(cfg), columns=["difficulty"], where=pc.field("split") == "train")
+    hist["real train"] = real["difficulty"].to_numpy(zero_copy_only=False)
     for name in plans:
         kept = read_plan(plan_dir(cfg, name))
         if len(kept):

@@ -52,6 +52,18 @@ def images_from_manifest(table: pa.Table, split: str | None, size: int, channels
     return LabelledImages(torch.from_numpy(pixels), torch.from_numpy(labels))
 
 
+def eval_split_names(cfg: "RaysysConfig") -> list[str]:
+    """The validation split and the test splits (the headline first)."""
+    return [cfg.data.val_split, *cfg.data.test_splits]
+
+
+def eval_splits(table: pa.Table, cfg: "RaysysConfig") -> tuple[LabelledImages, dict[str, LabelledImages]]:
+    """The validation split's images and each test split's, decoded from the manifest rows `table`."""
+    size, chans = cfg.data.image_size, cfg.data.channels
+    val = images_from_manifest(table, cfg.data.val_split, size, chans)
+    return val, {name: images_from_manifest(table, name, size, chans) for name in cfg.data.test_splits}
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to +-max_shift pixels (zero padding): cheap digit augmentation."""
     n, _, h, w = x.shape
@@ -172,7 +184,8 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
     cfg = job.cfg
     rank, world = ctx.rank, ctx.world_size
     torch.manual_seed(cfg.run.seed)
-    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"],
+                          where=pc.field("split").isin(["train", *eval_split_names(cfg)]))
     train_table = table.filter(pc.equal(table["split"], "train"))
     if job.fold is not None:
         folds = assign_folds(train_table["sample_id"].to_pylist(), train_table["label"].to_numpy(), job.folds,
@@ -180,8 +193,7 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
         train_table = train_table.filter(folds != job.fold)
     size, chans = cfg.data.image_size, cfg.data.channels
     train = images_from_manifest(train_table, None, size, chans)
-    val = images_from_manifest(table, "val", size, chans)
-    test = images_from_manifest(table, "test", size, chans)
+    val, tests = eval_splits(table, cfg)
 
     model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
                               weights=cfg.classifier.weights, image_size=size)
@@ -203,7 +215,9 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
         record = {"epoch": epoch + 1, "train_loss": round(loss, 6), "seconds": round(time.time() - t0, 3), "val": val_m}
         last = epoch == job.epochs - 1
         if last:
-            record["test"] = evaluate(bare, test, job.num_classes, job.groups, ctx.device)
+            record["tests"] = {name: evaluate(bare, data, job.num_classes, job.groups, ctx.device)
+                               for name, data in tests.items()}
+            record["test"] = record["tests"][cfg.data.test_splits[0]]
         history.append(record)
         if rank == 0:
             few = val_m["acc_few"]
@@ -249,4 +263,6 @@ def history_summary(history: list[dict]) -> dict:
             for key in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", "worst_class_acc"):
                 out[f"{split}_{key}" if split == "val" else key] = m[key]
             out[f"{split}_per_class_acc"] = m["per_class_acc"]
+    out["test_splits"] = {name: {k: m[k] for k in ("acc", "acc_few", "macro_f1")}
+                          for name, m in final.get("tests", {}).items()}
     return out

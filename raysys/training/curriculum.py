@@ -38,8 +38,9 @@ from raysys.curriculum.difficulty import bin_of
 from raysys.curriculum.registry import create_schedule
 from raysys.generation.synthesis import read_plan
 from raysys.models.classifiers import create_classifier, normalize, save_classifier
-from raysys.training.classifier import (LabelledImages, classifier_meta, evaluate, images_from_manifest,
-                                        make_optimizer, predict_proba, restore_training, train_epoch)
+from raysys.training.classifier import (LabelledImages, classifier_meta, eval_split_names, eval_splits, evaluate,
+                                        images_from_manifest, make_optimizer, predict_proba, restore_training,
+                                        train_epoch)
 
 if TYPE_CHECKING:
     from raysys.core.config import RaysysConfig
@@ -352,7 +353,8 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     size, chans = cfg.data.image_size, cfg.data.channels
     plan_names = [os.path.basename(d) for d in job.plan_dirs]
 
-    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"])
+    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"],
+                          where=pc.field("split").isin(["train", *eval_split_names(cfg)]))
     real_train = table.filter(pc.equal(table["split"], "train"))
     synthetic = read_synthetic(job.plan_dirs if c.schedule != "real_only" else [])
     if c.measured_difficulty is not None:
@@ -361,8 +363,7 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     gval = build_guidance_val(held_real, held_syn, size, chans) if len(held_real) else None
     pool = build_pool(real_train, synthetic, size, chans, job.groups["few"], c.difficulty_bins)
     real_only_data = images_from_manifest(real_train, None, size, chans)
-    val = images_from_manifest(table, "val", size, chans)
-    test = images_from_manifest(table, "test", size, chans)
+    val, tests = eval_splits(table, cfg)
     lam = pool.guidance[~np.isnan(pool.guidance)]
     schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
     epochs = c.epochs or cfg.train.epochs
@@ -414,9 +415,12 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
             record["guidance_val_acc"] = guidance_accuracy(bare, gval, ctx.device)
         last = epoch == epochs - 1
         if last:
-            test_m = evaluate(bare, test, job.num_classes, job.groups, ctx.device)
-            test_m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(test_m["per_class_acc"], c.worst_k)
-            record["test"] = test_m
+            record["tests"] = {}
+            for split, data in tests.items():
+                m = evaluate(bare, data, job.num_classes, job.groups, ctx.device)
+                m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(m["per_class_acc"], c.worst_k)
+                record["tests"][split] = m
+            test_m = record["test"] = record["tests"][cfg.data.test_splits[0]]
         record["seconds"] = round(time.time() - t0, 3)
         history.append(record)
         if rank == 0:

@@ -8,11 +8,12 @@ import numpy as np
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, groups: dict[str, list[int]]
 ) -> dict:
-    """acc, acc_many/medium/few (mean of per-class accuracy in the group; None if the group is
-    empty), per_class_acc, macro_f1, worst_class_acc."""
+    """acc, acc_many/medium/few (mean of per-class accuracy in the group; None if the group has no
+    image here), per_class_acc (None for a class without an image in this split), macro_f1 (over
+    the classes present or predicted), worst_class_acc, and the number of images."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
-    per_class = []
+    per_class: list[float | None] = []
     f1 = []
     for c in range(num_classes):
         is_c = y_true == c
@@ -20,15 +21,17 @@ def classification_metrics(
         tp = float(np.sum(is_c & pred_c))
         support = float(np.sum(is_c))
         predicted = float(np.sum(pred_c))
-        per_class.append(tp / support if support else float("nan"))
-        denom = support + predicted
-        f1.append(2 * tp / denom if denom else 0.0)
-    per_class_arr = np.asarray(per_class)
+        per_class.append(tp / support if support else None)  # a class this split has no image of
+        if support or predicted:  # macro-F1 over the classes present or predicted (as sklearn's)
+            f1.append(2 * tp / (support + predicted))
+    supported = np.asarray([a for a in per_class if a is not None])
+    per_class_arr = np.asarray([np.nan if a is None else a for a in per_class])
     out = {
-        "acc": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
-        "macro_f1": float(np.mean(f1)),
-        "worst_class_acc": float(np.nanmin(per_class_arr)),
-        "per_class_acc": [round(a, 6) for a in per_class],
+        "acc": float(np.mean(y_true == y_pred)) if len(y_true) else None,
+        "macro_f1": float(np.mean(f1)) if f1 else None,
+        "worst_class_acc": float(supported.min()) if len(supported) else None,
+        "per_class_acc": [None if a is None else round(a, 6) for a in per_class],
+        "images": int(len(y_true)),
     }
     for name in ("many", "medium", "few"):
         members = groups.get(name, [])

@@ -192,6 +192,7 @@ def _submit(cluster: Cluster, run_root: str, hf_home: str) -> str:
         "configs/tiny.yaml", f"run.root={run_root}", f"run.hf_home={hf_home}",
         "train.num_workers=2", "train.epochs=3", "score.mode=full",
         "score.min_actors=2", "score.max_actors=2", "score.batch_size=64",
+        "data.rows_per_part=100",  # several parts: prepare's tasks and the scoring pool spread over both nodes
     ]
     entrypoint = " && ".join(
         " ".join(["python", f"jobs/{stage}.py", *args]) for stage in ("prepare", "train_classifier", "score")
@@ -280,11 +281,11 @@ def test_pipeline_job_runs_on_both_nodes(cluster, tmp_path):
     metrics = {s: io.read_json(io.join(run_root, s, "metrics.json")) for s in ("prepare", "train_classifier", "score")}
     assert all(m["status"] == "done" for m in metrics.values()), {s: m["status"] for s, m in metrics.items()}
     prep = metrics["prepare"]
-    prepared = read_manifest(io.join(run_root, "prepare", "manifest.parquet"))
+    prepared = read_manifest(io.join(run_root, "prepare", "manifest"))
     assert len(prepared) == prep["rows"] == sum(sum(c) for c in prep["counts"].values())
     assert metrics["train_classifier"]["num_workers"] == 2
     assert len(metrics["train_classifier"]["epochs"]) == 3
-    scored = read_manifest(io.join(run_root, "score", "manifest.parquet"))
+    scored = read_manifest(io.join(run_root, "score", "manifest"))
     assert len(scored) == len(prepared)
     assert sorted(scored["sample_id"].to_pylist()) == sorted(prepared["sample_id"].to_pylist())
     splits = np.asarray(scored["split"].to_pylist())

@@ -78,7 +78,7 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
     assert out.returncode == 0, out.stderr
     from raysys.core.schema import read_manifest
 
-    table = read_manifest(str(tmp_path / "run" / "prepare" / "manifest.parquet"))
+    table = read_manifest(str(tmp_path / "run" / "prepare" / "manifest"))
     splits = table["split"].to_pylist()
     assert splits.count("train") == sum([40, 31, 24, 19, 14, 11, 9, 7, 5, 4])
     assert splits.count("test") == 200
@@ -99,7 +99,7 @@ def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generat
     assert first.stdout.count("complete for this config, skipped") == len(copied)
     from raysys.core.schema import read_manifest
 
-    table = read_manifest(str(root / "score" / "manifest.parquet"))
+    table = read_manifest(str(root / "score" / "manifest"))
     train = [d for d, s in zip(table["difficulty"].to_pylist(), table["split"].to_pylist()) if s == "train"]
     assert len(train) == 246 and all(d is not None and 0 <= d <= 1 for d in train)
     stages = (*copied, "synthesize", "curriculum/all_levels", "evaluate", "report")

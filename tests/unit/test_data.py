@@ -1,70 +1,179 @@
+import io
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from raysys.core.schema import sample_id, to_table, write_manifest
-from raysys.data.images import decode, decode_batch, encode_png
+from raysys.core.config import DataConfig, TableColumns
+from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
+from raysys.data.images import decode, encode_png, image_format
+from raysys.data.ingest import write_real_part
 from raysys.data.longtail import assign_splits, class_groups, longtail_counts
-from raysys.data.sources import DataError, load_source
+from raysys.data.sources import DataError, list_source, load_builtin, read_image
+from raysys.data.splits import check_data, plan_splits
+
+
+def _data(**kw) -> DataConfig:
+    return DataConfig(**kw)
 
 
 def test_builtin_sources_have_documented_sizes():
-    mnist = load_source("builtin:mnist")
+    mnist = load_builtin("mnist")
     assert len(mnist) == 5000 and np.bincount(mnist.labels).tolist() == [500] * 10
-    digits = load_source("builtin:digits")
+    digits = load_builtin("digits")
     assert len(digits) == 1797 and len(digits.class_names) == 10
     img = decode(mnist.images[0], 28, 1)
     assert img.shape == (1, 28, 28) and img.dtype == np.uint8 and img.max() > 200
     assert decode(digits.images[0], 8, 1).max() > 200  # 0..16 scaled to 0..255
+    listing = list_source(_data(source="builtin:digits"))
+    assert len(listing) == 1797 and listing.class_names == mnist.class_names
+    row = listing.table.slice(5, 1).to_pylist()[0]
+    assert row["uri"] is None and read_image(row["uri"], row["ref"]) == digits.images[5]  # bytes rebuilt by reference
 
 
-def _folder(tmp_path, per_class=(3, 2)):
-    root = tmp_path / "imgs"
+def _folder(tmp_path, per_class=(3, 2), split=None, name="imgs"):
+    root = tmp_path / name
+    base = root / split if split else root
     for c, n in enumerate(per_class):
-        (root / f"class_{c}").mkdir(parents=True)
+        (base / f"class_{c}").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            Image.fromarray(np.full((10, 12, 3), 40 * (i + 1), np.uint8)).save(root / f"class_{c}" / f"{i}.png")
+            Image.fromarray(np.full((10, 12, 3), 40 * (i + 1), np.uint8)).save(base / f"class_{c}" / f"{i}.png")
     return root
 
 
-def test_image_folder_counts_and_lists_corrupt_files(tmp_path):
+def test_image_folder_listing_reads_no_image(tmp_path):
     root = _folder(tmp_path)
     (root / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "class_0" / "notes.txt").write_text("ignored: not an image suffix")
-    src = load_source(f"folder:{root}")
-    assert src.class_names == ["class_0", "class_1"]
-    assert np.bincount(src.labels).tolist() == [3, 2]
-    assert len(src.bad_files) == 1 and src.bad_files[0]["path"].endswith("broken.png")
-    assert decode_batch(src.images, 8, 3).shape == (5, 3, 8, 8)
+    listing = list_source(_data(source=f"folder:{root}"))
+    assert listing.class_names == ["class_0", "class_1"]
+    assert np.bincount(listing.table["label"].to_numpy()).tolist() == [3, 3]  # listed: the check comes later
+    assert set(listing.table["split"].to_pylist()) == {""}
+    assert listing.table["path"].to_pylist()[0] == "class_0/0.png"
+    assert all(u.startswith(str(root)) for u in listing.table["uri"].to_pylist())
 
 
-def test_image_folder_errors_before_work(tmp_path):
-    with pytest.raises(DataError, match="not found"):
-        load_source(f"folder:{tmp_path / 'missing'}")
-    root = _folder(tmp_path)
-    (root / "class_empty").mkdir()
-    with pytest.raises(DataError, match="class_empty"):
-        load_source(f"folder:{root}")
-    with pytest.raises(DataError, match="expected builtin"):
-        load_source("ftp:somewhere")
+def test_folder_with_split_folders_keeps_its_splits(tmp_path):
+    root = _folder(tmp_path, (5, 4), split="train")
+    _folder(tmp_path, (2, 2), split="test")
+    _folder(tmp_path, (1, 0, 2), split="ood_test")  # class_2 has no train image: dropped, counted
+    d = _data(source=f"folder:{root}", splits="given", test_splits=["test", "ood_test"], val_per_class=2,
+              pretrain_per_class=0)
+    listing, plan = plan_splits(list_source(d), d, seed=0)
+    assert listing.class_names == ["class_0", "class_1"] and listing.dropped == {"class_without_train_images": 2}
+    labels = listing.table["label"].to_numpy()
+    counts = {s: np.bincount(labels[plan.split == s], minlength=2).tolist() for s in set(plan.split)}
+    assert counts == {"train": [3, 2], "val": [2, 2], "test": [2, 2], "ood_test": [1, 0]}
+    assert plan.train_counts == [3, 2]
+    # every test image stays in its own split: none is drawn into val
+    test_paths = [p for p, s in zip(listing.table["path"].to_pylist(), plan.split) if s == "test"]
+    assert all(p.startswith("test/") for p in test_paths)
+    with pytest.raises(DataError, match="not splits of"):
+        plan_splits(list_source(d), _data(source=d.source, splits="given", test_splits=["id_test"]), seed=0)
+    # the same folder, resampled: every image pooled
+    pooled = list_source(_data(source=f"folder:{root}"))
+    assert len(pooled) == 5 + 4 + 2 + 2 + 1 + 2 and len(pooled.class_names) == 3
 
 
-def test_parquet_source_and_unknown_label(tmp_path):
+def test_list_files_in_imagenet_lt_format(tmp_path):
+    root = _folder(tmp_path, (4, 3))
+    lines = {"train": ["class_0/0.png 0", "class_0/1.png 0", "class_0/2.png 0", "class_1/0.png 1", "class_1/1.png 1"],
+             "test": ["class_0/3.png 0", "class_1/2.png 1"]}
+    files = {}
+    for split, rows in lines.items():
+        files[split] = str(tmp_path / f"LT_{split}.txt")
+        (tmp_path / f"LT_{split}.txt").write_text("\n".join(rows) + "\n")
+    d = _data(source=f"lists:{root}", lists=files, splits="given", val_per_class=1, pretrain_per_class=0)
+    listing, plan = plan_splits(list_source(d), d, seed=0)
+    assert listing.class_names == ["class_0", "class_1"]  # the folder the label's images share
+    assert sorted(plan.split.tolist()) == ["test", "test", "train", "train", "train", "val", "val"]
+    names = tmp_path / "names.txt"
+    names.write_text("tench\ngoldfish\n")
+    named = list_source(_data(source=f"lists:{root}", lists=files, class_names=str(names)))
+    assert named.class_names == ["tench", "goldfish"]
+    (tmp_path / "LT_test.txt").write_text("class_0/3.png zero\n")
+    with pytest.raises(DataError, match="line 1"):
+        list_source(d)
+
+
+def test_metadata_table_with_split_and_domain_columns(tmp_path):
+    root = _folder(tmp_path, (4, 4))
+    rows = ["filename,y,split,location"]
+    for c in range(2):
+        for i in range(4):
+            split = "train" if i < 2 else ("id_test" if i == 2 else "test")
+            rows.append(f"class_{c}/{i}.png,{c + 7},{split},{'cam' + str(i % 2)}")
+    table = tmp_path / "metadata.csv"
+    table.write_text("\n".join(rows) + "\n")
+    cols = TableColumns(path="filename", label="y", split="split", domain="location")
+    d = _data(source=f"table:{table}", columns=cols, image_root=str(root), splits="given",
+              split_names={"test": "ood_test"}, test_splits=["id_test", "ood_test"], val_per_class=1,
+              pretrain_per_class=0)
+    listing, plan = plan_splits(list_source(d), d, seed=0)
+    assert listing.class_names == ["7", "8"]  # the labels as text; labels ranked 0..C-1
+    assert sorted(set(listing.table["label"].to_pylist())) == [0, 1]
+    assert sorted(set(plan.split.tolist())) == ["id_test", "ood_test", "train", "val"]
+    assert set(listing.table["domain"].to_pylist()) == {"cam0", "cam1"}
+    with pytest.raises(DataError, match=r"no column\(s\) \['where'\]"):
+        list_source(_data(source=f"table:{table}", columns=TableColumns(path="where", label="y")))
+
+
+def test_parquet_manifest_source_and_bad_labels(tmp_path):
     imgs = [encode_png(np.full((4, 4), v, np.uint8)) for v in (0, 100, 200)]
     rows = {
-        "sample_id": [sample_id(i) for i in range(3)], "image": imgs, "label": [0, 1, 1],
-        "class_name": ["a", "b", "b"], "split": ["train"] * 3, "origin": ["real"] * 3,
+        "sample_id": [sample_id(i) for i in range(3)], "image": imgs, "label": [0, 2, 2],
+        "class_name": ["a", "c", "c"], "split": ["train"] * 3, "origin": ["real"] * 3,
     }
     path = str(tmp_path / "m.parquet")
     write_manifest(to_table(rows), path)
-    src = load_source(f"parquet:{path}")
-    assert src.class_names == ["a", "b"] and src.labels.tolist() == [0, 1, 1]
-    write_manifest(to_table({**rows, "label": [0, 2, 2], "class_name": ["a", "c", "c"]}), path)
-    with pytest.raises(DataError, match=r"labels \[1\] have no images"):
-        load_source(f"parquet:{path}")
+    listing = list_source(_data(source=f"parquet:{path}"))
+    assert listing.class_names == ["a", "c"] and listing.table["label"].to_pylist() == [0, 1, 1]
+    row = listing.table.slice(2, 1).to_pylist()[0]
+    assert read_image(row["uri"], row["ref"]) == imgs[2]  # read from its row, by reference
+    write_manifest(to_table({**rows, "class_name": ["a", "b", "c"]}), path)
+    with pytest.raises(DataError, match="label 2 is both"):
+        list_source(_data(source=f"parquet:{path}"))
     write_manifest(to_table({**rows, "label": [0, -1, 1]}), path)
     with pytest.raises(DataError, match="unknown label -1"):
-        load_source(f"parquet:{path}")
+        list_source(_data(source=f"parquet:{path}"))
+
+
+def test_sources_fail_before_any_work(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        list_source(_data(source=f"folder:{tmp_path / 'missing'}"))
+    root = _folder(tmp_path)
+    (root / "class_empty").mkdir()
+    with pytest.raises(DataError, match="class_empty"):
+        list_source(_data(source=f"folder:{root}"))
+    with pytest.raises(DataError, match="expected one of"):
+        list_source(_data(source="ftp:somewhere"))
+    assert any("store: uri needs image files" in p for p in check_data(_data(source="builtin:mnist", store="uri")))
+    assert any("leave data.val_split" in p for p in check_data(_data(test_splits=["id_test"])))
+
+
+def test_a_part_keeps_readable_images_and_lists_corrupt_ones(tmp_path):
+    root = _folder(tmp_path, (3,))
+    (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(root / "class_0" / "big.jpg", quality=90)
+    listing = list_source(_data(source=f"folder:{root}"))
+    rows = listing.table.set_column(listing.table.schema.get_field_index("split"), "split",
+                                    pa.array(["train"] * len(listing)))
+    out = str(tmp_path / "manifest")
+    summary = write_real_part(rows, out, "part-00000.parquet", store="bytes", store_size=64)
+    assert summary["ok"].to_pylist().count(False) == 1
+    assert summary.filter(pc.invert(summary["ok"]))["path"].to_pylist() == ["class_0/broken.png"]
+    part = read_manifest(out)
+    assert len(part) == 4 and set(part["origin"].to_pylist()) == {"real"}
+    big = part.filter(pc.equal(part["path"], "class_0/big.jpg"))["image"][0].as_py()
+    assert Image.open(io.BytesIO(big)).size == (64, 96) and image_format(big) == "jpeg"  # shorter side 64
+    by_ref = str(tmp_path / "by_ref")
+    write_real_part(rows, by_ref, "part-00000.parquet", store="uri")
+    stored = read_manifest(by_ref, resolve=False)
+    assert stored["image"].null_count == 4 and all(stored["uri"].to_pylist())
+    resolved = read_manifest(by_ref, columns=["sample_id", "image"])  # asked for: read from the files
+    assert resolved["image"].to_pylist() == [(root / p).read_bytes() for p in stored["path"].to_pylist()]
 
 
 def test_longtail_profile_matches_ratio():
@@ -106,21 +215,3 @@ def test_natural_distribution_keeps_the_rest():
 def test_class_groups_use_thresholds():
     groups = class_groups([300, 101, 100, 20, 19, 6], many_threshold=100, few_threshold=20)
     assert groups == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
-
-
-def test_prepare_stage_lists_corrupt_files_in_metrics(tmp_path):
-    from raysys.stages import load_config
-    from raysys.core.schema import read_manifest
-    from raysys.stages import prepare
-    from tests.conftest import TINY
-
-    root = _folder(tmp_path, per_class=(6, 6))
-    (root / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", f"data.source=folder:{root}", "data.max_per_class=3",
-                             "data.imbalance_ratio=1", "data.val_per_class=1", "data.test_per_class=1",
-                             "data.pretrain_per_class=1", "data.channels=3"])
-    metrics = prepare.run(cfg)
-    assert metrics["images_read"] == 13 and metrics["bad_files_count"] == 1
-    assert metrics["bad_files"][0]["path"].endswith("broken.png")
-    assert metrics["counts"]["train"] == [3, 3] and metrics["class_names"] == ["class_0", "class_1"]
-    assert len(read_manifest(prepare.manifest_path(cfg))) == 12

@@ -5,7 +5,7 @@ from sklearn.metrics import f1_score
 
 from raysys.core.config import TrainConfig
 from raysys.data.images import encode_png
-from raysys.data.sources import load_source
+from raysys.data.sources import load_builtin
 from raysys.models.classifiers import create_classifier, save_classifier
 from raysys.scoring.difficulty import DifficultyScorer, assign_folds, scores_from_probs
 from raysys.training.classifier import LabelledImages, evaluate, make_optimizer, train_epoch
@@ -42,11 +42,16 @@ def test_metrics_match_sklearn_and_groups():
     assert (m["acc_many"], m["acc_medium"], m["acc_few"]) == pytest.approx((0.75, 0.5, 0.5))
     assert m["worst_class_acc"] == pytest.approx(0.5)
     assert classification_metrics(y, p, 3, {"many": [0, 1, 2], "medium": [], "few": []})["acc_few"] is None
+    # An OOD split without any image of class 3 (of 5): no accuracy for it, macro-F1 as sklearn's
+    absent = classification_metrics(y, p, 5, {"many": [0, 1], "medium": [2], "few": [3, 4]})
+    assert absent["per_class_acc"][3:] == [None, None] and absent["acc_few"] is None and absent["images"] == 8
+    assert absent["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert absent["worst_class_acc"] == pytest.approx(0.5)
 
 
 @pytest.fixture(scope="module")
 def digits_split():
-    src = load_source("builtin:digits")
+    src = load_builtin("digits")
     from raysys.data.images import decode_batch
 
     x = torch.from_numpy(decode_batch(src.images, 8, 1))

@@ -1,38 +1,14 @@
-"""Run roots as pyarrow filesystem URIs, and the Hugging Face cache handed to Ray workers."""
+"""An in-process non-local filesystem (memory://) for tests, and the Hugging Face cache handed to Ray
+workers. Run roots and sources as URIs across Ray workers: tests/integration/test_data_plane.py (S3)."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 
-from raysys.cli import main
 from raysys.core import io
-from raysys.core.schema import read_manifest
-
-TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
-
-
-def _prepare_outputs(root: str) -> tuple[dict, int]:
-    metrics = io.read_json(io.join(root, "prepare", "metrics.json"))
-    rows = len(read_manifest(io.join(root, "prepare", "manifest.parquet")))
-    return metrics, rows
-
-
-def test_prepare_into_a_file_uri(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # a stray relative write would land here
-    root = f"file://{tmp_path}/out/run"
-    assert main(["prepare", TINY, f"run.root={root}"]) == 0
-    metrics, rows = _prepare_outputs(root)
-    assert metrics["status"] == "done" and rows == metrics["rows"] > 0
-    assert (tmp_path / "out" / "run" / "prepare" / "manifest.parquet").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing named after the scheme
-    # The completion check reads through the URI too: a rerun is skipped.
-    capsys.readouterr()
-    assert main(["prepare", TINY, f"run.root={root}"]) == 0
-    assert "complete for this config, skipped" in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -56,22 +32,6 @@ def memory_uris(monkeypatch):
     monkeypatch.setattr(io, "filesystem", filesystem)
     yield f"memory://{bucket}", memory
     memory.rm(f"/{bucket}", recursive=True)
-
-
-def test_prepare_into_a_non_local_filesystem(memory_uris, tmp_path, monkeypatch, capsys):
-    base, memory = memory_uris
-    monkeypatch.chdir(tmp_path)
-    root = f"{base}/raysys/run"
-    assert main(["prepare", TINY, f"run.root={root}"]) == 0
-    metrics, rows = _prepare_outputs(root)
-    assert metrics["status"] == "done" and rows == metrics["rows"] > 0
-    written = {p.rsplit("/", 1)[-1] for p in memory.find(f"/{base[len('memory://'):]}")}
-    assert {"manifest.parquet", "metrics.json", "config.yaml"} <= written
-    assert not any(name.startswith(".tmp") or ".tmp-" in name for name in written)  # atomic writes renamed
-    assert list(tmp_path.iterdir()) == []  # nothing reached the local disk
-    capsys.readouterr()
-    assert main(["prepare", TINY, f"run.root={root}"]) == 0
-    assert "skipped" in capsys.readouterr().out
 
 
 def test_init_ray_hands_env_vars_to_workers(monkeypatch):

@@ -1,0 +1,254 @@
+"""Memory and throughput of prepare and score as the data grows: N images, then factor x N.
+
+For each size it makes an image folder of colour JPEGs (10 classes, `--size` px), then runs,
+each in a fresh process with its own embedded Ray:
+  prepare   the stage itself (list -> split -> read, check, store and write parts on Ray Data);
+  score     a plain PyTorch DataLoader loop over the prepared parts first (the same decoding
+            and model, `--cpus` loader workers, the model on `--cpus` threads), then the Ray
+            Data actor pool (`raysys.ray.scoring.score_manifest`, `--cpus` actors of 1 CPU).
+While each runs, the peak RSS of the driver process and of every Ray worker process is
+sampled (psutil, every 0.1 s). Printed per size: peak driver RSS, the largest worker's peak
+RSS, images/s; then the ratios the data plane is held to:
+  growth per extra image   (peak(factor N) - peak(N)) / ((factor - 1) N), driver and workers: <= 1 KB
+  images/s at factor N / images/s at N:                                                        >= 0.9
+  Ray Data scoring / DataLoader scoring, images/s:                                             >= 0.8
+
+    python benchmarks/data_plane_scaling.py [--images 5000] [--factor 8] [--size 128] [--cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = 10
+
+
+def make_folder(root: Path, n: int, size: int) -> None:
+    """root/class_<c>/<i>.jpg: n colour JPEGs, smooth random images tinted per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(n)
+    for c in range(CLASSES):
+        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
+    tint = rng.uniform(0.5, 1.0, (CLASSES, 3))
+    for i in range(n):
+        c = i % CLASSES
+        low = rng.uniform(0, 255, (8, 8, 3)) * tint[c]
+        img = Image.fromarray(low.astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        noisy = np.asarray(img, np.int16) + rng.integers(-12, 13, (size, size, 3))
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / f"class_{c}" / f"{i:06d}.jpg", quality=90)
+
+
+def _config(folder: Path, root: Path, size: int, rows_per_part: int, cpus: int):
+    from raysys.stages import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml", [
+        f"run.root={root}", f"run.num_cpus={cpus}", f"data.source=folder:{folder}", "data.channels=3",
+        f"data.image_size={size}", "data.max_per_class=0", "data.val_per_class=5", "data.test_per_class=5",
+        "data.pretrain_per_class=0", f"data.rows_per_part={rows_per_part}", "generator.base=none-needed",
+    ])
+
+
+# ---- the measured work, each run in a child process ------------------------------------------
+
+def child_prepare(args) -> dict:
+    from raysys.ray.session import init_ray
+    from raysys.stages import prepare
+
+    cfg = _config(Path(args.folder), Path(args.root), args.size, args.rows_per_part, args.cpus)
+    init_ray(None, num_cpus=args.cpus)
+    t0 = time.perf_counter()
+    m = prepare.run(cfg)
+    return {"images": m["rows"], "seconds": time.perf_counter() - t0}
+
+
+class PartImages:
+    """An IterableDataset over a manifest folder's parts: (uint8 image, label), decoded as raysys does."""
+
+    def __init__(self, parts: list[str], size: int):
+        self.parts, self.size = parts, size
+
+    def __iter__(self):
+        import torch
+
+        from raysys.core.schema import read_manifest
+        from raysys.data.images import decode
+
+        info = torch.utils.data.get_worker_info()
+        mine = self.parts if info is None else self.parts[info.id::info.num_workers]
+        for part in mine:
+            table = read_manifest(part, columns=["image", "label"])
+            for data, label in zip(table["image"].to_pylist(), table["label"].to_pylist()):
+                yield torch.from_numpy(decode(data, self.size, 3)), label
+
+
+def _model_dir(size: int) -> str:
+    import torch
+
+    from raysys.models.classifiers import create_classifier, save_classifier
+
+    torch.manual_seed(0)
+    directory = tempfile.mkdtemp(prefix="raysys-bench-model-")
+    save_classifier(create_classifier("small_cnn", CLASSES, 3, width=32), directory,
+                    {"name": "small_cnn", "num_classes": CLASSES, "in_chans": 3, "width": 32, "image_size": size})
+    return directory
+
+
+def child_score(args) -> dict:
+    import pyarrow.compute as pc
+    import torch
+
+    from raysys.core.config import ScoreConfig
+    from raysys.core.schema import list_parts, read_manifest
+    from raysys.models.classifiers import load_classifier, normalize
+    from raysys.stages import prepare
+
+    cfg = _config(Path(args.folder), Path(args.root), args.size, args.rows_per_part, args.cpus)
+    source = prepare.manifest_path(cfg)
+    parts = list_parts(source)
+    model_dir = _model_dir(args.size)
+    splits = ["train", "val", "test"]
+    n = len(read_manifest(source, columns=["split"], where=pc.field("split").isin(splits)))
+
+    # Plain PyTorch first (before Ray starts): DataLoader workers decode, the model runs here.
+    torch.set_num_threads(args.cpus)
+    model, _ = load_classifier(model_dir, torch.device("cpu"))
+    loader = torch.utils.data.DataLoader(PartImages(parts, args.size), batch_size=args.batch_size,
+                                         num_workers=args.cpus)
+    t0 = time.perf_counter()
+    seen = 0
+    with torch.no_grad():
+        for x, _ in loader:
+            torch.softmax(model(normalize(x)).float(), 1)
+            seen += len(x)
+    plain_s = time.perf_counter() - t0
+
+    from raysys.ray.scoring import score_manifest
+    from raysys.ray.session import init_ray
+
+    init_ray(None, num_cpus=args.cpus)
+    score = ScoreConfig(batch_size=args.batch_size, min_actors=args.cpus, max_actors=args.cpus, cpus_per_actor=1)
+    out = str(Path(args.root) / "score" / "manifest")
+    t0 = time.perf_counter()
+    summary = score_manifest(source, out, {"full": model_dir}, {}, splits, score, total=n)
+    ray_s = time.perf_counter() - t0
+    assert len(summary) == n == seen, (len(summary), n, seen)
+    return {"images": n, "seconds": ray_s, "plain_seconds": plain_s}
+
+
+# ---- the parent: runs children and samples their memory ---------------------------------------
+
+def _is_worker(cmdline: str) -> bool:
+    return cmdline.startswith("ray::") or "default_worker.py" in cmdline
+
+
+def run_child(kind: str, folder: Path, root: Path, args) -> dict:
+    """Run one child; peak RSS (bytes) of the driver and of each Ray worker while it ran."""
+    import psutil
+
+    cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--root", str(root),
+           "--size", str(args.size), "--cpus", str(args.cpus), "--rows-per-part", str(args.rows_per_part),
+           "--batch-size", str(args.batch_size)]
+    env = {**os.environ, "RAY_ADDRESS": "", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    peaks = {"driver": 0, "workers": {}}
+    done = threading.Event()
+
+    def sample():
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                peaks["driver"] = max(peaks["driver"], parent.memory_info().rss)
+                for p in parent.children(recursive=True):
+                    try:
+                        if _is_worker(" ".join(p.cmdline())):
+                            peaks["workers"][p.pid] = max(peaks["workers"].get(p.pid, 0), p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} child failed ({proc.returncode}); rerun it alone: {' '.join(cmd)}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["driver_peak"] = peaks["driver"]
+    result["worker_peak"] = max(peaks["workers"].values(), default=0)
+    result["workers_seen"] = len(peaks["workers"])
+    return result
+
+
+def mib(x: float) -> str:
+    return f"{x / 2**20:8.1f} MiB"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=5000, help="N")
+    ap.add_argument("--factor", type=int, default=8)
+    ap.add_argument("--size", type=int, default=128, help="image side in pixels (also the classifier's input)")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--rows-per-part", type=int, default=250)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--workdir", default=None, help="where the image folders and runs go (default: a temporary folder)")
+    ap.add_argument("--child", choices=["prepare", "score"], help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        result = child_prepare(args) if args.child == "prepare" else child_score(args)
+        print(json.dumps(result))
+        return
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="raysys-bench-"))
+    sizes = [args.images, args.images * args.factor]
+    results = {}
+    for n in sizes:
+        folder = work / f"images_{n}"
+        if not folder.exists():
+            t0 = time.time()
+            make_folder(folder, n, args.size)
+            print(f"made {n} JPEGs at {args.size} px in {time.time() - t0:.0f}s -> {folder}", flush=True)
+        root = work / f"run_{n}"
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+        results[n] = {kind: run_child(kind, folder, root, args) for kind in ("prepare", "score")}
+        jpeg = sum(f.stat().st_size for f in folder.rglob("*.jpg")) / n
+        print(f"N={n}: {jpeg / 1024:.1f} KB per JPEG", flush=True)
+        for kind, r in results[n].items():
+            extra = f"  DataLoader {r['images'] / r['plain_seconds']:8.1f} images/s" if "plain_seconds" in r else ""
+            print(f"  {kind:8s} driver {mib(r['driver_peak'])}  largest worker {mib(r['worker_peak'])} "
+                  f"({r['workers_seen']} workers)  {r['images'] / r['seconds']:8.1f} images/s{extra}", flush=True)
+
+    small, big = sizes
+    extra = big - small
+    print(f"\nimages {small} -> {big}, {args.size} px, {args.cpus} CPUs, {args.rows_per_part} rows per part")
+    for kind in ("prepare", "score"):
+        a, b = results[small][kind], results[big][kind]
+        growth_driver = (b["driver_peak"] - a["driver_peak"]) / extra
+        growth_worker = (b["worker_peak"] - a["worker_peak"]) / extra
+        speed = (b["images"] / b["seconds"]) / (a["images"] / a["seconds"])
+        print(f"{kind:8s} growth per extra image: driver {growth_driver / 1024:6.2f} KB, largest worker "
+              f"{growth_worker / 1024:6.2f} KB (target <= 1 KB); images/s {big} / {small}: {speed:.3f} (target >= 0.9)")
+    for n in sizes:
+        r = results[n]["score"]
+        print(f"score    Ray Data / DataLoader images/s at N={n}: {r['plain_seconds'] / r['seconds']:.3f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
