@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from raysys.core import io
@@ -165,18 +166,29 @@ def _listing(*, paths, uris, refs, labels, names, splits, domains) -> pa.Table:
                      "split": splits, "domain": domains}, schema=LISTING_SCHEMA)
 
 
-def _files_under(root: str) -> list[str]:
-    """Relative paths (with '/') of the image files anywhere under `root`, sorted."""
+def shared_strings(column) -> np.ndarray:
+    """A string column as a numpy object array whose equal values share one Python string (a few
+    bytes per row, not one string object per row: split names, class names)."""
+    encoded = pc.dictionary_encode(column).combine_chunks() if isinstance(column, pa.ChunkedArray) \
+        else pc.dictionary_encode(column)
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    return names[encoded.indices.to_numpy(zero_copy_only=False)] if len(names) else np.full(len(column), None, object)
+
+
+def _files_under(root: str) -> pa.Array:
+    """Relative paths (with '/') of the image files anywhere under `root`, sorted (an Arrow array)."""
     fs, path = io.filesystem(root)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.Directory:
         raise DataError(f"image folder not found: {root}")
     base = path.rstrip("/") + "/"
-    out = []
-    for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if f.type == pafs.FileType.File and posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES:
-            out.append(f.path[len(base):] if f.path.startswith(base) else f.path)
-    return sorted(out)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = pa.array([f.path for f in infos if f.type == pafs.FileType.File], pa.string())
+    del infos
+    files = pc.utf8_slice_codeunits(files, len(base))
+    suffixes = "|".join(s.lstrip(".") for s in sorted(IMAGE_SUFFIXES))
+    files = files.filter(pc.match_substring_regex(pc.utf8_lower(files), rf"\.({suffixes})$"))
+    return files.take(pc.array_sort_indices(files))
 
 
 def _subfolders(root: str) -> list[str]:
@@ -194,22 +206,27 @@ def _list_folder(root: str) -> Listing:
         raise DataError(f"{root}: no class sub-folders (expected root/<class>/<image> or root/<split>/<class>/<image>)")
     by_split = "train" in top and bool(_subfolders(io.join(root, "train")))
     depth = 3 if by_split else 2
-    kept = [f for f in files if f.count("/") == depth - 1]
-    if not kept:
+    parts = pc.split_pattern(files, "/")
+    keep = pc.equal(pc.list_value_length(parts), depth)
+    kept, parts = files.filter(keep), parts.filter(keep)
+    if len(kept) == 0:
         layout = "root/<split>/<class>/<image>" if by_split else "root/<class>/<image>"
         raise DataError(f"{root}: no image files laid out as {layout}")
-    parts = [f.split("/") for f in kept]
-    splits = [p[0] for p in parts] if by_split else [""] * len(parts)
-    names = [p[-2] for p in parts]
+    names = pc.list_element(parts, depth - 2)
+    classes = pc.unique(names)
+    classes = classes.take(pc.array_sort_indices(classes))
     if not by_split:  # every class folder must hold an image (an empty one is a mistake)
-        empty = sorted(set(top) - set(names))
+        empty = sorted(set(top) - set(classes.to_pylist()))
         if empty:
             raise DataError(f"{root}: class(es) {empty} have no image files")
-    classes = sorted(set(names))
-    index = {c: i for i, c in enumerate(classes)}
-    table = _listing(paths=kept, uris=[io.join(root, f) for f in kept], refs=[None] * len(kept),
-                     labels=[index[n] for n in names], names=names, splits=splits, domains=[None] * len(kept))
-    return Listing(table, classes)
+    n = len(kept)
+    table = pa.table({
+        "path": kept, "uri": pc.binary_join_element_wise(root + "/", kept, ""), "ref": pa.nulls(n, pa.string()),
+        "label": pc.index_in(names, classes).cast(pa.int32()), "class_name": names,
+        "split": pc.list_element(parts, 0) if by_split else pa.array([""] * n, pa.string()),
+        "domain": pa.nulls(n, pa.string()),
+    }, schema=LISTING_SCHEMA)
+    return Listing(table, classes.to_pylist())
 
 
 def _read_class_names(location: str | None) -> list[str] | None:
@@ -422,14 +439,11 @@ def _rank_classes(listing: Listing) -> Listing:
     """Labels 0..C-1 in the order of the source's labels; class names kept."""
     t = listing.table
     labels = t["label"].to_numpy()
-    names = t["class_name"].to_pylist()
-    distinct = np.unique(labels)
-    name_of = {}
-    for lab, name in zip(labels.tolist(), names):
-        name_of.setdefault(lab, name)
+    distinct, first = np.unique(labels, return_index=True)
+    names = t["class_name"].take(pa.array(first)).to_pylist()
     rank = np.searchsorted(distinct, labels)
     t = t.set_column(t.schema.get_field_index("label"), LISTING_SCHEMA.field("label"), pa.array(rank, pa.int32()))
-    return Listing(t, [name_of[int(lab)] for lab in distinct], listing.dropped)
+    return Listing(t, [str(n) for n in names], listing.dropped)
 
 
 def rename_splits(listing: Listing, names: dict[str, str]) -> Listing:
@@ -437,8 +451,10 @@ def rename_splits(listing: Listing, names: dict[str, str]) -> Listing:
     if not names:
         return listing
     t = listing.table
-    renamed = [names.get(s, s) for s in t["split"].to_pylist()]
-    t = t.set_column(t.schema.get_field_index("split"), LISTING_SCHEMA.field("split"), pa.array(renamed, pa.string()))
+    split = t["split"]
+    for old, new in names.items():
+        split = pc.if_else(pc.equal(split, old), new, split)
+    t = t.set_column(t.schema.get_field_index("split"), LISTING_SCHEMA.field("split"), split)
     return Listing(t, listing.class_names, listing.dropped)
 
 
@@ -446,14 +462,13 @@ def keep_train_classes(listing: Listing) -> Listing:
     """Given splits: the classes are those with a train image; other splits' rows of any other class are
     dropped (and counted), and the labels ranked again."""
     t = listing.table
-    splits = np.asarray(t["split"].to_pylist(), dtype=object)
     labels = t["label"].to_numpy()
-    train_classes = np.unique(labels[splits == "train"])
+    train_classes = np.unique(labels[pc.equal(t["split"], "train").to_numpy(zero_copy_only=False)])
     keep = np.isin(labels, train_classes)
     dropped = dict(listing.dropped)
     if (~keep).any():
         dropped["class_without_train_images"] = int((~keep).sum())
-    t = t.filter(pa.array(keep))
+        t = t.filter(pa.array(keep))
     names = [listing.class_names[c] for c in train_classes]
     rank = np.searchsorted(train_classes, t["label"].to_numpy())
     t = t.set_column(t.schema.get_field_index("label"), LISTING_SCHEMA.field("label"), pa.array(rank, pa.int32()))

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from raysys.data.longtail import SplitPlan, assign_splits
-from raysys.data.sources import KINDS, DataError, Listing, keep_train_classes, rename_splits
+from raysys.data.sources import KINDS, DataError, Listing, keep_train_classes, rename_splits, shared_strings
 
 
 def _draw_from_train(split: np.ndarray, labels: np.ndarray, num_classes: int, name: str, per_class: int,
@@ -31,7 +31,7 @@ def _draw_from_train(split: np.ndarray, labels: np.ndarray, num_classes: int, na
 def given_splits(listing: Listing, d, seed: int) -> tuple[Listing, SplitPlan]:
     """The dataset's own splits, with val (and pretrain) drawn from train where asked."""
     listing = rename_splits(listing, d.split_names)
-    given = np.asarray(listing.table["split"].to_pylist(), dtype=object)
+    given = shared_strings(listing.table["split"])
     if (given == "").any():
         raise DataError(f"data.splits: given, but {int((given == '').sum())} image(s) of {d.source} have no split "
                         "(use root/<split>/<class>/<image>, a table's split column, or data.splits: longtail)")
@@ -42,7 +42,7 @@ def given_splits(listing: Listing, d, seed: int) -> tuple[Listing, SplitPlan]:
     if missing:
         raise DataError(f"data.test_splits {missing} are not splits of {d.source} (its splits: {names})")
     listing = keep_train_classes(listing)
-    split = np.asarray(listing.table["split"].to_pylist(), dtype=object)
+    split = shared_strings(listing.table["split"])
     labels = listing.table["label"].to_numpy()
     num_classes = len(listing.class_names)
     rng = np.random.default_rng(seed)
@@ -67,9 +67,9 @@ def plan_splits(listing: Listing, d, seed: int) -> tuple[Listing, SplitPlan]:
 
 def with_splits(listing: Listing, plan: SplitPlan) -> pa.Table:
     """The listing rows that are used, each with its split."""
-    t = listing.table.set_column(listing.table.schema.get_field_index("split"), "split",
-                                 pa.array(plan.split.astype(str).tolist(), pa.string()))
-    return t.filter(pa.array(plan.split != ""))
+    used = plan.split != ""
+    t = listing.table.filter(pa.array(used))
+    return t.set_column(t.schema.get_field_index("split"), "split", pa.array(plan.split[used], pa.string()))
 
 
 def check_data(d) -> list[str]:

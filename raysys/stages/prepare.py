@@ -23,9 +23,9 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import claim_folder, list_parts, part_file, read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.data.ingest import finished_part_summary, real_sample_id, write_real_part
+from raysys.data.ingest import finished_part_summary, write_real_part
 from raysys.data.longtail import class_groups
-from raysys.data.sources import DataError, list_source
+from raysys.data.sources import DataError, list_source, shared_strings
 from raysys.data.splits import check_data, plan_splits, with_splits
 from raysys.ray.parts import map_parts
 
@@ -68,27 +68,26 @@ def _run(ctx: Context) -> dict:
     listing = list_source(d)  # raises DataError on unusable input, before any image is read
     listing, plan = plan_splits(listing, d, cfg.run.seed)
     selected = with_splits(listing, plan)
-    ids = [real_sample_id(p) for p in selected["path"].to_pylist()]
-    if len(set(ids)) != len(ids):
-        seen, dup = set(), None
-        for p, i in zip(selected["path"].to_pylist(), ids):
-            if i in seen:
-                dup = p
-                break
-            seen.add(i)
+    if pc.count_distinct(selected["path"]).as_py() != len(selected):  # ids are hashes of the paths
+        counts = pc.value_counts(selected["path"])
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
         raise DataError(f"{d.source}: the image '{dup}' is listed twice")
-    num_classes = len(listing.class_names)
+    num_classes, class_names, dropped, listed = len(listing.class_names), listing.class_names, listing.dropped, len(listing)
+    has_domains = bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if listed else False
+    del listing, plan  # from here on the driver holds the selected rows' listing and small summaries only
 
     directory = manifest_path(cfg)
     resumed = claim_folder(directory, ctx.digest)
     parts = _parts(selected, d.rows_per_part)
+    n_selected = len(selected)
+    del selected
     done = set(io.filesystem(p)[1].rsplit("/", 1)[-1] for p in list_parts(directory)) if resumed else set()
     todo = parts.filter(pa.array([name not in done for name in parts["part"].to_pylist()]))
     summaries = [finished_part_summary(pa.Table.from_struct_array(parts["rows"][i].values), directory, name)
                  for i, name in enumerate(parts["part"].to_pylist()) if name in done]
     if done:
         print(f"[prepare] resuming: {len(done)} of {len(parts)} parts already written")
-    print(f"[prepare] {len(listing)} images listed in {d.source}, {len(selected)} selected "
+    print(f"[prepare] {listed} images listed in {d.source}, {n_selected} selected "
           f"({d.splits} splits): {len(todo)} part(s) of <= {d.rows_per_part} rows to write", flush=True)
     total = sum(len(todo["rows"][i].values) for i in range(len(todo)))
     written = map_parts(todo, functools.partial(_write_parts, directory=directory, store=d.store,
@@ -102,12 +101,12 @@ def _run(ctx: Context) -> dict:
     bad = [{"path": p, "error": e} for p, e in zip(bad_rows["path"].to_pylist(), bad_rows["error"].to_pylist())]
     io.write_json(ctx.file("bad_files.json"), bad)
     good = summary.filter(summary["ok"])
-    split_arr = np.asarray(good["split"].to_pylist(), dtype=object)
+    split_arr = shared_strings(good["split"])
     labels_arr = good["label"].to_numpy()
     split_names = sorted(set(split_arr.tolist()), key=lambda s: (s != "train", s))
     counts = {s: np.bincount(labels_arr[split_arr == s], minlength=num_classes).tolist() for s in split_names}
     train_counts = counts.get("train", [0] * num_classes)
-    empty = [listing.class_names[c] for c in range(num_classes) if train_counts[c] == 0]
+    empty = [class_names[c] for c in range(num_classes) if train_counts[c] == 0]
     if empty:
         raise DataError(f"{d.source}: class(es) {empty[:10]} have no readable train image (all their files are corrupt)")
     for s in [d.val_split, *d.test_splits]:
@@ -118,10 +117,10 @@ def _run(ctx: Context) -> dict:
         "source": d.source,
         "splits": d.splits,
         "num_classes": num_classes,
-        "class_names": listing.class_names,
-        "images_listed": len(listing),
+        "class_names": class_names,
+        "images_listed": listed,
         "images_read": int(len(summary)),
-        "dropped": listing.dropped,
+        "dropped": dropped,
         "bad_files_count": len(bad),
         "bad_files": bad[:BAD_FILES_IN_METRICS],
         "rows": int(ok.sum()),
@@ -132,7 +131,7 @@ def _run(ctx: Context) -> dict:
         "val_split": d.val_split,
         "test_splits": list(d.test_splits),
         "groups": groups,
-        "has_domains": bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if len(listing) else False,
+        "has_domains": has_domains,
     }
     sizes = ", ".join(f"{s} {sum(c)}" for s, c in counts.items())
     print(f"[prepare] {metrics['rows']} rows: {sizes}; train per class {train_counts}; "
