@@ -31,7 +31,9 @@ def map_parts(parts: pa.Table, fn: Callable | type, *, desc: str, total: int, nu
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar below, in images, with images/s
     ctx.execution_options.preserve_order = False
-    blocks = [parts.slice(i, 1) for i in range(len(parts))]
+    # take, not slice: a slice pickles with its whole parent table's buffers, so every block would
+    # carry every part's listing (the driver's memory then grows with the square of the parts).
+    blocks = [parts.take([i]) for i in range(len(parts))]
     ds = ray.data.from_arrow(blocks)
     options: dict[str, Any] = {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": num_cpus}
     if num_gpus:

@@ -41,7 +41,8 @@ def _blocks(table: pa.Table, rows_per_block: int, pool: int) -> list[pa.Table]:
     """Input blocks: at most rows_per_block rows, and at least 4 blocks per actor when there are
     enough rows, so that every actor of the pool gets work."""
     size = max(1, min(rows_per_block, -(-len(table) // (4 * pool))))
-    return [table.slice(i, size) for i in range(0, len(table), size)]
+    # take, not slice: a slice pickles with its parent's whole buffers (every block would carry the plan)
+    return [table.take(pa.array(range(i, min(i + size, len(table))))) for i in range(0, len(table), size)]
 
 
 def run_synthesis(
