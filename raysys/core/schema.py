@@ -17,8 +17,6 @@ import pyarrow.parquet as pq
 
 from raysys.core import io
 
-SPLITS = ("train", "val", "test", "pretrain")
-"""The splits `data.splits: longtail` makes; a dataset's own splits keep their own names."""
 ORIGINS = ("real", "synthetic")
 
 MANIFEST_SCHEMA = pa.schema(

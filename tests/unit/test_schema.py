@@ -53,3 +53,30 @@ def test_sample_id_is_stable_and_distinct():
     assert sample_id("real", "a/b.png") == sample_id("real", "a/b.png")
     assert sample_id("real", "a/b.png") != sample_id("real", "a/c.png")
     assert len(sample_id("x")) == 20
+
+
+def test_a_folder_of_parts_reads_as_one_manifest(tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from raysys.core.schema import claim_folder, list_parts, write_part
+
+    folder = str(tmp_path / "manifest")
+    assert claim_folder(folder, "digest-a") is False
+    write_part(to_table(_rows(5)), folder, "part-00000.parquet")
+    rows = _rows(3)
+    rows["split"] = ["test"] * 3
+    write_part(to_table(rows), folder, "part-00001.parquet")
+    (tmp_path / "manifest" / "part-00002.parquet.tmp-1234").write_bytes(b"half a file")  # not a part
+    assert len(list_parts(folder)) == 2
+    table = read_manifest(folder)
+    assert table.schema == MANIFEST_SCHEMA and len(table) == 8
+    test = read_manifest(folder, columns=["sample_id", "label"], where=pc.field("split") == "test")
+    assert test.column_names == ["sample_id", "label"] and test["label"].to_pylist() == [0, 1, 2]
+    # an older manifest without the uri and domain columns: they read as nulls
+    old = to_table(_rows(2)).drop_columns(["uri", "domain"])
+    pq.write_table(old, str(tmp_path / "old.parquet"))
+    assert read_manifest(str(tmp_path / "old.parquet"), columns=["uri", "label"])["uri"].null_count == 2
+    # the same digest keeps the parts (a resumed run); another empties the folder
+    assert claim_folder(folder, "digest-a") is True and len(list_parts(folder)) == 2
+    assert claim_folder(folder, "digest-b") is False and list_parts(folder) == []
