@@ -99,10 +99,6 @@ def write_manifest(table: pa.Table, location: str) -> None:
     io.write_bytes(location, buf.getvalue())
 
 
-PART_ROWS = 1000
-"""Rows per part a stage writes unless told otherwise."""
-
-
 def part_file(index: int) -> str:
     """Name of the index-th part of a manifest folder."""
     return f"part-{index:05d}.parquet"

@@ -99,10 +99,6 @@ def load_builtin(name: str) -> SourceData:
                       [f"builtin:{name}#{i}" for i in range(len(pixels))])
 
 
-def load_builtin_mnist() -> SourceData:
-    return load_builtin("mnist")
-
-
 def load_builtin_digits() -> SourceData:
     return load_builtin("digits")
 
@@ -301,12 +297,7 @@ def _read_table(location: str, columns: list[str]) -> pa.Table:
         with fs.open_input_stream(path) as f:
             table = pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
     else:
-        import pyarrow.dataset as pads
-
-        from raysys.core.schema import manifest_files
-
-        files = [io.filesystem(f)[1] for f in manifest_files(location)]
-        dataset = pads.dataset(files, filesystem=fs, format="parquet")
+        dataset = _parquet_dataset(location)
         table = dataset.to_table(columns=[c for c in columns if c in dataset.schema.names])
     missing = [c for c in columns if c not in table.column_names]
     if missing:
@@ -388,12 +379,17 @@ def _list_table(location: str, cols, image_root: str | None, class_names: list[s
 def _schema_names(location: str) -> list[str]:
     if location.lower().endswith(".csv"):
         return []
+    return _parquet_dataset(location).schema.names
+
+
+def _parquet_dataset(location: str):
+    """A pyarrow dataset over a Parquet file or a folder of parts."""
     import pyarrow.dataset as pads
 
     from raysys.core.schema import manifest_files
 
     fs, _ = io.filesystem(location)
-    return pads.dataset([io.filesystem(f)[1] for f in manifest_files(location)], filesystem=fs, format="parquet").schema.names
+    return pads.dataset([io.filesystem(f)[1] for f in manifest_files(location)], filesystem=fs, format="parquet")
 
 
 def _manifest_file_rows(location: str) -> list[tuple[str, int]]:
