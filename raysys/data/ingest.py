@@ -1,13 +1,16 @@
 """One part of the real manifest: read the listed images, check them, store them, write the part.
 
-`write_real_part` is what each Ray Data task of prepare runs (`raysys.ray.parts.map_parts`), and
-what a plain loop can run the same way: plain Python, no Ray. Every image is decoded in full; one
+`write_part_of_selection` is what each Ray Data task of prepare runs (`raysys.ray.parts.map_parts`):
+it reads its part's listing rows from the selection file (`write_selection`) and hands them to
+`write_real_part`, which a plain loop can run the same way: plain Python, no Ray. (The task
+function lives here, not in the stage, so that a worker imports this module only.) Every image is decoded in full; one
 that cannot be read or decoded is left out of the part and reported in the summary, never fatal.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raysys.core import io
 from raysys.core.schema import sample_id, to_table, write_part
@@ -15,15 +18,14 @@ from raysys.data.images import check_image, resize_encoded
 from raysys.data.sources import read_image
 
 SUMMARY_SCHEMA = pa.schema([
-    pa.field("sample_id", pa.string()),
-    pa.field("path", pa.string()),
+    pa.field("path", pa.string()),  # an unreadable image's path (null for the images stored)
     pa.field("label", pa.int32()),
     pa.field("split", pa.string()),
     pa.field("ok", pa.bool_()),
     pa.field("error", pa.string()),
     pa.field("stored_bytes", pa.int64()),
 ])
-"""What a part tells the driver about each of its images: ids and small summaries, never bytes."""
+"""What a part tells the driver about each of its images: small per-row values, never bytes."""
 
 
 def real_sample_id(path: str) -> str:
@@ -77,11 +79,12 @@ def write_real_part(rows: pa.Table, directory: str, part: str, store: str = "byt
         "origin": ["real"] * len(good),
     })
     write_part(table, directory, part)
-    return summary(ids, listed, keep, errors, stored)
+    return summary(listed, keep, errors, stored)
 
 
-def summary(ids, listed, keep, errors, stored) -> pa.Table:
-    return pa.table({"sample_id": ids, "path": [r["path"] for r in listed], "label": [r["label"] for r in listed],
+def summary(listed, keep, errors, stored) -> pa.Table:
+    return pa.table({"path": [None if k else r["path"] for r, k in zip(listed, keep)],
+                     "label": [r["label"] for r in listed],
                      "split": [r["split"] for r in listed], "ok": keep, "error": errors, "stored_bytes": stored},
                     schema=SUMMARY_SCHEMA)
 
@@ -90,6 +93,27 @@ def finished_part_summary(rows: pa.Table, directory: str, part: str) -> pa.Table
     """The summary of a part a killed run already wrote (from its bad-file list: nothing is read again)."""
     bad = {b["path"]: b["error"] for b in io.read_json(bad_files_location(directory, part))}
     listed = rows.to_pylist()
-    ids = [real_sample_id(r["path"]) for r in listed]
     keep = [r["path"] not in bad for r in listed]
-    return summary(ids, listed, keep, [bad.get(r["path"]) for r in listed], [0] * len(listed))
+    return summary(listed, keep, [bad.get(r["path"]) for r in listed], [0] * len(listed))
+
+
+def write_selection(selected: pa.Table, location: str, rows_per_part: int) -> int:
+    """The selected listing rows as one Parquet file, row group i = part i's rows; returns the parts."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(selected, buf, row_group_size=rows_per_part, compression="zstd")
+    io.write_bytes(location, buf.getvalue().to_pybytes())
+    return -(-len(selected) // rows_per_part)
+
+
+def selection_rows(location: str, part_index: int) -> pa.Table:
+    """The listing rows of part `part_index` of a selection file."""
+    fs, path = io.filesystem(location)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_group(part_index)
+
+
+def write_part_of_selection(batch: pa.Table, selection: str, directory: str, store: str,
+                            store_size: int | None) -> pa.Table:
+    """One prepare task: a batch of one row (part name, part index) -> that part of the manifest."""
+    part, index = batch["part"][0].as_py(), batch["index"][0].as_py()
+    return write_real_part(selection_rows(selection, index), directory, part, store, store_size)

@@ -1,7 +1,7 @@
 """Ray Data over the parts of a manifest: one input row per part, one small summary table back.
 
 A stage that reads or writes a sharded manifest hands `map_parts` a table with one row per part
-(its name and, for prepare, the listing rows it holds) and a function or callable class that
+(its name and, for prepare, its row group in the selection file) and a function or callable class that
 does one part: reads it, works, writes the output part atomically, and returns a summary of
 small per-row values. Parts are independent and their names fixed, so a retried task rewrites
 the same file with the same rows (exactly once by construction), and a killed run, run again,
@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import pyarrow as pa
 import ray
+import ray.data
 
 from raysys.ray.session import on_assigned_cpus
 

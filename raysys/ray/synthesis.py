@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import ray
+import ray.data
 
 from raysys.core.config import SamplingConfig, SynthesisConfig
 from raysys.ray.session import on_assigned_cpus

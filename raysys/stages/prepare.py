@@ -4,7 +4,9 @@
    the dataset's own split and domain), no image bytes.
 2. **Split** by labels and split names alone (`raysys.data.splits`): the long-tailed
    resampling or the dataset's own splits. Only the selected rows go on.
-3. **Read, check, store, write** on Ray Data: each task reads the images of one part, decodes
+3. **Read, check, store, write** on Ray Data: the selected rows go to `selection.parquet` (one
+   row group per part, deleted once every part is written), so the driver keeps no per-image
+   state while the tasks run. Each task reads its part's rows from it and those images, decodes
    each in full, stores its bytes (or a resized copy, or only its `uri`) and writes the part
    atomically. An unreadable image is left out, counted and listed (`metrics.json`,
    `bad_files.json`), never fatal. A killed prepare, run again, keeps the parts it finished and
@@ -23,7 +25,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import claim_folder, list_parts, part_file, read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.data.ingest import finished_part_summary, write_real_part
+from raysys.data.ingest import finished_part_summary, selection_rows, write_part_of_selection, write_selection
 from raysys.data.longtail import class_groups
 from raysys.data.sources import DataError, list_source, shared_strings
 from raysys.data.splits import check_data, plan_splits, with_splits
@@ -46,23 +48,6 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _write_parts(batch: pa.Table, directory: str, store: str, store_size: int | None) -> pa.Table:
-    part = batch["part"][0].as_py()
-    rows = pa.Table.from_struct_array(batch["rows"][0].values)
-    return write_real_part(rows, directory, part, store, store_size)
-
-
-def _parts(selected: pa.Table, rows_per_part: int) -> pa.Table:
-    """One row per part: its file name and its listing rows (a list of structs)."""
-    names, lists = [], []
-    struct = selected.combine_chunks().to_struct_array().combine_chunks()
-    for index, start in enumerate(range(0, len(selected), rows_per_part)):
-        names.append(part_file(index))
-        lists.append(start)
-    offsets = pa.array(lists + [len(selected)], pa.int32())
-    return pa.table({"part": names, "rows": pa.ListArray.from_arrays(offsets, struct)})
-
-
 def _run(ctx: Context) -> dict:
     cfg, d = ctx.cfg, ctx.cfg.data
     listing = list_source(d)  # raises DataError on unusable input, before any image is read
@@ -76,24 +61,32 @@ def _run(ctx: Context) -> dict:
     has_domains = bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if listed else False
     del listing, plan  # from here on the driver holds the selected rows' listing and small summaries only
 
+    # The selected rows go to one file that each task reads its part from: the driver keeps no
+    # per-image state while the parts are written (and none goes through the object store).
+    selection = ctx.file("selection.parquet")
+    n_selected = len(selected)
+    n_parts = write_selection(selected, selection, d.rows_per_part)
+    del selected
     directory = manifest_path(cfg)
     resumed = claim_folder(directory, ctx.digest)
-    parts = _parts(selected, d.rows_per_part)
-    n_selected = len(selected)
-    del selected
+    names = [part_file(i) for i in range(n_parts)]
     done = set(io.filesystem(p)[1].rsplit("/", 1)[-1] for p in list_parts(directory)) if resumed else set()
-    todo = parts.filter(pa.array([name not in done for name in parts["part"].to_pylist()]))
-    summaries = [finished_part_summary(pa.Table.from_struct_array(parts["rows"][i].values), directory, name)
-                 for i, name in enumerate(parts["part"].to_pylist()) if name in done]
+    todo = [i for i, name in enumerate(names) if name not in done]
+    summaries = [finished_part_summary(selection_rows(selection, i), directory, name)
+                 for i, name in enumerate(names) if name in done]
     if done:
-        print(f"[prepare] resuming: {len(done)} of {len(parts)} parts already written")
+        print(f"[prepare] resuming: {len(done)} of {n_parts} parts already written")
     print(f"[prepare] {listed} images listed in {d.source}, {n_selected} selected "
           f"({d.splits} splits): {len(todo)} part(s) of <= {d.rows_per_part} rows to write", flush=True)
-    total = sum(len(todo["rows"][i].values) for i in range(len(todo)))
-    written = map_parts(todo, functools.partial(_write_parts, directory=directory, store=d.store,
-                                                store_size=d.store_size), desc="[prepare]", total=total)
+    total = n_selected - sum(len(s) for s in summaries)
+    written = map_parts(pa.table({"part": pa.array([names[i] for i in todo], pa.string()),
+                                  "index": pa.array(todo, pa.int32())}),
+                        functools.partial(write_part_of_selection, selection=selection, directory=directory,
+                                          store=d.store, store_size=d.store_size), desc="[prepare]", total=total)
     if len(written):
         summaries.append(written)
+    fs, path = io.filesystem(selection)
+    fs.delete_file(path)  # every part is written: the manifest holds the rows now
     summary = pa.concat_tables(summaries)
 
     ok = summary["ok"].to_numpy(zero_copy_only=False)
@@ -124,7 +117,7 @@ def _run(ctx: Context) -> dict:
         "bad_files_count": len(bad),
         "bad_files": bad[:BAD_FILES_IN_METRICS],
         "rows": int(ok.sum()),
-        "parts": len(parts),
+        "parts": n_parts,
         "stored_bytes": int(np.sum(summary["stored_bytes"].to_numpy())),
         "store": d.store,
         "counts": counts,

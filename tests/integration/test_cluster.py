@@ -246,6 +246,7 @@ def test_token_auth_is_on(cluster):
     assert cluster.api("/api/version")[0] == 200
 
 
+@pytest.mark.slow
 def test_pipeline_job_runs_on_both_nodes(cluster, tmp_path):
     run_dir = tmp_path / "run"
     run_root = f"file://{run_dir}"  # a URI, read and written through pyarrow's filesystem layer
