@@ -46,36 +46,37 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
     assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 61))
 
 
-def test_misspelt_key_fails_before_any_work(tmp_path):
-    root = tmp_path / "run"
-    t0 = time.time()
-    out = subprocess.run(
-        [*RAYSYS, "prepare", str(TINY), f"run.root={root}", "data.imbalanse_ratio=3"],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    elapsed = time.time() - t0
-    assert out.returncode == 2
-    assert "data.imbalanse_ratio" in out.stderr and "data.imbalance_ratio" in out.stderr
-    assert not root.exists()
-    print(f"misspelt key rejected in {elapsed:.1f}s")
+# The CLI and the job entrypoint run in this process (on the test session's Ray): a fresh
+# interpreter and Ray per test cost 10-25 s each, and the processes' own behaviour (exit codes,
+# a kill) is tested by the killed-run tests.
 
+def test_misspelt_key_fails_before_any_work(tmp_path, capsys):
+    from raysys.cli import main
 
-def test_bad_data_source_fails_before_any_work(tmp_path):
     root = tmp_path / "run"
-    out = subprocess.run(
-        [*RAYSYS, "prepare", str(TINY), f"run.root={root}", f"data.source=folder:{tmp_path / 'nothing'}"],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    assert out.returncode == 2 and "image folder not found" in out.stderr
+    assert main(["prepare", str(TINY), f"run.root={root}", "data.imbalanse_ratio=3"]) == 2
+    err = capsys.readouterr().err
+    assert "data.imbalanse_ratio" in err and "data.imbalance_ratio" in err
     assert not root.exists()
 
 
-def test_job_entrypoint_takes_the_cli_arguments(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "jobs/prepare.py", str(TINY), f"run.root={tmp_path / 'run'}", "data.max_per_class=40"],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    assert out.returncode == 0, out.stderr
+def test_bad_data_source_fails_before_any_work(tmp_path, capsys, ray_session):
+    from raysys.cli import main
+
+    root = tmp_path / "run"
+    assert main(["prepare", str(TINY), f"run.root={root}", f"data.source=folder:{tmp_path / 'nothing'}"]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_job_entrypoint_takes_the_cli_arguments(tmp_path, monkeypatch, ray_session):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["jobs/prepare.py", str(TINY), f"run.root={tmp_path / 'run'}",
+                                      "data.max_per_class=40"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "jobs" / "prepare.py"), run_name="__main__")
+    assert exit_.value.code == 0
     from raysys.core.schema import read_manifest
 
     table = read_manifest(str(tmp_path / "run" / "prepare" / "manifest"))

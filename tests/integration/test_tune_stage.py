@@ -1,6 +1,6 @@
-"""`raysys tune` on the tiny run: an ASHA sweep of 4 trials over curriculum fields, the results
-table, the best config that `raysys curriculum` runs as is, a rerun that trains nothing, and
-(slow) a sweep interrupted with Ctrl-C that resumes."""
+"""`raysys tune` on the tiny run (slow, both): an ASHA sweep of 4 trials over curriculum fields,
+the results table, the best config that `raysys curriculum` runs as is, a rerun that trains
+nothing; and a sweep interrupted with Ctrl-C that resumes."""
 
 import csv
 import os
@@ -38,6 +38,7 @@ def tiny_synthetic(tiny_generator):
     return cfg
 
 
+@pytest.mark.slow
 def test_asha_sweep_writes_ranked_results_and_a_runnable_best_config(tiny_synthetic):
     cfg = load_config(TINY, [f"run.root={tiny_synthetic.run.root}", *SWEEP])
     m = tune_stage.run(cfg)
