@@ -3,8 +3,9 @@
 `write_part_of_selection` is what each Ray Data task of prepare runs (`raysys.ray.parts.map_parts`):
 it reads its part's listing rows from the selection file (`write_selection`) and hands them to
 `write_real_part`, which a plain loop can run the same way: plain Python, no Ray. (The task
-function lives here, not in the stage, so that a worker imports this module only.) Every image is decoded in full; one
-that cannot be read or decoded is left out of the part and reported in the summary, never fatal.
+function lives here, not in the stage, so that a worker imports this module only.) Every image
+is decoded in full; one that cannot be read or decoded is left out of the part and reported in
+the summary, never fatal.
 """
 
 from __future__ import annotations
