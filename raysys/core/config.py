@@ -111,18 +111,46 @@ class TrainConfig:
     """Passes over the training split."""
     batch_size: int = 64
     """Per-worker batch size."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """adamw, or sgd (with `momentum`)."""
     lr: float = 0.003
-    """AdamW learning rate (cosine decay to 0 over the run)."""
+    """Peak learning rate (after warmup)."""
     weight_decay: float = 0.0005
-    """AdamW weight decay."""
+    """Weight decay (AdamW's decoupled decay; SGD's L2 term)."""
+    momentum: float = 0.9
+    """sgd: momentum."""
+    nesterov: bool = False
+    """sgd: Nesterov momentum."""
+    schedule: Literal["cosine", "step"] = "cosine"
+    """cosine (to 0 at the end of the run) or step (x step_gamma at each of step_milestones)."""
+    warmup_epochs: float = 0.0
+    """Linear warmup from 0 to lr over this many epochs, then the schedule."""
+    step_milestones: list[int] = field(default_factory=list)
+    """step: epochs at which the learning rate is multiplied by step_gamma."""
+    step_gamma: float = 0.1
+    """step: the factor at each milestone."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training targets."""
+    mixup: float = 0.0
+    """Mixup alpha (0: off); with cutmix too, each batch uses one of the two."""
+    cutmix: float = 0.0
+    """CutMix alpha (0: off)."""
     num_workers: int = 1
     """Ray Train data-parallel workers (each trains on its share of every epoch)."""
     use_gpu: bool = False
     """One GPU per worker."""
     cpus_per_worker: int = 1
     """CPUs reserved per worker."""
-    augment: bool = True
-    """Random shifts (+-2 px) on training images."""
+    augment: list[str] = field(default_factory=lambda: ["shift"])
+    """Augmentations of training images, in order: shift (+-2 px, digits), random_resized_crop, hflip, randaugment."""
+    input_tasks: int = 0
+    """Ray Data tasks decoding and augmenting each Train worker's input at once (a DataLoader's num_workers); 0: the
+    worker decodes its own, a thread prefetch_batches ahead (no Ray Data start-up per epoch: small data, laptops)."""
+    input_cpus: float = 0.0
+    """CPUs each decoding task reserves; 0 shares the CPUs the Train workers hold (on one machine whose CPUs are all
+    held by Train workers, a task that reserves a CPU would never start)."""
+    prefetch_batches: int = 2
+    """Batches decoded ahead of the one training."""
     checkpoint_every: int = 1
     """Report a checkpoint every N epochs (and always after the last)."""
     max_failures: int = 0

@@ -2,8 +2,9 @@
 
 A loop (the classifier, the curriculum, the generator fine-tune) knows nothing of Ray. It gets a
 `TrainContext`: its rank, the world size, its device, `prepare_model` (data-parallel wrapping),
-`broadcast` (rank 0's object to every rank), `report(metrics, checkpoint)` and `restore()`.
-`raysys.ray.train` implements it on Ray Train; `LocalContext` runs a loop in one process.
+`broadcast` (rank 0's object to every rank), `batches` (its input, streamed: rows without images
+in, decoded batches out), `report(metrics, checkpoint)` and `restore()`. `raysys.ray.train`
+implements it on Ray Train (batches from Ray Data tasks); `LocalContext` runs a loop in one process.
 
 A checkpoint is a folder: `tensors.pt` (state dicts: tensors and plain values only, loaded
 with `weights_only=True`, so a checkpoint cannot run code on load), `state.json` (history,
@@ -18,7 +19,7 @@ import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import torch
 
@@ -77,6 +78,10 @@ class TrainContext(Protocol):
 
     def broadcast(self, obj: Any) -> Any: ...
 
+    def batches(self, refs: Any, decode: Callable[[Any], dict], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`decode` (raysys.data.stream.Decode) of the rows `refs` (a pyarrow table), in order,
+        as batches of `batch_size` torch tensors on the CPU."""
+
     def report(self, metrics: dict[str, Any], checkpoint: Optional[Checkpoint] = None) -> None:
         """Report metrics (rank 0's checkpoint, if given, becomes the latest)."""
 
@@ -99,6 +104,10 @@ class LocalContext:
 
     def broadcast(self, obj: Any) -> Any:
         return obj
+
+    def batches(self, refs: Any, decode: Callable[[Any], dict], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(refs), batch_size):
+            yield {k: torch.from_numpy(v) for k, v in decode(refs.slice(start, batch_size)).items()}
 
     def report(self, metrics: dict[str, Any], checkpoint: Optional[Checkpoint] = None) -> None:
         self.reports.append(dict(metrics))

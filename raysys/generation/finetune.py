@@ -31,12 +31,11 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from raysys.core.context import Checkpoint, step_seed
-from raysys.core.schema import read_manifest
-from raysys.data.images import decode_batch
 from raysys.generation.components import load_pipeline
 from raysys.generation.difficulty_encoder import DifficultyEncoder
 from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline
 from raysys.generation.training import diffusion_loss, training_scheduler
+from raysys.data.stream import Decode, stream_refs
 
 if TYPE_CHECKING:
     from raysys.core.config import FinetuneConfig
@@ -113,7 +112,7 @@ def load_finetuned(base: str, adapters: str, **kwargs) -> DifficultyDiffusionPip
 
 @dataclass
 class FinetuneRows:
-    """The fine-tuning rows of one worker, decoded once."""
+    """Decoded fine-tuning rows (one step's batch)."""
 
     images: torch.Tensor
     """float (N, C, H, W) in [-1, 1] at the generator's image size."""
@@ -245,22 +244,18 @@ class FinetuneJob:
     """Shown in progress lines."""
 
 
-def load_rows(job: FinetuneJob, image_size: int, channels: int, rank: int, world: int) -> FinetuneRows:
-    """This worker's disjoint share of the scored train rows, as training tensors."""
-    rows = read_manifest(job.manifest, columns=["sample_id"], where=pc.field("split") == "train")
-    mine = rows["sample_id"].take(pa.array(np.arange(rank, rows.num_rows, world)))  # this worker's share, by id
-    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "difficulty"],
-                          where=pc.field("sample_id").isin(mine))
-    order = {sid: i for i, sid in enumerate(mine.to_pylist())}
-    table = table.take(pa.array(np.argsort([order[sid] for sid in table["sample_id"].to_pylist()])))
-    images = decode_batch(table["image"].to_pylist(), image_size, channels)
-    labels = table["label"].to_numpy().astype(np.int64)
-    difficulty = table["difficulty"].to_numpy(zero_copy_only=False).astype(np.float32)
-    if np.isnan(difficulty).any():
+def finetune_rows(job: FinetuneJob, rank: int, world: int) -> tuple[list[str], pa.Table]:
+    """(the manifest's files, this worker's disjoint share of the scored train rows without their
+    images: file, row, label, difficulty)."""
+    from raysys.core.schema import manifest_files
+    from raysys.data.stream import index_rows
+
+    files = manifest_files(job.manifest)
+    rows = index_rows(files, ["label", "difficulty", "split"], where=pc.field("split") == "train")
+    mine = rows.take(pa.array(np.arange(rank, rows.num_rows, world)))
+    if mine["difficulty"].null_count or np.isnan(mine["difficulty"].to_numpy(zero_copy_only=False)).any():
         raise ValueError(f"{job.manifest}: train rows without a measured difficulty; run the score stage first")
-    return FinetuneRows(images=torch.from_numpy(images).float().div_(127.5).sub_(1.0),
-                        prompts=prompts_for(labels, job.class_names, job.prompt_template),
-                        labels=torch.from_numpy(labels), difficulty=torch.from_numpy(difficulty))
+    return files, mine
 
 
 def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
@@ -279,8 +274,9 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
     if on_gpu and cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     autocast = torch.bfloat16 if on_gpu and cfg.mixed_precision == "bf16" else None
-    rows = load_rows(job, pipe.image_size, pipe.image_channels, rank, ctx.world_size)
-    weights = sampling_weights(rows.difficulty, cfg.sampling)
+    files, mine = finetune_rows(job, rank, ctx.world_size)
+    difficulty = torch.from_numpy(mine["difficulty"].to_numpy().astype(np.float32))
+    weights = sampling_weights(difficulty, cfg.sampling)
     scheduler = training_scheduler(pipe)
     params = trainable_parameters(pipe)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -301,10 +297,17 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
 
     pipe.unet.train()
     t0, done_here = time.time(), 0
-    for step in range(start, cfg.steps):
-        idx = batch_indices(len(rows), cfg.batch_size, job.seed, step, rank, weights)
+    # Every step's rows are known from (seed, step, rank): they stream in that order, one batch a step.
+    drawn = [batch_indices(len(mine), cfg.batch_size, job.seed, step, rank, weights) for step in range(start, cfg.steps)]
+    refs = stream_refs(mine, torch.cat(drawn).numpy() if drawn else np.zeros(0, np.int64))
+    batches = ctx.batches(refs, Decode(files, pipe.image_size, pipe.image_channels), cfg.batch_size)
+    for step, idx, batch in zip(range(start, cfg.steps), drawn, batches):
+        labels = batch["label"]
+        rows = FinetuneRows(images=batch["image"].float().div_(127.5).sub_(1.0),
+                            prompts=prompts_for(labels.numpy(), job.class_names, job.prompt_template),
+                            labels=labels, difficulty=difficulty[idx])
         g = torch.Generator().manual_seed(step_seed(job.seed, step, rank, 3))
-        loss = finetune_step(pipe, scheduler, rows, idx, use_difficulty=use_difficulty,
+        loss = finetune_step(pipe, scheduler, rows, torch.arange(len(idx)), use_difficulty=use_difficulty,
                              condition_dropout=cfg.condition_dropout, difficulty_dropout=cfg.difficulty_dropout,
                              snr_gamma=cfg.snr_gamma, generator=g, autocast_dtype=autocast)
         opt.zero_grad(set_to_none=True)

@@ -13,9 +13,11 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
+import pyarrow as pa
 import ray
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -23,8 +25,10 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from raysys.core import io
+from raysys.core.config import TrainConfig
 from raysys.ray.session import use_assigned_cpus
 from raysys.core.context import Checkpoint, read_checkpoint
+from raysys.data.stream import decoded_batches
 
 
 @dataclass
@@ -36,15 +40,52 @@ class Workers:
     cpus_per_worker: float = 1
     max_failures: int = 0
     """Worker failures tolerated within one run (a rerun resumes regardless)."""
+    input_tasks: int = 0
+    """Ray Data tasks decoding each worker's input at once (a DataLoader's num_workers); 0: the worker decodes."""
+    input_cpus: float = 0.0
+    """CPUs each decoding task reserves (0: it shares the CPUs the Train workers hold)."""
+    prefetch_batches: int = 2
+    """Batches decoded ahead of the one training."""
+
+    @staticmethod
+    def for_training(t: TrainConfig, num_workers: Optional[int] = None) -> "Workers":
+        """The workers of `train.*` (num_workers: instead of train.num_workers)."""
+        return Workers(num_workers or t.num_workers, t.use_gpu, t.cpus_per_worker, t.max_failures,
+                       t.input_tasks, t.input_cpus, t.prefetch_batches)
 
 
 class RayTrainContext:
-    """A TrainContext on a Ray Train worker."""
+    """A TrainContext on a Ray Train worker: its input streams from Ray Data tasks."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: Workers) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.workers = workers
+
+    def batches(self, refs: pa.Table, decode: Callable[[pa.Table], dict], batch_size: int) -> Iterator[dict]:
+        """The rows `refs` as a Ray Dataset of blocks of `batch_size` rows, decoded by `decode` in
+        `input_tasks` Ray Data tasks at once and iterated in order, `prefetch_batches` ahead (pinned
+        for a GPU). The rows are the loop's own (its shard of the epoch's mix, or an evaluation
+        split): they change every epoch, so they cannot be a dataset fixed when the run starts.
+        With input_tasks 0 the worker decodes them itself, a thread `prefetch_batches` ahead."""
+        w = self.workers
+        if len(refs) == 0:
+            return iter(())
+        if w.input_tasks == 0:
+            return decoded_batches(refs, decode, batch_size, prefetch=w.prefetch_batches)
+        data_ctx = ray.data.DataContext.get_current()
+        data_ctx.enable_progress_bars = False
+        data_ctx.execution_options.preserve_order = True  # the order the loop asked for
+        data_ctx.execution_options.verbose_progress = False
+        data_ctx.print_on_execution_start = False
+        # from_items builds its blocks here; from_arrow would ask a remote task (1 CPU) for each
+        # block's metadata, which never starts while the Train workers hold every CPU.
+        ds = ray.data.from_items(refs.to_pylist(), override_num_blocks=-(-len(refs) // batch_size)).map_batches(
+            decode, batch_size=None, batch_format="pyarrow", num_cpus=w.input_cpus,
+            compute=ray.data.TaskPoolStrategy(size=w.input_tasks))
+        return ds.iter_torch_batches(batch_size=batch_size, prefetch_batches=w.prefetch_batches, device="cpu",
+                                     pin_memory=self.device.type == "cuda")
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
@@ -76,8 +117,9 @@ class RayTrainContext:
 
 def _worker(config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # and Ray Data every epoch's dataset
     use_assigned_cpus()
-    config["loop"](RayTrainContext(), config["job"])
+    config["loop"](RayTrainContext(config["workers"]), config["job"])
 
 
 def trainer(loop: Callable, job: Any, workers: Workers, name: str, storage: str,
@@ -87,7 +129,7 @@ def trainer(loop: Callable, job: Any, workers: Workers, name: str, storage: str,
     TuneReportCallback)."""
     return TorchTrainer(
         _worker,
-        train_loop_config={"loop": loop, "job": job},
+        train_loop_config={"loop": loop, "job": job, "workers": workers},
         scaling_config=ScalingConfig(
             num_workers=workers.num_workers, use_gpu=workers.use_gpu,
             resources_per_worker={"CPU": workers.cpus_per_worker, **({"GPU": 1} if workers.use_gpu else {})},

@@ -82,8 +82,7 @@ def _trial(params: dict[str, Any], job: SweepJob) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     trial = trial_job(job, params, trial_id)
-    t = trial.cfg.train
-    workers = Workers(trial.cfg.curriculum.num_workers or t.num_workers, t.use_gpu, t.cpus_per_worker, t.max_failures)
+    workers = Workers.for_training(trial.cfg.train, trial.cfg.curriculum.num_workers)
     trainer(curriculum_loop, trial, workers, trial_id, os.path.join(job.storage, "trials"),
             callbacks=[TuneReportCallback()]).fit()
 

@@ -30,12 +30,13 @@ def train_fingerprint(cfg: RaysysConfig) -> tuple:
     """What a classifier fit's result depends on: the model and the training recipe, never the
     resources it runs on (use_gpu, cpus_per_worker, max_failures) or checkpoint_every."""
     t = cfg.train
-    return (cfg.classifier, t.epochs, t.batch_size, t.lr, t.weight_decay, t.num_workers, t.augment)
+    return (cfg.classifier, t.epochs, t.batch_size, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov,
+            t.schedule, t.warmup_epochs, t.step_milestones, t.step_gamma, t.label_smoothing, t.mixup, t.cutmix,
+            t.num_workers, t.augment)
 
 
 def workers(cfg: RaysysConfig, num_workers: int | None = None) -> Workers:
-    t = cfg.train
-    return Workers(num_workers or t.num_workers, t.use_gpu, t.cpus_per_worker, t.max_failures)
+    return Workers.for_training(cfg.train, num_workers)
 
 
 def _run(ctx: Context) -> dict:

@@ -1,16 +1,17 @@
 """Classifier training and evaluation in plain torch (no Ray): one epoch, prediction, metrics.
 
 `classifier_loop` is the whole fit against a `TrainContext` (raysys.core.context): Ray Train
-runs it through raysys.ray.train, a test through `LocalContext`.
+runs it through raysys.ray.train, a test through `LocalContext`. No split is ever held: the
+loop holds the rows without their images (raysys.data.stream), and every epoch's shard and
+every evaluation streams through `ctx.batches`, decoded and augmented where the context decodes.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,10 +22,12 @@ from torch import nn
 
 from raysys.core.config import TrainConfig
 from raysys.core.context import Checkpoint, step_seed
-from raysys.core.schema import read_manifest
-from raysys.data.images import decode_batch
+from raysys.core.schema import manifest_files
 from raysys.models.classifiers import create_classifier, normalize, save_classifier
 from raysys.scoring.difficulty import assign_folds
+from raysys.training import optim
+from raysys.data.augment import mix_batch, soft_cross_entropy
+from raysys.data.stream import Decode, index_rows, row_seeds, split_rows, stream_refs
 from raysys.training.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -32,24 +35,12 @@ if TYPE_CHECKING:
     from raysys.core.context import TrainContext
 
 
-@dataclass
-class LabelledImages:
-    images: torch.Tensor
-    """uint8 (N, C, H, W)."""
-    labels: torch.Tensor
-    """int64 (N,)."""
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def images_from_manifest(table: pa.Table, split: str | None, size: int, channels: int) -> LabelledImages:
-    """Decode the rows of `split` (all rows if None) into uint8 tensors."""
-    if split is not None:
-        table = table.filter(pc.equal(table["split"], split))
-    pixels = decode_batch(table["image"].to_pylist(), size, channels)
-    labels = np.asarray(table["label"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    return LabelledImages(torch.from_numpy(pixels), torch.from_numpy(labels))
+def manifest_rows(manifest: str, splits: Sequence[str], extra: Sequence[str] = ()) -> tuple[list[str], pa.Table]:
+    """(the manifest's Parquet files, its rows of `splits` without images: sample_id, label, split,
+    `extra`, file, row)."""
+    files = manifest_files(manifest)
+    where = pc.field("split").isin(list(splits))
+    return files, index_rows(files, ["sample_id", "label", "split", *extra], where=where)
 
 
 def eval_split_names(cfg: "RaysysConfig") -> list[str]:
@@ -57,91 +48,106 @@ def eval_split_names(cfg: "RaysysConfig") -> list[str]:
     return [cfg.data.val_split, *cfg.data.test_splits]
 
 
-def eval_splits(table: pa.Table, cfg: "RaysysConfig") -> tuple[LabelledImages, dict[str, LabelledImages]]:
-    """The validation split's images and each test split's, decoded from the manifest rows `table`."""
-    size, chans = cfg.data.image_size, cfg.data.channels
-    val = images_from_manifest(table, cfg.data.val_split, size, chans)
-    return val, {name: images_from_manifest(table, name, size, chans) for name in cfg.data.test_splits}
+def make_optimizer(model: nn.Module, t: TrainConfig, steps_per_epoch: int):
+    """The optimizer and per-step LR schedule of the `train` recipe (raysys.training.optim)."""
+    return optim.make_optimizer(
+        model, optimizer=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum,
+        nesterov=t.nesterov, schedule=t.schedule, epochs=t.epochs, steps_per_epoch=steps_per_epoch,
+        warmup_epochs=t.warmup_epochs, step_milestones=t.step_milestones, step_gamma=t.step_gamma)
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to +-max_shift pixels (zero padding): cheap digit augmentation."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, [max_shift] * 4)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    out = torch.empty_like(x)
-    for i in range(n):
-        out[i] = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-    return out
+def for_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """On a GPU: channels_last (the layout its convolutions and bf16 autocast are fastest in)."""
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = max(1, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    return opt, sched
+def _inputs(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = normalize(images_uint8.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a GPU, nothing on the CPU."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def train_epoch(
     model: nn.Module,
-    data: LabelledImages,
-    indices: torch.Tensor,
+    ctx: "TrainContext",
+    refs: pa.Table,
+    decode: Decode,
     opt: torch.optim.Optimizer,
     sched,
     *,
-    batch_size: int,
-    augment: bool,
+    recipe: TrainConfig,
+    num_classes: int,
     generator: torch.Generator,
     device: torch.device,
     log_prior: torch.Tensor | None = None,
 ) -> float:
-    """One pass over data[indices] (already shuffled/sharded by the caller); mean loss.
+    """One pass over the rows `refs` (this rank's shard, in training order), streamed through
+    `ctx.batches`; mean loss. Mixup / CutMix and label smoothing follow `recipe`; mixing draws
+    come from `generator`.
 
     `log_prior` (log class frequencies) turns cross-entropy into Balanced Softmax: the logits
     are shifted by the prior during training only, so predictions are prior-free."""
     model.train()
     total, count = 0.0, 0
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        if len(idx) < 2 and start > 0:
+    mixing = recipe.mixup > 0 or recipe.cutmix > 0
+    for i, batch in enumerate(ctx.batches(refs, decode, recipe.batch_size)):
+        y = batch["label"]
+        if len(y) < 2 and i > 0:
             break  # BatchNorm cannot train on one image; every rank has the same shard length
-        x = normalize(data.images[idx])
-        if augment:
-            x = random_shift(x, 2, generator)
-        x, y = x.to(device, non_blocking=True), data.labels[idx].to(device, non_blocking=True)
-        logits = model(x)
+        x, y = _inputs(batch["image"], device), y.to(device, non_blocking=True)
+        targets = None
+        if mixing:
+            x, targets = mix_batch(x, y, num_classes, mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix,
+                                   label_smoothing=recipe.label_smoothing, generator=generator)
+        with _autocast(device):
+            logits = model(x)
+        logits = logits.float()
         if log_prior is not None:
             logits = logits + log_prior.to(logits.device)
-        loss = F.cross_entropy(logits, y)
+        if targets is not None:
+            loss = soft_cross_entropy(logits, targets.to(device))
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
+        total += float(loss.detach()) * len(y)
+        count += len(y)
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images_uint8: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Softmax probabilities (N, num_classes) on the CPU."""
+def predict(model: nn.Module, ctx: "TrainContext", refs: pa.Table, decode: Decode, device: torch.device,
+            batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax class, p(y|x) of the row's label) of every row of `refs`, in order, streamed."""
     model.eval()
-    out = []
-    for start in range(0, len(images_uint8), batch_size):
-        x = normalize(images_uint8[start : start + batch_size]).to(device)
-        out.append(torch.softmax(model(x).float(), dim=1).cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    preds, p_true = [], []
+    for batch in ctx.batches(refs, decode, batch_size):
+        with _autocast(device):
+            logits = model(_inputs(batch["image"], device))
+        probs = torch.softmax(logits.float(), dim=1).cpu()
+        preds.append(probs.argmax(1).numpy())
+        p_true.append(probs.gather(1, batch["label"].view(-1, 1)).squeeze(1).numpy())
+    if not preds:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(preds), np.concatenate(p_true)
 
 
-def evaluate(
-    model: nn.Module, data: LabelledImages, num_classes: int, groups: dict[str, list[int]], device: torch.device
-) -> dict:
-    if len(data) == 0:
+def evaluate(model: nn.Module, ctx: "TrainContext", rows: pa.Table, decode: Decode, num_classes: int,
+             groups: dict[str, list[int]], device: torch.device) -> dict:
+    """Classification metrics on the rows `rows` (one split), streamed."""
+    if len(rows) == 0:
         raise ValueError("evaluate: no images to evaluate on")
-    probs = predict_proba(model, data.images, 512, device)
-    pred = probs.argmax(1).numpy()
-    return classification_metrics(data.labels.numpy(), pred, num_classes, groups)
+    pred, _ = predict(model, ctx, stream_refs(rows), decode, device)
+    labels = rows["label"].to_numpy().astype(np.int64)
+    return classification_metrics(labels, pred, num_classes, groups)
 
 
 def check_train(t: TrainConfig) -> list[str]:
@@ -151,7 +157,14 @@ def check_train(t: TrainConfig) -> list[str]:
         problems.append("train.epochs, train.batch_size, train.checkpoint_every and train.num_workers must be >= 1")
     if t.lr <= 0:
         problems.append("train.lr must be > 0")
-    return problems
+    if t.input_tasks < 0 or t.input_cpus < 0 or t.prefetch_batches < 0:
+        problems.append("train.input_tasks, train.input_cpus and train.prefetch_batches must be >= 0")
+    if isinstance(t.augment, (bool, str)):
+        problems.append(f"train.augment is a list of names, got {t.augment!r}: e.g. [shift], or [] for none")
+        return problems
+    return problems + optim.check_recipe(t.optimizer, t.schedule, t.lr, t.momentum, t.warmup_epochs, t.epochs,
+                                         t.step_milestones, t.step_gamma, t.label_smoothing, t.mixup, t.cutmix,
+                                         t.augment)
 
 
 @dataclass
@@ -184,20 +197,18 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
     cfg = job.cfg
     rank, world = ctx.rank, ctx.world_size
     torch.manual_seed(cfg.run.seed)
-    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"],
-                          where=pc.field("split").isin(["train", *eval_split_names(cfg)]))
-    train_table = table.filter(pc.equal(table["split"], "train"))
+    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)])
+    train = split_rows(rows, "train")
     if job.fold is not None:
-        folds = assign_folds(train_table["sample_id"].to_pylist(), train_table["label"].to_numpy(), job.folds,
-                             cfg.run.seed)
-        train_table = train_table.filter(folds != job.fold)
+        folds = assign_folds(train["sample_id"].to_pylist(), train["label"].to_numpy(), job.folds, cfg.run.seed)
+        train = train.filter(pa.array(folds != job.fold))
+    evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
     size, chans = cfg.data.image_size, cfg.data.channels
-    train = images_from_manifest(train_table, None, size, chans)
-    val, tests = eval_splits(table, cfg)
+    decode_train, decode_eval = Decode(files, size, chans, tuple(cfg.train.augment)), Decode(files, size, chans)
 
     model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
                               weights=cfg.classifier.weights, image_size=size)
-    model = ctx.prepare_model(model)
+    model = ctx.prepare_model(for_device(model, ctx.device))
     bare = getattr(model, "module", model)
     per_rank = len(train) // world
     opt, sched = make_optimizer(model, replace(cfg.train, epochs=job.epochs), -(-per_rank // cfg.train.batch_size))
@@ -207,16 +218,17 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
         t0 = time.time()
         torch.manual_seed(step_seed(cfg.run.seed, epoch, rank))
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, 0, 1)))
-        shard = perm[rank * per_rank: (rank + 1) * per_rank]
+        shard = perm[rank * per_rank: (rank + 1) * per_rank].numpy()
+        refs = stream_refs(train, shard, row_seeds(len(shard), cfg.run.seed, epoch, rank, 2))
         gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, rank, 2))
-        loss = train_epoch(model, train, shard, opt, sched, batch_size=cfg.train.batch_size,
-                           augment=cfg.train.augment, generator=gen, device=ctx.device)
-        val_m = evaluate(bare, val, job.num_classes, job.groups, ctx.device)
+        loss = train_epoch(model, ctx, refs, decode_train, opt, sched, recipe=cfg.train, num_classes=job.num_classes,
+                           generator=gen, device=ctx.device)
+        val_m = evaluate(bare, ctx, evals[cfg.data.val_split], decode_eval, job.num_classes, job.groups, ctx.device)
         record = {"epoch": epoch + 1, "train_loss": round(loss, 6), "seconds": round(time.time() - t0, 3), "val": val_m}
         last = epoch == job.epochs - 1
         if last:
-            record["tests"] = {name: evaluate(bare, data, job.num_classes, job.groups, ctx.device)
-                               for name, data in tests.items()}
+            record["tests"] = {name: evaluate(bare, ctx, evals[name], decode_eval, job.num_classes, job.groups,
+                                              ctx.device) for name in cfg.data.test_splits}
             record["test"] = record["tests"][cfg.data.test_splits[0]]
         history.append(record)
         if rank == 0:

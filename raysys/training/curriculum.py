@@ -1,7 +1,11 @@
 """Curriculum training in plain torch (no Ray): the pool of real and synthetic images, each
 epoch's mix, the guidance-validation set, the adaptive probe, and the long-tail metrics.
 
-- `Pool`: the real train images first, then the kept synthetic images of the chosen plans,
+No image is held: the pool, the guidance-validation set and the evaluation splits are rows
+without images (raysys.data.stream), and every epoch's shard, probe and evaluation streams
+through `ctx.batches`.
+
+- `Pool`: the real train rows first, then the kept synthetic rows of the chosen plans,
   with what schedules select by (λ, s bin) and whether a row belongs to a tail (few) class.
 - `epoch_mix`: one epoch's rows. Real rows: every tail-class image, and `undersample` of the
   others drawn afresh. Synthetic rows: when the epoch's selection is not empty,
@@ -32,15 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysys.core.context import Checkpoint, step_seed
-from raysys.core.schema import read_manifest, to_table
+from raysys.core.schema import list_parts
 from raysys.curriculum.base import REAL_ONLY, Level, Schedule, Selection
 from raysys.curriculum.difficulty import bin_of
 from raysys.curriculum.registry import create_schedule
-from raysys.generation.synthesis import read_plan
 from raysys.models.classifiers import create_classifier, normalize, save_classifier
-from raysys.training.classifier import (LabelledImages, classifier_meta, eval_split_names, eval_splits, evaluate,
-                                        images_from_manifest, make_optimizer, predict_proba, restore_training,
-                                        train_epoch)
+from raysys.training.classifier import (classifier_meta, eval_split_names, evaluate, for_device, make_optimizer,
+                                        manifest_rows, predict, restore_training, train_epoch)
+from raysys.data.stream import REF_COLUMNS, Decode, index_rows, row_seeds, split_rows, stream_refs
 
 if TYPE_CHECKING:
     from raysys.core.config import RaysysConfig
@@ -54,9 +57,11 @@ def _rng(*parts: object) -> np.random.Generator:
 
 @dataclass
 class Pool:
-    data: LabelledImages
-    """Real train images (first `n_real` rows), then synthetic ones."""
+    rows: pa.Table
+    """Real train rows (the first `n_real`), then synthetic ones, without images: file, row, label."""
     n_real: int
+    labels: np.ndarray
+    """int64 label per row."""
     guidance: np.ndarray
     """float λ per row (NaN: none, and for real rows)."""
     difficulty_bin: np.ndarray
@@ -66,9 +71,12 @@ class Pool:
     requested: np.ndarray
     """float requested difficulty s per row (NaN: none, and for real rows)."""
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
     @property
     def synthetic(self) -> np.ndarray:
-        out = np.zeros(len(self.data), dtype=bool)
+        out = np.zeros(len(self), dtype=bool)
         out[self.n_real:] = True
         return out
 
@@ -82,24 +90,22 @@ class Pool:
         return mask
 
 
-def build_pool(real: pa.Table, synthetic: pa.Table, size: int, channels: int, few: Sequence[int],
-               difficulty_bins: Sequence[float]) -> Pool:
-    real_images = images_from_manifest(real, None, size, channels)
+def build_pool(real: pa.Table, synthetic: pa.Table, few: Sequence[int], difficulty_bins: Sequence[float]) -> Pool:
+    """The pool of the real train rows and the synthetic rows (index tables: file, row, label, and
+    for synthetic rows guidance and requested_difficulty)."""
+    n_real = len(real)
     if len(synthetic):
-        syn_images = images_from_manifest(synthetic, None, size, channels)
-        data = LabelledImages(torch.cat([real_images.images, syn_images.images]),
-                              torch.cat([real_images.labels, syn_images.labels]))
+        rows = pa.concat_tables([real.select(list(REF_COLUMNS)), synthetic.select(list(REF_COLUMNS))])
         lam = np.round(synthetic["guidance"].to_numpy(zero_copy_only=False).astype(np.float64), 4)
         s = synthetic["requested_difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
         s_bin = np.where(np.isnan(s), -1, bin_of(np.nan_to_num(s), difficulty_bins))
     else:
-        data, lam, s, s_bin = real_images, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-    n_real = len(real_images)
+        rows, lam, s, s_bin = real.select(list(REF_COLUMNS)), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    labels = rows["label"].to_numpy().astype(np.int64)
     guidance = np.concatenate([np.full(n_real, np.nan), lam])
     difficulty_bin = np.concatenate([np.full(n_real, -1, dtype=np.int64), s_bin.astype(np.int64)])
-    tail = np.isin(data.labels.numpy(), list(few))
     requested = np.concatenate([np.full(n_real, np.nan), s])
-    return Pool(data, n_real, guidance, difficulty_bin, tail, requested)
+    return Pool(rows, n_real, labels, guidance, difficulty_bin, np.isin(labels, list(few)), requested)
 
 
 def select_measured(synthetic: pa.Table, lo: float, hi: float) -> pa.Table:
@@ -167,7 +173,7 @@ def epoch_mix(pool: Pool, selection: Selection, epoch: int, seed: int, synthetic
     synthetic = np.zeros(0, dtype=np.int64)
     matching = 0
     if not selection.real_only:
-        mask = np.zeros(len(pool.data), dtype=bool)
+        mask = np.zeros(len(pool), dtype=bool)
         for level in selection.levels:
             mask |= pool.matches(level)
         if draw_weights is not None:
@@ -195,7 +201,7 @@ def check_selections_match(schedule: Schedule, pool: Pool, epochs: int, weights:
     selections = {schedule.selection(e) for e in range(epochs)} - {REAL_ONLY}
     if not selections:
         return
-    drawable = np.ones(len(pool.data), dtype=bool) if weights is None else weights > 0
+    drawable = np.ones(len(pool), dtype=bool) if weights is None else weights > 0
     if not any((pool.matches(level) & drawable).any() for sel in selections for level in sel.levels):
         levels = sorted({str(level) for sel in selections for level in sel.levels})
         raise ValueError(f"schedule {schedule.name}: no synthetic image of plans {plans} matches any level it "
@@ -203,9 +209,9 @@ def check_selections_match(schedule: Schedule, pool: Pool, epochs: int, weights:
                          f"guidance_levels and difficulty_distribution")
 
 
-def log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def log_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """log of the class frequencies of `labels` (Balanced Softmax adds it to the logits)."""
-    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1.0)
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=num_classes).float().clamp_min(1.0)
     return torch.log(counts / counts.sum())
 
 
@@ -213,16 +219,25 @@ def log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 @dataclass
 class GuidanceVal:
-    real: LabelledImages
-    """The held-out hard real images."""
-    by_level: dict[float, LabelledImages]
-    """Their synthetic images at every λ."""
+    real: pa.Table
+    """The held-out hard real images (index rows: file, row, label)."""
+    by_level: dict[float, pa.Table]
+    """Their synthetic images at every λ (index rows)."""
 
     def only_levels(self, levels: Sequence[float]) -> "GuidanceVal":
         """The same set with the synthetic images of `levels` only (the λ a schedule walks, when
         `curriculum.guidance_levels` names fewer than the pool holds)."""
         keep = {g: d for g, d in self.by_level.items() if np.isclose(np.asarray(levels, dtype=float), g, atol=1e-4).any()}
         return GuidanceVal(self.real, keep)
+
+    def groups(self, with_real: bool) -> tuple[list[str], pa.Table, list[int]]:
+        """(group names: "real" and each λ, their rows one after the other, each group's row count):
+        one stream for every group."""
+        named = ([("real", self.real)] if with_real else []) + [(f"{g:g}", t) for g, t in self.by_level.items()]
+        named = [(n, t.select(list(REF_COLUMNS))) for n, t in named if len(t)]
+        if not named:
+            return [], self.real.select(list(REF_COLUMNS)).slice(0, 0), []
+        return [n for n, _ in named], pa.concat_tables([t for _, t in named]), [len(t) for _, t in named]
 
 
 def split_guidance_val(real_train: pa.Table, synthetic: pa.Table, n_sources: int, seed: int
@@ -256,47 +271,55 @@ def split_guidance_val(real_train: pa.Table, synthetic: pa.Table, n_sources: int
             real_train.filter(held_real), synthetic.filter(held_syn))
 
 
-def build_guidance_val(held_real: pa.Table, held_syn: pa.Table, size: int, channels: int) -> GuidanceVal:
+def build_guidance_val(held_real: pa.Table, held_syn: pa.Table) -> GuidanceVal:
     lam = np.round(held_syn["guidance"].to_numpy(zero_copy_only=False).astype(np.float64), 4)  # float32 -> 0.3
-    by_level = {}
-    for level in sorted(set(lam[~np.isnan(lam)].tolist())):
-        rows = held_syn.filter(pa.array(lam == level))
-        by_level[float(level)] = images_from_manifest(rows, None, size, channels)
-    return GuidanceVal(images_from_manifest(held_real, None, size, channels), by_level)
+    by_level = {float(level): held_syn.filter(pa.array(lam == level))
+                for level in sorted(set(lam[~np.isnan(lam)].tolist()))}
+    return GuidanceVal(held_real, by_level)
 
 
-def p_true(model: nn.Module, data: LabelledImages, device: torch.device) -> np.ndarray:
-    probs = predict_proba(model, data.images, 512, device)
-    return probs.gather(1, data.labels.view(-1, 1)).squeeze(1).numpy()
+def _per_group(values: np.ndarray, names: list[str], counts: list[int]) -> dict[str, np.ndarray]:
+    bounds = np.cumsum([0, *counts])
+    return {name: values[bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}
 
 
-def guidance_accuracy(model: nn.Module, gval: GuidanceVal, device: torch.device) -> dict[str, float]:
-    """Accuracy on the held-out real images and on their synthetic images per λ."""
-    out = {}
-    for name, data in [("real", gval.real), *((f"{g:g}", d) for g, d in gval.by_level.items())]:
-        if len(data):
-            pred = predict_proba(model, data.images, 512, device).argmax(1)
-            out[name] = float((pred == data.labels).float().mean())
-    return out
+def guidance_accuracy(model: nn.Module, ctx: "TrainContext", gval: GuidanceVal, decode: Decode,
+                      device: torch.device) -> dict[str, float]:
+    """Accuracy on the held-out real images and on their synthetic images per λ (one stream)."""
+    names, rows, counts = gval.groups(with_real=True)
+    pred, _ = predict(model, ctx, stream_refs(rows), decode, device)
+    right = pred == rows["label"].to_numpy().astype(np.int64)
+    return {name: float(r.mean()) for name, r in _per_group(right, names, counts).items()}
 
 
-def probe_gains_inputs(model: nn.Module, gval: GuidanceVal, real: LabelledImages, steps: int, batch_size: int,
-                       lr: float, seed: int, epoch: int, device: torch.device
+def p_true_by_level(model: nn.Module, ctx: "TrainContext", gval: GuidanceVal, decode: Decode,
+                    device: torch.device) -> dict[float, np.ndarray]:
+    names, rows, counts = gval.groups(with_real=False)
+    _, p = predict(model, ctx, stream_refs(rows), decode, device)
+    by_name = _per_group(p, names, counts)
+    return {g: by_name[f"{g:g}"] for g, t in gval.by_level.items() if len(t)}
+
+
+def probe_gains_inputs(model: nn.Module, ctx: "TrainContext", gval: GuidanceVal, real: pa.Table, decode: Decode,
+                       steps: int, batch_size: int, lr: float, seed: int, epoch: int, device: torch.device
                        ) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
     """p(y|x) of the guidance-validation images per λ before and after `steps` real-only
-    training steps on a copy of the model (the model itself is not changed)."""
-    before = {g: p_true(model, d, device) for g, d in gval.by_level.items()}
+    training steps on a copy of the model (the model itself is not changed); the steps' rows
+    are drawn at random from `real` and streamed, one batch per step."""
+    before = p_true_by_level(model, ctx, gval, decode, device)
     probe = copy.deepcopy(model).to(device)
     probe.train()
     opt = torch.optim.AdamW(probe.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(int(_rng("probe", seed, epoch).integers(2**31)))
-    for _ in range(steps):
-        idx = torch.randint(0, len(real), (min(batch_size, len(real)),), generator=gen)
-        loss = F.cross_entropy(probe(normalize(real.images[idx]).to(device)), real.labels[idx].to(device))
+    per_step = min(batch_size, len(real))
+    drawn = torch.cat([torch.randint(0, len(real), (per_step,), generator=gen) for _ in range(steps)]).numpy()
+    for batch in ctx.batches(stream_refs(real, drawn), decode, per_step):
+        x = normalize(batch["image"]).to(device)
+        loss = F.cross_entropy(probe(x), batch["label"].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    after = {g: p_true(probe, d, device) for g, d in gval.by_level.items()}
+    after = p_true_by_level(probe, ctx, gval, decode, device)
     return before, after
 
 
@@ -320,9 +343,14 @@ class CurriculumJob:
     """Shown in progress lines."""
 
 
-def read_synthetic(plan_dirs: list[str]) -> pa.Table:
-    tables = [t for t in (read_plan(d) for d in plan_dirs) if len(t)]
-    return pa.concat_tables(tables) if tables else to_table({})
+SYNTHETIC_COLUMNS = ["sample_id", "label", "source_id", "guidance", "requested_difficulty", "difficulty", "keep"]
+"""What the loop reads of a plan's rows (never their images)."""
+
+
+def synthetic_rows(plan_dirs: list[str], first_file: int) -> tuple[list[str], pa.Table]:
+    """(the plans' Parquet parts, their kept rows without images), `file` counted from `first_file`."""
+    files = [part for d in plan_dirs for part in list_parts(d)]
+    return files, index_rows(files, SYNTHETIC_COLUMNS, where=pc.field("keep") == True, first_file=first_file)  # noqa: E712
 
 
 def curriculum_seed(cfg: "RaysysConfig") -> int:
@@ -353,17 +381,17 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     size, chans = cfg.data.image_size, cfg.data.channels
     plan_names = [os.path.basename(d) for d in job.plan_dirs]
 
-    table = read_manifest(job.manifest, columns=["sample_id", "image", "label", "split"],
-                          where=pc.field("split").isin(["train", *eval_split_names(cfg)]))
-    real_train = table.filter(pc.equal(table["split"], "train"))
-    synthetic = read_synthetic(job.plan_dirs if c.schedule != "real_only" else [])
+    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)])
+    real_train = split_rows(rows, "train")
+    evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
+    plan_files, synthetic = synthetic_rows(job.plan_dirs if c.schedule != "real_only" else [], len(files))
+    files = files + plan_files
     if c.measured_difficulty is not None:
         synthetic = select_measured(synthetic, *c.measured_difficulty)
     real_train, synthetic, held_real, held_syn = split_guidance_val(real_train, synthetic, c.guidance_val_sources, seed)
-    gval = build_guidance_val(held_real, held_syn, size, chans) if len(held_real) else None
-    pool = build_pool(real_train, synthetic, size, chans, job.groups["few"], c.difficulty_bins)
-    real_only_data = images_from_manifest(real_train, None, size, chans)
-    val, tests = eval_splits(table, cfg)
+    gval = build_guidance_val(held_real, held_syn) if len(held_real) else None
+    pool = build_pool(real_train, synthetic, job.groups["few"], c.difficulty_bins)
+    decode_train, decode_eval = Decode(files, size, chans, tuple(cfg.train.augment)), Decode(files, size, chans)
     lam = pool.guidance[~np.isnan(pool.guidance)]
     schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
     epochs = c.epochs or cfg.train.epochs
@@ -376,7 +404,7 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     torch.manual_seed(seed)  # the same initial weights in every run of this config
     model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
                               weights=cfg.classifier.weights, image_size=size)
-    model = ctx.prepare_model(model)
+    model = ctx.prepare_model(for_device(model, ctx.device))
     bare = getattr(model, "module", model)
     steps = -(-(mix_size(pool, c.synthetic_per_epoch, c.undersample, c.equal_steps) // world) // cfg.train.batch_size)
     opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
@@ -388,8 +416,8 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
         if schedule.adaptive and schedule.needs_choice(epoch):
             choice = None
             if rank == 0:
-                before, after = probe_gains_inputs(bare, gval, real_only_data, c.probe_steps, cfg.train.batch_size,
-                                                   cfg.train.lr, seed, epoch, ctx.device)
+                before, after = probe_gains_inputs(bare, ctx, gval, real_train, decode_eval, c.probe_steps,
+                                                   cfg.train.batch_size, cfg.train.lr, seed, epoch, ctx.device)
                 choice = {"before": before, "after": after}
             choice = ctx.broadcast(choice)
             chosen = schedule.record(epoch, choice["before"], choice["after"])
@@ -400,24 +428,24 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
             print(f"[{job.name}] warning: epoch {epoch + 1} selects [{selection}], but no synthetic image of "
                   f"plans {plan_names} matches it: a real-only epoch", flush=True)
         per_rank = len(mix.indices) // world
-        shard = torch.from_numpy(mix.indices[rank * per_rank:(rank + 1) * per_rank])
+        shard = mix.indices[rank * per_rank:(rank + 1) * per_rank]
+        refs = stream_refs(pool.rows, shard, row_seeds(len(shard), seed, epoch, rank, 2))
         torch.manual_seed(step_seed(seed, epoch, rank))
         gen = torch.Generator().manual_seed(step_seed(seed, epoch, rank, 2))
-        prior = log_prior(pool.data.labels[torch.from_numpy(mix.indices)], job.num_classes) \
-            if c.loss == "balanced_softmax" else None
-        loss = train_epoch(model, pool.data, shard, opt, sched, batch_size=cfg.train.batch_size,
-                           augment=cfg.train.augment, generator=gen, device=ctx.device, log_prior=prior)
-        val_m = evaluate(bare, val, job.num_classes, job.groups, ctx.device)
+        prior = log_prior(pool.labels[mix.indices], job.num_classes) if c.loss == "balanced_softmax" else None
+        loss = train_epoch(model, ctx, refs, decode_train, opt, sched, recipe=cfg.train, num_classes=job.num_classes,
+                           generator=gen, device=ctx.device, log_prior=prior)
+        val_m = evaluate(bare, ctx, evals[cfg.data.val_split], decode_eval, job.num_classes, job.groups, ctx.device)
         val_m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(val_m["per_class_acc"], c.worst_k)
         record.update({"selection": str(selection), "real": mix.real, "synthetic": mix.synthetic,
                        "matching": mix.matching, "train_loss": round(loss, 6), "val": val_m})
         if gval is not None:
-            record["guidance_val_acc"] = guidance_accuracy(bare, gval, ctx.device)
+            record["guidance_val_acc"] = guidance_accuracy(bare, ctx, gval, decode_eval, ctx.device)
         last = epoch == epochs - 1
         if last:
             record["tests"] = {}
-            for split, data in tests.items():
-                m = evaluate(bare, data, job.num_classes, job.groups, ctx.device)
+            for split in cfg.data.test_splits:
+                m = evaluate(bare, ctx, evals[split], decode_eval, job.num_classes, job.groups, ctx.device)
                 m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(m["per_class_acc"], c.worst_k)
                 record["tests"][split] = m
             test_m = record["test"] = record["tests"][cfg.data.test_splits[0]]

@@ -81,3 +81,25 @@ def test_two_data_parallel_workers_train_one_model(tmp_path, ray_session):
     assert metrics["num_workers"] == 2 and len(metrics["epochs"]) == 12
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
     assert metrics["acc"] > 0.4  # well above chance on the balanced test split
+
+
+def test_ray_data_input_trains_exactly_as_decoding_in_the_worker(tmp_path, ray_session):
+    """train.input_tasks > 0 streams every epoch's shard and the validation split through Ray Data
+    tasks; the batches arrive in the loop's order with the same augmentation, so the fit is the
+    one the worker's own decoding (input_tasks 0) gives, loss for loss."""
+    from raysys.ray.train import Workers, fit
+    from raysys.stages import load_config
+    from raysys.training.classifier import ClassifierJob, classifier_loop
+    from tests.conftest import TINY
+
+    cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", "train.epochs=3", "train.batch_size=32"])
+    prep = prepare.run(cfg)
+    job = ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
+                        groups=prep["groups"], epochs=3)
+    histories = {}
+    for tasks in (0, 2):
+        workers = Workers(input_tasks=tasks, prefetch_batches=1)
+        histories[tasks] = fit(classifier_loop, job, workers, f"input-{tasks}", str(tmp_path / "ray"))["history"]
+    assert [h["train_loss"] for h in histories[2]] == [h["train_loss"] for h in histories[0]]
+    assert histories[2][-1]["val"]["acc"] == histories[0][-1]["val"]["acc"]
+    assert histories[0][-1]["train_loss"] < histories[0][0]["train_loss"]

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from raysys.curriculum.base import REAL_ONLY, Level, Selection
-from raysys.data.images import encode_png
 from raysys.training.curriculum import (
     build_pool,
     difficulty_weights,
@@ -25,8 +24,8 @@ BINS = [0.0, 0.5, 1.0]
 def tables():
     real_labels = [0] * 20 + [1] * 10 + [2] * 4  # class 2 is the tail
     real = pa.table({"sample_id": [f"r{i}" for i in range(len(real_labels))],
-                     "image": [encode_png(np.full((8, 8), i, np.uint8)) for i in range(len(real_labels))],
-                     "label": pa.array(real_labels, pa.int32())})
+                     "label": pa.array(real_labels, pa.int32()),
+                     "file": pa.array([0] * len(real_labels), pa.int32()), "row": np.arange(len(real_labels))})
     rows = []
     for src in ("r30", "r31", "r32", "r33"):  # the 4 tail images guide 2 λ x 2 seeds each
         for lam in (0.3, 0.7):
@@ -34,7 +33,7 @@ def tables():
                 rows.append((f"{src}-{lam}-{k}", src, lam, 0.2 if k == 0 else 0.8))
     rows.append(("text-0", None, None, 0.9))  # one text-to-image row
     syn = pa.table({"sample_id": [r[0] for r in rows],
-                    "image": [encode_png(np.full((8, 8), 200, np.uint8))] * len(rows),
+                    "file": pa.array([1] * len(rows), pa.int32()), "row": np.arange(len(rows)),
                     "label": pa.array([2] * len(rows), pa.int32()), "source_id": [r[1] for r in rows],
                     "guidance": pa.array([r[2] for r in rows], pa.float32()),
                     "requested_difficulty": pa.array([r[3] for r in rows], pa.float32())})
@@ -43,8 +42,8 @@ def tables():
 
 def test_pool_and_level_matching():
     real, syn = tables()
-    pool = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
-    assert pool.n_real == 34 and len(pool.data) == 34 + 17
+    pool = build_pool(real, syn, few=[2], difficulty_bins=BINS)
+    assert pool.n_real == 34 and len(pool) == 34 + 17 and pool.rows.num_rows == 51
     assert pool.matches(Level(guidance=0.3)).sum() == 8  # float32 0.3 matches the config's 0.3
     assert pool.matches(Level(difficulty_bin=1)).sum() == 9  # s 0.8 and 0.9
     assert pool.matches(Level(guidance=0.7, difficulty_bin=0)).sum() == 4
@@ -53,7 +52,7 @@ def test_pool_and_level_matching():
 
 def test_epoch_mix_counts_selection_and_determinism():
     real, syn = tables()
-    pool = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    pool = build_pool(real, syn, few=[2], difficulty_bins=BINS)
     only_real = epoch_mix(pool, REAL_ONLY, epoch=0, seed=0, synthetic_per_epoch=0.5, undersample=0.5)
     assert only_real.synthetic == 0 and only_real.real == 4 + 15  # all 4 tail images, half of the 30 others
     assert set(range(30, 34)) <= set(only_real.indices.tolist())
@@ -113,7 +112,7 @@ def test_difficulty_weights_make_draws_follow_the_target_distribution():
 
 def test_weighted_draws_and_equal_steps_in_the_epoch_mix():
     real, syn = tables()
-    pool = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    pool = build_pool(real, syn, few=[2], difficulty_bins=BINS)
     hard = difficulty_weights(pool.requested, "uniform", [0.5, 1.0])
     mix = epoch_mix(pool, Selection((Level(),)), epoch=0, seed=0, synthetic_per_epoch=1.0, undersample=1.0,
                     draw_weights=hard)
@@ -138,7 +137,7 @@ def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
 
     real, syn = tables()
     text_only_rows = syn.filter(pa.array([g is None for g in syn["guidance"].to_pylist()]))
-    pool = build_pool(real, text_only_rows, 8, 1, few=[2], difficulty_bins=BINS)
+    pool = build_pool(real, text_only_rows, few=[2], difficulty_bins=BINS)
     by_lambda = create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[0.1, 0.5])
     with pytest.raises(ValueError, match="no synthetic image of plans \\['plain'\\] matches any level"):
         check_selections_match(by_lambda, pool, 4, None, ["plain"])
@@ -146,7 +145,7 @@ def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
     check_selections_match(any_level, pool, 4, None, ["plain"])  # Level() matches the text rows
     with pytest.raises(ValueError, match="difficulty_distribution"):  # the one row has s 0.9: weight 0 under U(0, 0.5)
         check_selections_match(any_level, pool, 4, difficulty_weights(pool.requested, "uniform", [0.0, 0.5]), ["plain"])
-    full = build_pool(real, syn, 8, 1, few=[2], difficulty_bins=BINS)
+    full = build_pool(real, syn, few=[2], difficulty_bins=BINS)
     check_selections_match(create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[0.1, 0.3]),
                            full, 4, None, ["discl"])  # λ 0.1 matches nothing, λ 0.3 does: only a warning per epoch
 
@@ -156,7 +155,7 @@ def test_guidance_val_keeps_only_the_levels_a_schedule_walks():
 
     real, syn = tables()
     _, _, held_real, held_syn = split_guidance_val(real, syn, 2, seed=0)
-    gval = build_guidance_val(held_real, held_syn, 8, 1)
+    gval = build_guidance_val(held_real, held_syn)
     assert sorted(gval.by_level) == [0.3, 0.7]
     only = gval.only_levels([0.7, 0.9])  # float32 0.7 from Parquet matches the config's 0.7
     assert sorted(only.by_level) == [0.7] and len(only.by_level[0.7]) == 4 and only.real is gval.real

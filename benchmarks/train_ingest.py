@@ -1,0 +1,241 @@
+"""Training input as the data grows: the Ray Data path against a plain PyTorch DataLoader, N and factor x N images.
+
+It uses the data-plane benchmark's image folders (colour JPEGs, 10 classes, `--size` px; made
+if absent) and prepares each once. Then, each in a fresh process, the classifier loop
+(`raysys.training.classifier.classifier_loop`, small_cnn at `--model-size` px, `shift`
+augmentation, `--epochs` epochs) trains on the train split:
+  ray     on Ray Train (one worker holding `--threads` CPUs): every epoch's shard streams as a
+          Ray Dataset, `--tasks` Ray Data tasks decoding and augmenting at once;
+  plain   the same loop in one process whose batches come from a `DataLoader` with `--tasks`
+          worker processes, each decoding and augmenting a whole block with the same `Decode`.
+Both train with torch on `--threads` threads and decode in `--tasks` processes, so the same
+work runs on the same number of processes. Printed per size: training images/s (the epochs'
+own seconds, evaluation of the validation split included in both), the peak RSS of the
+training process, of the largest decoding process and of the driver (Ray only); then
+  Ray Data / DataLoader images/s, at each size:                                  >= 0.8
+  growth per extra image, (peak(factor N) - peak(N)) / ((factor - 1) N):          <= 1 KB
+of the training process, the decoding processes and the driver.
+
+    python benchmarks/train_ingest.py [--images 5000] [--factor 8] [--size 128] [--model-size 32] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_plane_scaling import REPO, _status_kb, make_folder  # noqa: E402
+
+
+def _config(folder: Path, root: Path, args):
+    from raysys.stages import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml", [
+        f"run.root={root}", f"data.source=folder:{folder}", "data.channels=3",
+        f"data.image_size={args.model_size}", "data.max_per_class=0", "data.val_per_class=5",
+        "data.test_per_class=5", "data.pretrain_per_class=0", "data.rows_per_part=250", "generator.base=none-needed",
+        "classifier.name=small_cnn", "classifier.width=32", f"train.epochs={args.epochs}",
+        f"train.batch_size={args.batch_size}", "train.augment=[shift]", f"train.input_tasks={args.tasks}",
+        f"train.cpus_per_worker={args.threads}", "train.checkpoint_every=1000",
+    ])
+
+
+def _job(cfg):
+    from raysys.stages import prepare
+    from raysys.training.classifier import ClassifierJob
+
+    prep = prepare.stage_dir(cfg).metrics()
+    return ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
+                         groups=prep["groups"], epochs=cfg.train.epochs, name="bench")
+
+
+def _rates(history: list[dict], train_images: int) -> dict:
+    seconds = [h["seconds"] for h in history]
+    return {"images": train_images, "epoch_seconds": seconds,
+            "images_per_s": train_images * len(seconds) / sum(seconds)}
+
+
+def _train_count(cfg) -> int:
+    from raysys.stages import prepare
+
+    return sum(prepare.stage_dir(cfg).metrics()["counts"]["train"])
+
+
+def child_prepare(args) -> dict:
+    from raysys.ray.session import init_ray
+    from raysys.stages import prepare
+
+    cfg = _config(Path(args.folder), Path(args.root), args)
+    init_ray(None, num_cpus=args.threads + args.tasks)
+    return {"rows": prepare.run(cfg)["rows"]}
+
+
+def child_ray(args) -> dict:
+    from raysys.ray.session import init_ray
+    from raysys.ray.train import Workers, fit
+    from raysys.training.classifier import classifier_loop
+
+    cfg = _config(Path(args.folder), Path(args.root), args)
+    init_ray(None, num_cpus=args.threads + args.tasks)
+    job = _job(cfg)
+    state = fit(classifier_loop, job, Workers.for_training(cfg.train), f"bench-{time.time_ns()}",
+                tempfile.mkdtemp(prefix="raysys-bench-ray-"))
+    return _rates(state["history"], _train_count(cfg))
+
+
+class Blocks:
+    """A map-style dataset of the blocks `ctx.batches` would hand Ray Data: item i is block i decoded."""
+
+    def __init__(self, refs, decode, batch_size: int):
+        self.refs, self.decode, self.batch_size = refs, decode, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.refs) // self.batch_size)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        block = self.refs.slice(i * self.batch_size, self.batch_size)
+        return {k: torch.from_numpy(v) for k, v in self.decode(block).items()}
+
+
+def child_plain(args) -> dict:
+    import torch
+
+    from raysys.core.context import LocalContext
+    from raysys.training.classifier import classifier_loop
+
+    class DataLoaderContext(LocalContext):
+        def batches(self, refs, decode, batch_size):
+            return iter(torch.utils.data.DataLoader(Blocks(refs, decode, batch_size), batch_size=None,
+                                                    num_workers=args.tasks, prefetch_factor=2,
+                                                    persistent_workers=False))
+
+    cfg = _config(Path(args.folder), Path(args.root), args)
+    torch.set_num_threads(args.threads)
+    ctx = DataLoaderContext(tempfile.mkdtemp(prefix="raysys-bench-plain-") + "/ckpt")
+    classifier_loop(ctx, _job(cfg))
+    from raysys.core.context import read_checkpoint
+
+    _, state = read_checkpoint(ctx.directory)
+    return _rates(state["history"], _train_count(cfg))
+
+
+# ---- the parent: runs children and samples their memory ---------------------------------------
+
+def _role(p: psutil.Process, kind: str, driver_pid: int) -> str:
+    """train (the process that runs the loop), decode (a process that decodes) or driver."""
+    cmd = " ".join(p.cmdline())
+    if kind == "plain":
+        return "train" if p.pid == driver_pid else "decode"
+    if p.pid == driver_pid:
+        return "driver"
+    if "RayTrainWorker" in cmd:
+        return "train"
+    if cmd.startswith("ray::") and ("MapBatches" in cmd or "IDLE" in cmd or "ReadRange" in cmd or "Decode" in cmd):
+        return "decode"
+    return "other"
+
+
+def run_child(kind: str, folder: Path, root: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--root", str(root),
+           "--model-size", str(args.model_size), "--tasks", str(args.tasks),
+           "--threads", str(args.threads), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    env = {**os.environ, "RAY_ADDRESS": "", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+    peaks: dict[str, int] = {}
+    done = threading.Event()
+
+    def sample():
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                for p in [parent, *parent.children(recursive=True)]:
+                    try:
+                        role = _role(p, kind, proc.pid)
+                        peak = max(p.memory_info().rss, _status_kb("VmHWM", p.pid))
+                        peaks[role] = max(peaks.get(role, 0), peak)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} child failed ({proc.returncode}); rerun it alone: {' '.join(cmd)}")
+    return {**json.loads(out.strip().splitlines()[-1]), "peaks": peaks}
+
+
+def mib(x: float) -> str:
+    return f"{x / 2**20:7.1f} MiB"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=5000, help="N")
+    ap.add_argument("--factor", type=int, default=8)
+    ap.add_argument("--size", type=int, default=128, help="side of the JPEGs, in pixels")
+    ap.add_argument("--model-size", type=int, default=32, help="side of the classifier's input, in pixels")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    ap.add_argument("--tasks", type=int, default=1, help="decoding processes (Ray Data tasks / DataLoader workers)")
+    ap.add_argument("--workdir", default=None, help="where the image folders and runs go (default: a temporary folder)")
+    ap.add_argument("--child", choices=["prepare", "ray", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps({"prepare": child_prepare, "ray": child_ray, "plain": child_plain}[args.child](args)))
+        return
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="raysys-bench-"))
+    sizes = [args.images, args.images * args.factor]
+    results = {}
+    for n in sizes:
+        folder, root = work / f"images_{n}", work / f"train_run_{n}"
+        if not folder.exists():
+            t0 = time.time()
+            make_folder(folder, n, args.size)
+            print(f"made {n} JPEGs at {args.size} px in {time.time() - t0:.0f}s -> {folder}", flush=True)
+        if not (root / "prepare").exists():
+            run_child("prepare", folder, root, args)
+        results[n] = {kind: run_child(kind, folder, root, args) for kind in ("ray", "plain")}
+        for kind, r in results[n].items():
+            p = r["peaks"]
+            print(f"N={n} {kind:5s} {r['images']} train images x {args.epochs} epochs: {r['images_per_s']:7.1f} images/s"
+                  f"  train {mib(p.get('train', 0))}  largest decoder {mib(p.get('decode', 0))}"
+                  f"  driver {mib(p.get('driver', 0))}", flush=True)
+
+    small, big = sizes
+    print(f"\nimages {small} -> {big}, {args.size} px JPEGs, classifier at {args.model_size} px, {args.tasks} decoding "
+          f"process(es), {args.threads} torch thread(s)")
+    for n in sizes:
+        ray_r, plain = results[n]["ray"], results[n]["plain"]
+        print(f"Ray Data / DataLoader training images/s at N={n}: "
+              f"{ray_r['images_per_s'] / plain['images_per_s']:.3f} (target >= 0.8)")
+    extra = results[big]["ray"]["images"] - results[small]["ray"]["images"]
+    for kind in ("ray", "plain"):
+        for role in ("train", "decode", "driver"):
+            a, b = results[small][kind]["peaks"].get(role), results[big][kind]["peaks"].get(role)
+            if a and b:
+                print(f"{kind:5s} {role:6s} growth per extra train image: {(b - a) / extra / 1024:6.2f} KB (target <= 1 KB)")
+
+
+if __name__ == "__main__":
+    main()
