@@ -167,3 +167,35 @@ def test_decoding_ahead_keeps_the_order_and_raises_the_decoders_error(tmp_path):
     assert got == list(range(40))
     ahead = [b["label"].tolist() for b in decoded_batches(refs.slice(0, 40), Numbered(), 8, prefetch=2)]
     assert ahead == [b["label"].tolist() for b in decoded_batches(refs.slice(0, 40), Numbered(), 8)]
+
+
+def test_a_decode_reads_a_row_group_once_while_its_cache_holds_it(tmp_path, monkeypatch):
+    """Blocks that come back to a row group read it from the Decode's cache, which never holds
+    more than its byte limit (the oldest group goes first); a pickled copy starts empty."""
+    import pickle
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysys.data import stream
+
+    path = str(tmp_path / "part.parquet")
+    images = [encode_png(np.full((4, 4), i, np.uint8)) for i in range(40)]
+    pq.write_table(pa.table({"image": images, "label": list(range(40))}), path, row_group_size=10)
+    rows = index_rows([path], ["label"])
+    reads = []
+    original = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, g, **kw: reads.append(g) or original(self, g, **kw))
+    decode = Decode([path], 4, 1)
+    for _ in range(3):
+        out = decode(stream_refs(rows, np.array([0, 15, 39, 1])))
+        assert out["image"][:, 0, 0, 0].tolist() == [0, 15, 39, 1]
+    assert sorted(reads) == [0, 1, 3]  # each group once, not once per block
+    small = Decode([path], 4, 1, cache_bytes=sum(len(b) for b in images[:10]) + 200)
+    reads.clear()
+    for _ in range(2):
+        small(stream_refs(rows, np.array([0, 15])))
+    assert reads == [0, 1, 0, 1] and len(small._cache.groups) == 1
+    copy = pickle.loads(pickle.dumps(decode))
+    assert len(copy._cache.groups) == 0 and copy.files == decode.files
