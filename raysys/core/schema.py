@@ -13,6 +13,7 @@ import hashlib
 import io as _io
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysys.core import io
@@ -91,11 +92,28 @@ def conform(table: pa.Table) -> pa.Table:
     return out
 
 
+ROW_GROUP_BYTES = 2**18
+"""About how many bytes of encoded images one Parquet row group of a manifest holds: a reader that
+wants one image (training input, raysys.data.stream) reads its row group, so this bounds what one
+randomly drawn image costs to read."""
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group for `table`: ROW_GROUP_BYTES of its encoded images (at least one row);
+    all its rows in one group when it holds no image bytes (only uris)."""
+    n = len(table)
+    image_bytes = (pc.sum(pc.binary_length(table["image"])).as_py() or 0) if "image" in table.column_names else 0
+    if n == 0 or image_bytes == 0:
+        return max(n, 1)
+    return max(1, min(n, int(ROW_GROUP_BYTES * n // image_bytes)))
+
+
 def write_manifest(table: pa.Table, location: str) -> None:
-    """Write a manifest Parquet file atomically (temporary file, then rename)."""
+    """Write a manifest Parquet file atomically (temporary file, then rename), its row groups of
+    about ROW_GROUP_BYTES of images each."""
     table = conform(table)
     buf = _io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, row_group_size=row_group_rows(table), compression="zstd")
     io.write_bytes(location, buf.getvalue())
 
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from raysys.core import io
 from raysys.core.config import SamplingConfig
-from raysys.core.schema import MANIFEST_SCHEMA, conform, list_parts, to_table
+from raysys.core.schema import MANIFEST_SCHEMA, conform, list_parts, to_table, write_manifest
 
 # Columns that travel with each row between the stages but are not manifest columns.
 TRACE_COLUMNS = ("plan", "model", "actor_id", "busy_s", "generated_at")
@@ -202,11 +202,8 @@ def part_name(sample_ids: list[str]) -> str:
 
 def write_part(table: pa.Table, directory: str) -> str:
     """Write manifest rows atomically as one part of `directory`; returns the part's location."""
-    table = conform(table)
     location = io.join(directory, part_name(table["sample_id"].to_pylist()))
-    buf = _io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    io.write_bytes(location, buf.getvalue())
+    write_manifest(table, location)
     return location
 
 

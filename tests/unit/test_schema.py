@@ -80,3 +80,29 @@ def test_a_folder_of_parts_reads_as_one_manifest(tmp_path):
     # the same digest keeps the parts (a resumed run); another empties the folder
     assert claim_folder(folder, "digest-a") is True and len(list_parts(folder)) == 2
     assert claim_folder(folder, "digest-b") is False and list_parts(folder) == []
+
+
+def test_row_groups_hold_about_row_group_bytes_of_images(tmp_path):
+    """A reader that wants one image reads its row group: large images get small groups, tiny
+    images (or rows that only point at files) one group per part."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from raysys.core.schema import ROW_GROUP_BYTES
+    from raysys.data.stream import RowGroupCache, read_images
+
+    rng = np.random.default_rng(0)
+    big = {**_rows(40), "image": [rng.bytes(ROW_GROUP_BYTES // 8) for _ in range(40)]}  # 8 images per group
+    path = str(tmp_path / "big.parquet")
+    write_manifest(to_table(big), path)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 5 and {meta.row_group(g).num_rows for g in range(5)} == {8}
+    cache = RowGroupCache()
+    assert read_images([path], np.zeros(2, np.int64), np.array([33, 35]), cache) == [big["image"][33], big["image"][35]]
+    assert list(cache.groups) == [(0, 4)] and cache.size <= ROW_GROUP_BYTES + 1024  # one group read, not the part
+
+    small_path, uri_path = str(tmp_path / "small.parquet"), str(tmp_path / "uri.parquet")
+    write_manifest(to_table(_rows(40)), small_path)
+    write_manifest(to_table({**_rows(40), "image": [None] * 40, "uri": [f"/x/{i}.png" for i in range(40)]}), uri_path)
+    assert pq.ParquetFile(small_path).metadata.num_row_groups == 1
+    assert pq.ParquetFile(uri_path).metadata.num_row_groups == 1
