@@ -59,9 +59,28 @@ def _small_cnn(num_classes: int, in_chans: int, width: int = 32, **_) -> nn.Modu
     return SmallCNN(num_classes, in_chans, width)
 
 
-def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Every classifier's input convention: uint8 [0, 255] -> float [-1, 1]."""
-    return images_uint8.float().div_(127.5).sub_(1.0)
+def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel, in [0, 1] pixel units, that `model`'s inputs are normalised with:
+    a timm model's own data config (its pretrained config: ImageNet's statistics for most, CLIP's
+    for CLIP towers, ...); (0.5,), (0.5,), i.e. inputs in [-1, 1], for the models registered here."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg:
+        return (0.5,), (0.5,)
+    return tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"])
+
+
+def normalize(images_uint8: torch.Tensor, model: Optional[nn.Module] = None) -> torch.Tensor:
+    """uint8 [0, 255] images (N, C, H, W) -> float, normalised as `model` expects (`input_stats`;
+    [-1, 1] without a model). Statistics for three channels are averaged for grey images."""
+    mean, std = input_stats(model) if model is not None else ((0.5,), (0.5,))
+    channels = images_uint8.shape[1]
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    x = images_uint8.float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
 
 
 def registered_names() -> list[str]:

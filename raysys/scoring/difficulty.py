@@ -69,7 +69,7 @@ class DifficultyScorer:
             if key not in self.models:
                 raise KeyError(f"row asks for model '{key}', loaded: {sorted(self.models)}")
             rows = np.flatnonzero(keys == key)
-            x = normalize(pixels[rows]).to(self.device)
+            x = normalize(pixels[rows], self.models[key]).to(self.device)
             p = torch.softmax(self.models[key](x).float(), dim=1).cpu()
             if probs is None:
                 probs = torch.empty(len(keys), p.shape[1])

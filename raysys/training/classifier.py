@@ -61,8 +61,8 @@ def for_device(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
-def _inputs(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = normalize(images_uint8.to(device, non_blocking=True))
+def _inputs(images_uint8: torch.Tensor, model: nn.Module, device: torch.device) -> torch.Tensor:
+    x = normalize(images_uint8.to(device, non_blocking=True), model)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
@@ -100,7 +100,7 @@ def train_epoch(
         y = batch["label"]
         if len(y) < 2 and i > 0:
             break  # BatchNorm cannot train on one image; every rank has the same shard length
-        x, y = _inputs(batch["image"], device), y.to(device, non_blocking=True)
+        x, y = _inputs(batch["image"], model, device), y.to(device, non_blocking=True)
         targets = None
         if mixing:
             x, targets = mix_batch(x, y, num_classes, mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix,
@@ -131,7 +131,7 @@ def predict(model: nn.Module, ctx: "TrainContext", refs: pa.Table, decode: Decod
     preds, p_true = [], []
     for batch in ctx.batches(refs, decode, batch_size):
         with _autocast(device):
-            logits = model(_inputs(batch["image"], device))
+            logits = model(_inputs(batch["image"], model, device))
         probs = torch.softmax(logits.float(), dim=1).cpu()
         preds.append(probs.argmax(1).numpy())
         p_true.append(probs.gather(1, batch["label"].view(-1, 1)).squeeze(1).numpy())

@@ -314,7 +314,7 @@ def probe_gains_inputs(model: nn.Module, ctx: "TrainContext", gval: GuidanceVal,
     per_step = min(batch_size, len(real))
     drawn = torch.cat([torch.randint(0, len(real), (per_step,), generator=gen) for _ in range(steps)]).numpy()
     for batch in ctx.batches(stream_refs(real, drawn), decode, per_step):
-        x = normalize(batch["image"]).to(device)
+        x = normalize(batch["image"], probe).to(device)
         loss = F.cross_entropy(probe(x), batch["label"].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -53,3 +53,36 @@ def test_unknown_name_and_missing_weights_are_clear_errors(tmp_path):
         create_classifier("resnet_imaginary", 10)
     with pytest.raises(FileNotFoundError, match="classifier.weights"):
         create_classifier("small_cnn", 10, weights=str(tmp_path / "none.pth"))
+
+
+def test_inputs_are_normalised_as_each_model_expects(tmp_path):
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from raysys.models.classifiers import input_stats, normalize
+
+    pixels = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2)
+    small = create_classifier("small_cnn", 3, 1)
+    assert input_stats(small) == ((0.5,), (0.5,))
+    assert torch.allclose(normalize(pixels, small).flatten(), torch.tensor([-1.0, 64 / 127.5 - 1, 128 / 127.5 - 1, 1.0]), atol=1e-6)
+
+    rgb = pixels.expand(1, 3, 2, 2).contiguous()
+    resnet = create_classifier("resnet18", 3, 3)
+    assert input_stats(resnet) == (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
+    x = normalize(rgb, resnet)
+    for c in range(3):  # (v / 255 - mean_c) / std_c, channel by channel
+        expected = (pixels.flatten().float() / 255 - IMAGENET_DEFAULT_MEAN[c]) / IMAGENET_DEFAULT_STD[c]
+        assert torch.allclose(x[0, c].flatten(), expected, atol=1e-6)
+    grey = normalize(pixels, create_classifier("resnet18", 3, 1))  # one channel: the stats averaged
+    mean, std = sum(IMAGENET_DEFAULT_MEAN) / 3, sum(IMAGENET_DEFAULT_STD) / 3
+    assert torch.allclose(grey.flatten(), (pixels.flatten().float() / 255 - mean) / std, atol=1e-6)
+
+    clip = create_classifier("vit_tiny_patch16_224", 3, 3, image_size=32)  # a timm model's own config ...
+    clip.pretrained_cfg = {**clip.pretrained_cfg, "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD}  # ... as CLIP's has
+    assert input_stats(clip) == (tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD))
+    assert not torch.allclose(normalize(rgb, clip), normalize(rgb, resnet))
+
+    # a saved and reloaded timm classifier (what scoring loads) normalises as the trained one did
+    save_classifier(resnet, str(tmp_path / "m"), {"name": "resnet18", "num_classes": 3, "in_chans": 3, "width": 32,
+                                                   "image_size": 32})
+    loaded, _ = load_classifier(str(tmp_path / "m"))
+    assert input_stats(loaded) == input_stats(resnet)
