@@ -27,7 +27,7 @@ from raysys.generation.training import diffusion_loss, training_scheduler
 
 
 def pretrain_base(
-    images: np.ndarray,
+    images: "np.ndarray | Callable[[np.ndarray], np.ndarray]",
     labels: np.ndarray,
     class_names: list[str],
     cfg: PretrainConfig,
@@ -38,13 +38,17 @@ def pretrain_base(
     device: str = "cpu",
     log: Optional[Callable[[str], None]] = print,
 ) -> dict:
-    """Train on uint8 images (N, C, size, size) already at cfg.image_size; save to out_dir."""
-    if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
-        raise ValueError(f"images are {images.shape[-2:]} but pretrain.image_size is {cfg.image_size}")
+    """Train on uint8 images (N, C, size, size) at cfg.image_size, of classes `labels` (N,); save to
+    out_dir. `images` is an array, or a function from row indices to those rows' images: then
+    each step's batch is read when it is drawn and the images are never held together."""
+    fetch = images if callable(images) else (lambda idx: images[idx])
+    first = np.asarray(fetch(np.zeros(1, np.int64)))
+    if first.shape[-1] != cfg.image_size or first.shape[-2] != cfg.image_size:
+        raise ValueError(f"images are {first.shape[-2:]} but pretrain.image_size is {cfg.image_size}")
     torch.manual_seed(seed)
     words = prompt_template.replace("{name}", " ").split() + [w for n in class_names for w in n.split()]
     pipe = build_components(ComponentSpec(
-        image_size=cfg.image_size, image_channels=int(images.shape[1]),
+        image_size=cfg.image_size, image_channels=int(first.shape[1]),
         block_out_channels=list(cfg.block_out_channels), cross_attention_levels=list(cfg.cross_attention_levels),
         cross_attention_dim=cfg.cross_attention_dim, vocabulary=words, prediction_type=cfg.prediction_type,
     )).to(device)
@@ -54,15 +58,15 @@ def pretrain_base(
     average_params = list(average.unet.parameters()) + list(average.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
-    x = torch.from_numpy(np.array(images)).float().div_(127.5).sub_(1.0)  # a writable copy
     prompts = [prompt_template.format(name=n) for n in class_names]
     g = torch.Generator().manual_seed(seed)
     pipe.unet.train()
     pipe.text_encoder.train()
     losses, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, len(x), (cfg.batch_size,), generator=g)
-        loss = diffusion_loss(pipe, scheduler, x[idx].to(device), [prompts[int(labels[i])] for i in idx],
+        idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=g)
+        x = torch.from_numpy(np.array(fetch(idx.numpy()))).float().div_(127.5).sub_(1.0)  # [-1, 1]
+        loss = diffusion_loss(pipe, scheduler, x.to(device), [prompts[int(labels[i])] for i in idx],
                               condition_dropout=cfg.condition_dropout, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -30,8 +30,11 @@ from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.pipeline import check_generator
 from raysys.ray.train import remote_task
 from raysys.stages import finetune, prepare, pretrain_generator, score, train_classifier
+from raysys.training.classifier import manifest_rows
 
 RECOGNITION_SEEDS = 20
+RECOGNITION_BLOCK = 256
+"""Real pretrain images read and scored at a time."""
 """Images per class for the recognition measurement."""
 HARD_FACTOR_SEED = 0
 
@@ -56,12 +59,14 @@ def _encode(images) -> list[bytes]:
 
 
 def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_dir: str, class_names: list[str],
-             pretrain_images: list | None, pretrain_labels: np.ndarray | None) -> dict:
-    """Runs inside one Ray task: the recognition set of the base model (when `pretrain_images` is
-    given) and the grids of every fine-tuned variant, re-scored by the baseline classifier."""
+             pretrain: tuple | None) -> dict:
+    """Runs inside one Ray task: the recognition set of the base model (when `pretrain`, the
+    manifest files and the pretrain split's rows without images, is given; its images are read a
+    block at a time) and the grids of every fine-tuned variant, re-scored by the baseline classifier."""
     import torch
 
     from raysys.data.images import decode_batch
+    from raysys.data.stream import RowGroupCache, read_images
     from raysys.generation.components import load_pipeline
     from raysys.generation.control import control_grid, hard_factor_grid
     from raysys.generation.finetune import load_finetuned
@@ -72,7 +77,7 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
     prompts = [cfg.generator.prompt_template.format(name=n) for n in class_names]
     scorer = DifficultyScorer({"baseline": classifier_dir})
     out: dict = {"variants": {}}
-    if pretrain_images is not None:
+    if pretrain is not None:
         pipe = load_pipeline(base).to(device)
         with torch.no_grad():  # the base model has no difficulty encoder: nothing to guide s with
             grid = control_grid(pipe, prompts, [0.0], RECOGNITION_SEEDS, replace(opts, difficulty_guidance_scale=None),
@@ -83,14 +88,20 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
         correct = correct.reshape(len(class_names), -1)
         rec = {"recognition": float(correct.mean()), "recognition_images": int(correct.size),
                "recognition_per_class": [round(float(x), 3) for x in correct.mean(axis=1)]}
-        size = pipe.image_size
-        small = decode_batch(pretrain_images, size, pipe.image_channels)
-        real_small = _encode(small.transpose(0, 2, 3, 1))
-        for key, encoded in (("recognition_real_native", pretrain_images), ("recognition_real_same_size", real_small)):
-            pred = scorer(encoded, pretrain_labels, ["baseline"] * len(pretrain_labels))["pred"]
-            rec[key] = float((pred == pretrain_labels).mean())
-            rec[f"{key}_per_class"] = [round(float((pred[pretrain_labels == c] == c).mean()), 3)
-                                       for c in range(len(class_names))]
+        files, rows = pretrain
+        labels = rows["label"].to_numpy().astype(np.int64)
+        preds: dict[str, list] = {"recognition_real_native": [], "recognition_real_same_size": []}
+        cache = RowGroupCache()
+        for start in range(0, len(rows), RECOGNITION_BLOCK):
+            block = rows.slice(start, RECOGNITION_BLOCK)
+            native = read_images(files, block["file"].to_numpy(), block["row"].to_numpy(), cache)
+            same_size = _encode(decode_batch(native, pipe.image_size, pipe.image_channels).transpose(0, 2, 3, 1))
+            for key, encoded in (("recognition_real_native", native), ("recognition_real_same_size", same_size)):
+                preds[key].append(scorer(encoded, labels[start:start + len(block)], ["baseline"] * len(block))["pred"])
+        for key, parts in preds.items():
+            pred = np.concatenate(parts)
+            rec[key] = float((pred == labels).mean())
+            rec[f"{key}_per_class"] = [round(float((pred[labels == c] == c).mean()), 3) for c in range(len(class_names))]
         out["recognition"], out["samples"] = rec, samples
     for variant, location in adapters.items():
         pipe = load_finetuned(base, io.local_copy(location)).to(device)
@@ -113,14 +124,11 @@ def _run(ctx: Context) -> dict:
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
     class_names = prepare.stage_dir(cfg).metrics()["class_names"]
-    pretrain_images = pretrain_labels = None
-    if pretrain_generator.needed(cfg):
-        table, _ = prepare.load(cfg, where=pc.field("split") == "pretrain", columns=["image", "label"])
-        pretrain_images, pretrain_labels = table["image"].to_pylist(), table["label"].to_numpy().astype(np.int64)
+    pretrain = manifest_rows(prepare.manifest_path(cfg), ["pretrain"]) if pretrain_generator.needed(cfg) else None
     t0 = time.time()
     task = remote_task(_measure, num_cpus=f.cpus_per_worker, num_gpus=1 if f.use_gpu else 0)
     out = task(cfg, finetune.local_base(cfg), {v: finetune.adapters_dir(cfg, v) for v in f.variants},
-               io.local_copy(train_classifier.model_dir(cfg)), class_names, pretrain_images, pretrain_labels)
+               io.local_copy(train_classifier.model_dir(cfg)), class_names, pretrain)
     grids = out["variants"]
     metrics: dict = {"control_seconds": round(time.time() - t0, 2)}
     if "recognition" in out:

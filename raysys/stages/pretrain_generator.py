@@ -13,7 +13,6 @@ import os
 import tempfile
 
 import numpy as np
-import pyarrow.compute as pc
 
 from raysys.core import io
 from raysys.core.config import RaysysConfig
@@ -49,9 +48,15 @@ def base_label(cfg: RaysysConfig) -> str:
     return f"builtin:{STAGE.digest(cfg)}" if needed(cfg) else cfg.generator.base
 
 
-def _pretrain(cfg: RaysysConfig, images, labels, class_names, out_dir) -> dict:
-    """Runs inside one Ray task: train, then save the pipeline to `out_dir`."""
+def _pretrain(cfg: RaysysConfig, files, rows, class_names, out_dir) -> dict:
+    """Runs inside one Ray task: train on the manifest rows `rows` of `files` (without images: each
+    step's batch is read and decoded when it is drawn), then save the pipeline to `out_dir`."""
+    from raysys.data.stream import Decode, stream_refs
     from raysys.generation.pretrain import pretrain_base
+
+    decode = Decode(files, cfg.pretrain.image_size, cfg.data.channels)
+    images = lambda idx: decode(stream_refs(rows, idx))["image"]  # noqa: E731
+    labels = rows["label"].to_numpy().astype(np.int64)
 
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "pipeline")
@@ -62,20 +67,18 @@ def _pretrain(cfg: RaysysConfig, images, labels, class_names, out_dir) -> dict:
 
 
 def _run(ctx: Context) -> dict:
-    from raysys.data.images import decode_batch
+    from raysys.training.classifier import manifest_rows
 
     cfg = ctx.cfg
-    table, prep = prepare.load(cfg, where=pc.field("split") == "pretrain", columns=["image", "label"])
-    if table.num_rows == 0:
+    files, rows = manifest_rows(prepare.manifest_path(cfg), ["pretrain"])  # without images
+    if rows.num_rows == 0:
         raise ValueError("the pretrain split is empty: set data.pretrain_per_class > 0 to pretrain the built-in generator")
     size = cfg.pretrain.image_size
-    images = decode_batch(table["image"].to_pylist(), size, cfg.data.channels)
-    labels = table["label"].to_numpy().astype(np.int64)
     task = remote_task(_pretrain, num_cpus=cfg.pretrain.cpus, num_gpus=1 if cfg.pretrain.use_gpu else 0)
-    metrics = task(cfg, images, labels, prep["class_names"], ctx.file("pipeline"))
+    metrics = task(cfg, files, rows, prepare.stage_dir(cfg).metrics()["class_names"], ctx.file("pipeline"))
     print(f"[pretrain_generator] {metrics['steps']} steps in {metrics['train_seconds']:.0f}s, loss "
           f"{metrics['loss_start']:.4f} -> {metrics['loss_end']:.4f} -> {ctx.file('pipeline')}")
-    return {"pretrain_images": int(table.num_rows), "image_size": size, **metrics}
+    return {"pretrain_images": int(rows.num_rows), "image_size": size, **metrics}
 
 
 def _check(cfg: RaysysConfig) -> list[str]:

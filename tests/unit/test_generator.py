@@ -1,5 +1,7 @@
 """The difficulty encoder and the pipeline, built at tiny size from config (no download)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,31 @@ def test_pretrain_base_writes_a_loadable_text_to_image_model(tmp_path):
     assert pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("seven").input_ids)[1] == "seven</w>"
     out = pipe(["a photo of the digit seven"] * 2, seeds=[1, 2], num_inference_steps=4).images
     assert out.shape == (2, 8, 8, 1) and out.dtype == np.uint8 and out.std() > 0
+
+    # Streamed (what the stage does: each step's rows read and decoded from the manifest when
+    # drawn, the split never held), the same steps see the same images: the same fit.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysys.data.stream import Decode, index_rows, stream_refs
+
+    path = str(tmp_path / "pretrain.parquet")
+    pq.write_table(pa.table({"image": src.images[:200], "label": pa.array(src.labels[:200], pa.int32())}), path,
+                   row_group_size=64)
+    rows, asked = index_rows([path], ["label"]), []
+    decode = Decode([path], 8, 1)
+
+    def read(idx):
+        asked.append(len(idx))
+        return decode(stream_refs(rows, idx))["image"]
+
+    short = replace(cfg, steps=5)
+    held = pretrain_base(images, src.labels[:200], src.class_names, short, "a photo of the digit {name}",
+                         str(tmp_path / "held"), log=None)
+    streamed = pretrain_base(read, rows["label"].to_numpy(), src.class_names, short, "a photo of the digit {name}",
+                             str(tmp_path / "streamed"), log=None)
+    assert asked == [1] + [16] * 5  # the size check, then one batch per step
+    assert streamed["loss_start"] == held["loss_start"] and streamed["loss_end"] == held["loss_end"]
 
 
 def test_encoder_fourier_features_are_configurable_and_round_trip(tmp_path):
