@@ -31,6 +31,7 @@ test-slow: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/data_plane_scaling.py
 	$(BIN)/python benchmarks/synthesis_throughput.py
+	$(BIN)/python benchmarks/train_ingest.py
 
 clean:
 	rm -rf runs/ .pytest_cache

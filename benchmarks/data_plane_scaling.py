@@ -170,7 +170,7 @@ def child_plain(args) -> dict:
     seen = 0
     with torch.no_grad():
         for x, _ in loader:
-            torch.softmax(model(normalize(x)).float(), 1)
+            torch.softmax(model(normalize(x, model)).float(), 1)
             seen += len(x)
     assert seen == n, (seen, n)
     return {"images": n, "seconds": time.perf_counter() - t0}
@@ -200,28 +200,26 @@ def _is_worker(cmdline: str) -> bool:
     return cmdline.startswith("ray::") or "default_worker.py" in cmdline
 
 
-def run_child(kind: str, folder: Path, root: Path, args) -> dict:
-    """Run one child; peak RSS (bytes) of the driver and of each Ray worker while it ran."""
+def run_sampled(cmd: list[str], key) -> tuple[dict, dict]:
+    """Run `cmd`, a child that prints one JSON line last, sampling every 0.1 s the peak RSS (VmHWM:
+    the peak between samples too) of it and of its descendants: (its JSON, {key: peak bytes}),
+    where `key(process, child_pid)` names what a process counts as (None: not counted)."""
     import psutil
 
-    cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--root", str(root),
-           "--size", str(args.size), "--model-size", str(args.model_size), "--cpus", str(args.cpus), "--rows-per-part", str(args.rows_per_part),
-           "--batch-size", str(args.batch_size)]
     env = {**os.environ, "RAY_ADDRESS": "", "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
-    peaks = {"driver": 0, "workers": {}}
+    peaks: dict = {}
     done = threading.Event()
 
     def sample():
         parent = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                peaks["driver"] = max(peaks["driver"], parent.memory_info().rss)
-                for p in parent.children(recursive=True):
+                for p in [parent, *parent.children(recursive=True)]:
                     try:
-                        if _is_worker(" ".join(p.cmdline())):  # VmHWM: the peak between samples too
-                            peak = max(p.memory_info().rss, _status_kb("VmHWM", p.pid))
-                            peaks["workers"][p.pid] = max(peaks["workers"].get(p.pid, 0), peak)
+                        name = key(p, proc.pid)
+                        if name is not None:
+                            peaks[name] = max(peaks.get(name, 0), p.memory_info().rss, _status_kb("VmHWM", p.pid))
                     except psutil.Error:
                         pass
             except psutil.Error:
@@ -234,12 +232,25 @@ def run_child(kind: str, folder: Path, root: Path, args) -> dict:
     done.set()
     sampler.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} child failed ({proc.returncode}); rerun it alone: {' '.join(cmd)}")
-    result = json.loads(out.strip().splitlines()[-1])
+        raise RuntimeError(f"child failed ({proc.returncode}); rerun it alone: {' '.join(cmd)}")
+    return json.loads(out.strip().splitlines()[-1]), peaks
+
+
+def run_child(kind: str, folder: Path, root: Path, args) -> dict:
+    """Run one child; peak RSS (bytes) of the driver and of each Ray worker while it ran."""
+    cmd = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--root", str(root),
+           "--size", str(args.size), "--model-size", str(args.model_size), "--cpus", str(args.cpus), "--rows-per-part", str(args.rows_per_part),
+           "--batch-size", str(args.batch_size)]
+
+    def key(p, child_pid):
+        return "driver" if p.pid == child_pid else (p.pid if _is_worker(" ".join(p.cmdline())) else None)
+
+    result, peaks = run_sampled(cmd, key)
+    workers = [v for k, v in peaks.items() if k != "driver"]
     # the child's own exact peak in the stage where the kernel gives it, else the sampled one
-    result["driver_peak"] = result.get("driver_stage_peak") or peaks["driver"]
-    result["worker_peak"] = max(peaks["workers"].values(), default=0)
-    result["workers_seen"] = len(peaks["workers"])
+    result["driver_peak"] = result.get("driver_stage_peak") or peaks.get("driver", 0)
+    result["worker_peak"] = max(workers, default=0)
+    result["workers_seen"] = len(workers)
     return result
 
 

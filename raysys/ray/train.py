@@ -79,10 +79,17 @@ class RayTrainContext:
         data_ctx.execution_options.preserve_order = True  # the order the loop asked for
         data_ctx.execution_options.verbose_progress = False
         data_ctx.print_on_execution_start = False
-        # from_items builds its blocks here; from_arrow would ask a remote task (1 CPU) for each
-        # block's metadata, which never starts while the Train workers hold every CPU.
-        ds = ray.data.from_items(refs.to_pylist(), override_num_blocks=-(-len(refs) // batch_size)).map_batches(
-            decode, batch_size=None, batch_format="pyarrow", num_cpus=w.input_cpus,
+        # Decoded blocks wait in the object store (mapped into this process as it reads them) only
+        # as far ahead as the decoding tasks and the prefetch need, however long the epoch.
+        ahead = 2 * w.input_tasks + w.prefetch_batches + 2
+        data_ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+            object_store_memory=ahead * decoded_block_bytes(decode, batch_size))
+        # The dataset holds block starts; each task slices its block of `refs` (sent once with the
+        # function). from_items builds its blocks here; from_arrow would ask a remote task (1 CPU)
+        # for each block's metadata, which never starts while the Train workers hold every CPU.
+        starts = [{"start": s} for s in range(0, len(refs), batch_size)]
+        ds = ray.data.from_items(starts, override_num_blocks=len(starts)).map_batches(
+            DecodeBlocks(refs, decode, batch_size), batch_size=None, batch_format="pyarrow", num_cpus=w.input_cpus,
             compute=ray.data.TaskPoolStrategy(size=w.input_tasks))
         return ds.iter_torch_batches(batch_size=batch_size, prefetch_batches=w.prefetch_batches, device="cpu",
                                      pin_memory=self.device.type == "cuda")
@@ -113,6 +120,25 @@ class RayTrainContext:
             return None
         with checkpoint.as_directory() as d:
             return read_checkpoint(d)
+
+
+class DecodeBlocks:
+    """A Ray Data map function: blocks of block starts -> the `batch_size` rows of `refs` from each
+    start, decoded by `decode` (one output block per start)."""
+
+    def __init__(self, refs: pa.Table, decode: Callable[[pa.Table], dict], batch_size: int) -> None:
+        self.refs, self.decode, self.batch_size = refs, decode, batch_size
+
+    def __call__(self, block: pa.Table) -> dict:
+        import numpy as np
+
+        outs = [self.decode(self.refs.slice(start, self.batch_size)) for start in block["start"].to_pylist()]
+        return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def decoded_block_bytes(decode, batch_size: int) -> int:
+    """Bytes of one decoded block: uint8 images at the decoder's size, int64 labels."""
+    return batch_size * (decode.channels * decode.size * decode.size + 8)
 
 
 def _worker(config: dict) -> None:
