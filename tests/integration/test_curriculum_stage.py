@@ -51,7 +51,7 @@ def test_diverse_to_specific_walks_the_guidance_levels(tiny_synthetic):
 
 
 ADAPTIVE = ["curriculum.schedule=adaptive", "curriculum.plans=[discl]", "curriculum.guidance_val_sources=2",
-            "curriculum.stage_epochs=5", "curriculum.epochs=40", "curriculum.curriculum_epochs=35"]
+            "curriculum.stage_epochs=4", "curriculum.epochs=24", "curriculum.curriculum_epochs=20"]
 
 
 def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_path):
@@ -59,7 +59,7 @@ def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_p
     _copy(tiny_synthetic, whole_root)
     _copy(tiny_synthetic, killed_root)
     whole = curriculum.run(load_config(TINY, [f"run.root={whole_root}", *ADAPTIVE]))
-    assert len(whole["adaptive_choices"]) == 7 and whole["resumed_at_epochs"] == []
+    assert len(whole["adaptive_choices"]) == 5 and whole["resumed_at_epochs"] == []
     assert all(e["guidance_val_acc"].keys() == {"real", "0.3", "0.7"} for e in whole["epochs"])
 
     overrides = [f"run.root={killed_root}", *ADAPTIVE]
@@ -78,10 +78,10 @@ def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_p
     cfg = load_config(TINY, overrides)
     assert not curriculum.stage_dir(cfg).is_complete()
     resumed = curriculum.run(cfg)
-    assert len(resumed["resumed_at_epochs"]) == 1 and 1 <= resumed["resumed_at_epochs"][0] < 40
+    assert len(resumed["resumed_at_epochs"]) == 1 and 1 <= resumed["resumed_at_epochs"][0] < 24
     assert resumed["adaptive_choices"] == whole["adaptive_choices"]
     assert resumed["trace"] == whole["trace"]
-    assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, 41))
+    assert [e["epoch"] for e in resumed["epochs"]] == list(range(1, 25))
     assert resumed["acc"] == pytest.approx(whole["acc"]) and resumed["acc_few"] == pytest.approx(whole["acc_few"])
 
 

@@ -19,7 +19,7 @@ RAYSYS = [sys.executable, "-m", "raysys.cli"]
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
-    overrides = [f"run.root={tmp_path / 'run'}", "train.epochs=60"]
+    overrides = [f"run.root={tmp_path / 'run'}", "train.epochs=40"]
     from raysys.stages import load_config
 
     cfg = load_config(TINY, overrides)
@@ -42,8 +42,8 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
 
     metrics = train_classifier.run(cfg)  # the same command again, on the test session's Ray
     resumed = metrics["resumed_at_epochs"]
-    assert len(resumed) == 1 and 1 <= resumed[0] < 60
-    assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 61))
+    assert len(resumed) == 1 and 1 <= resumed[0] < 40
+    assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 41))
 
 
 # The CLI and the job entrypoint run in this process (on the test session's Ray): a fresh
@@ -85,9 +85,12 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path, monkeypatch, ray_sessi
     assert splits.count("test") == 200
 
 
-def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator):
+def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator, capsys):
     # The session's finished classifier and generator stages are copied in (each is tested on its
-    # own): `run` skips those six and runs synthesize -> curriculum -> evaluate -> report.
+    # own): `run` skips those six and runs synthesize -> curriculum -> evaluate -> report, in a
+    # process of its own; the two reruns run here, on the session's Ray.
+    from raysys.cli import main
+
     root = tmp_path / "run"
     copied = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "control")
     for stage in copied:
@@ -109,11 +112,12 @@ def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generat
     assert re.findall(r"^== stage (\d+)/10: \S+ finished in ", first.stdout, re.MULTILINE) == [str(i) for i in range(1, 11)]
     assert (root / "report" / "index.html").is_file() and (root / "summary.json").is_file()
     assert (root / "finetune" / "plain" / "adapters" / "pytorch_lora_weights.safetensors").is_file()
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    assert again.returncode == 0 and again.stdout.count("complete for this config, skipped") == len(stages)
+    capsys.readouterr()
+    assert main(cmd[len(RAYSYS):]) == 0
+    assert capsys.readouterr().out.count("complete for this config, skipped") == len(stages)
     # Resource and concurrency knobs are in no fingerprint: every stage is skipped, one line each.
     resources = ["score.max_actors=2", "synthesis.max_actors=1", "compare.concurrent=1", "train.cpus_per_worker=2"]
-    knobs = subprocess.run(cmd + resources, cwd=REPO, capture_output=True, text=True, env=env)
-    assert knobs.returncode == 0, knobs.stderr[-2000:]
-    skipped = re.findall(r"^\[(\w+)\] (?:(\S+): )?complete for this config, skipped", knobs.stdout, re.MULTILINE)
+    assert main(cmd[len(RAYSYS):] + resources) == 0
+    knobs = capsys.readouterr().out
+    skipped = re.findall(r"^\[(\w+)\] (?:(\S+): )?complete for this config, skipped", knobs, re.MULTILINE)
     assert ["/".join(filter(None, line)) for line in skipped] == list(stages)
