@@ -159,3 +159,37 @@ def test_guidance_val_keeps_only_the_levels_a_schedule_walks():
     assert sorted(gval.by_level) == [0.3, 0.7]
     only = gval.only_levels([0.7, 0.9])  # float32 0.7 from Parquet matches the config's 0.7
     assert sorted(only.by_level) == [0.7] and len(only.by_level[0.7]) == 4 and only.real is gval.real
+
+
+def test_the_adaptive_probe_does_not_depend_on_the_callers_random_state(tmp_path):
+    """A run resumed at a stage's first epoch enters the probe with another global torch RNG state
+    than the uninterrupted run (which just trained an epoch): the probe's draws (rows, dropout)
+    must come from (seed, epoch) alone, or the resumed run can choose another λ."""
+    import pyarrow.parquet as pq
+
+    from raysys.core.context import LocalContext
+    from raysys.data.sources import load_builtin_digits
+    from raysys.data.stream import Decode, index_rows
+    from raysys.models.classifiers import create_classifier
+    from raysys.training.curriculum import GuidanceVal, probe_gains_inputs
+
+    src = load_builtin_digits()
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"image": src.images[:300], "label": pa.array(src.labels[:300], pa.int32())}), path)
+    rows = index_rows([path], ["label"])
+    gval = GuidanceVal(rows.slice(0, 40), {0.3: rows.slice(40, 40), 0.7: rows.slice(80, 40)})
+    model = create_classifier("small_cnn", 10, 1, width=8)  # has dropout
+    ctx, decode = LocalContext(str(tmp_path / "ckpt")), Decode([path], 8, 1)
+
+    def probe(global_seed):
+        torch.manual_seed(global_seed)
+        _, after = probe_gains_inputs(model, ctx, gval, rows.slice(120), decode, steps=3, batch_size=32, lr=0.01,
+                                      seed=0, epoch=8, device=torch.device("cpu"))
+        return after, torch.rand(1).item()
+
+    (a, rand_a), (b, rand_b) = probe(1), probe(2)
+    assert all(np.array_equal(a[g], b[g]) for g in (0.3, 0.7))
+    assert rand_a != rand_b  # the caller's own random stream is left as it was
+    other_epoch, _ = probe_gains_inputs(model, ctx, gval, rows.slice(120), decode, steps=3, batch_size=32, lr=0.01,
+                                        seed=0, epoch=9, device=torch.device("cpu"))
+    assert not np.array_equal(other_epoch[0.3], a[0.3])
