@@ -33,9 +33,9 @@ from raysys.stages import finetune, prepare, pretrain_generator, score, train_cl
 from raysys.training.classifier import manifest_rows
 
 RECOGNITION_SEEDS = 20
+"""Images per class for the recognition measurement."""
 RECOGNITION_BLOCK = 256
 """Real pretrain images read and scored at a time."""
-"""Images per class for the recognition measurement."""
 HARD_FACTOR_SEED = 0
 
 
