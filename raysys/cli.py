@@ -3,7 +3,7 @@
 The stage commands come from the registry (`raysys.stages.STAGES`); `run` runs every stage that
 applies to the config, each after the stages it reads; `tune` is run on its own. Complete stages
 are skipped. `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to
-an image folder: OUT/<class_name>/<sample_id>.png and OUT/labels.csv. Config errors and unusable
+an image folder: OUT/<class folder>/<sample_id>.png and OUT/labels.csv. Config errors and unusable
 data exit with status 2 and one line naming the problem; an interrupted sweep exits with 130.
 """
 
@@ -35,7 +35,7 @@ def _start_ray(stage: Stage, cfg: RaysysConfig) -> None:
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="raysys export", description="Export a manifest to an image folder.")
     parser.add_argument("source", help="manifest .parquet file, or a folder of part-*.parquet (a synthesis plan)")
-    parser.add_argument("out", help="output folder: <out>/<class_name>/<sample_id>.<ext> and <out>/labels.csv")
+    parser.add_argument("out", help="output folder: <out>/<class folder>/<sample_id>.<ext> and <out>/labels.csv")
     parser.add_argument("--all", action="store_true", help="also rows a filter rejected (those without image bytes are skipped)")
     parser.add_argument("--split", default=None, help="only rows of this split (train, val, test, ...)")
     args = parser.parse_args(argv)
@@ -43,7 +43,7 @@ def export_main(argv: list[str]) -> int:
 
     try:
         n = export_images(args.source, args.out, kept_only=not args.all, split=args.split)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no manifest there; an id or path that would leave OUT
         print(f"raysys: error: {exc}", file=sys.stderr)
         return 2
     print(f"[export] {n} images -> {args.out} (labels.csv beside them)")
