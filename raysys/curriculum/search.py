@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import fields, replace
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -21,6 +22,20 @@ from raysys.curriculum.registry import check_curriculum
 
 DOMAINS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2}
 """Domain kind -> how many values it takes (None: a non-empty list)."""
+FLOAT_DOMAINS = ("uniform", "loguniform")
+"""The domains that draw floats: for float fields only (an integer field takes randint or choice)."""
+
+
+def _without_none(hint: Any) -> Any:
+    if get_origin(hint) in (Union, UnionType):
+        return next(a for a in get_args(hint) if a is not type(None))
+    return hint
+
+
+def value_type(field_name: str, item: bool) -> Any:
+    """The type of curriculum field `field_name` (`item`: of an item of that list field), without Optional."""
+    hint = _without_none(get_type_hints(CurriculumConfig)[field_name])
+    return _without_none(get_args(hint)[0]) if item else hint
 
 
 def tune_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +96,12 @@ def check_tune(cfg: RaysysConfig) -> list[str]:
             continue
         if DOMAINS[kind] and not values[0] < values[1]:
             problems.append(f"{at}: {kind} needs lo < hi, got {values}")
+            continue
+        takes = value_type(parts[1], len(parts) == 3)
+        if kind in FLOAT_DOMAINS and takes is not float:
+            use = "{randint: [lo, hi]} (hi excluded) or {choice: [...]}" if takes is int else "{choice: [...]}"
+            problems.append(f"{at}: {kind} draws floats, but the field takes "
+                            f"{'integers' if takes is int else 'no floats'}: use {use}")
             continue
         for value in values:  # every listed value, and both ends of a range
             try:

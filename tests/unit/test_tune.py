@@ -26,6 +26,7 @@ def _load(*overrides):
     ("tune.space={curriculum.undersample: {uniform: [0.5, 1.5]}}", "undersample in (0, 1]"),
     ("tune.space={curriculum.difficulty_params.5: {choice: [0.5]}}", "has no item 5"),
     ("tune.space={curriculum.epochs: {range: [1, 2]}}", "must be one of {choice"),
+    ("tune.space={curriculum.equal_steps: {uniform: [0, 1]}}", "uniform draws floats, but the field takes no floats"),
     ("tune.metric=acc", "bad value for 'tune.metric': Invalid value 'acc', expected one of ['val_acc'"),
     ("tune.reduction_factor=1", "reduction_factor >= 2"),
     ("curriculum.difficulty_distribution=gamma", "expected one of ['normal', 'beta', 'uniform']"),
@@ -39,6 +40,14 @@ def test_tune_and_new_curriculum_fields_are_validated(override, message):
     with pytest.raises(ConfigError) as err:
         _load(override)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_float_domains_are_kept_for_float_fields():
+    """uniform and loguniform draw floats: refused on an integer field (test_config), taken on a float one."""
+    cfg = _load("tune.space={curriculum.difficulty_bins.1: {uniform: [0.2, 0.5]}, "
+                "curriculum.synthetic_per_epoch: {loguniform: [0.1, 1.0]}, curriculum.stage_epochs: {randint: [1, 4]}}")
+    assert cfg.tune.space["curriculum.difficulty_bins.1"] == {"uniform": [0.2, 0.5]}
+    assert cfg.tune.space["curriculum.stage_epochs"] == {"randint": [1, 4]}
 
 
 def test_sampled_values_set_fields_and_list_items():
