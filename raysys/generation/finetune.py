@@ -33,7 +33,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from raysys.core.context import Checkpoint, step_seed
 from raysys.generation.components import load_pipeline
 from raysys.generation.difficulty_encoder import DifficultyEncoder
-from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline
+from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline, check_prompt_template
 from raysys.generation.training import diffusion_loss, training_scheduler
 from raysys.data.stream import Decode, stream_refs
 
@@ -214,8 +214,13 @@ def check_finetune(f, generator) -> list[str]:
         problems.append(f"finetune.variants must be a non-empty subset of {list(VARIANTS)}, got {f.variants}")
     if f.steps < 1 or f.batch_size < 1 or f.num_workers < 1 or f.checkpoint_every < 1 or f.lora_rank < 1:
         problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
+    if not 0 <= f.condition_dropout < 1:
+        problems.append(f"finetune.condition_dropout is a share of rows, in [0, 1) (e.g. 0.1), got {f.condition_dropout}")
     if not 0 <= f.difficulty_dropout < 1:
         problems.append(f"finetune.difficulty_dropout must be in [0, 1), got {f.difficulty_dropout}")
+    if f.lora_alpha <= 0:
+        problems.append(f"finetune.lora_alpha must be > 0 (the update is scaled by alpha / rank; e.g. "
+                        f"lora_rank), got {f.lora_alpha}")
     if generator.difficulty_guidance_scale is not None and f.difficulty_dropout == 0 and "difficulty" in f.variants:
         problems.append("generator.difficulty_guidance_scale needs finetune.difficulty_dropout > 0: the model must "
                         "learn the prompt with null difficulty tokens, the branch it guides against (try 0.1)")
@@ -223,7 +228,7 @@ def check_finetune(f, generator) -> list[str]:
         problems.append(f"finetune.difficulty_frequencies must be in 0..16, got {f.difficulty_frequencies}")
     if any(not 0 <= s <= 1 for s in f.grid_levels) or f.grid_seeds < 1:
         problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
-    return problems
+    return problems + check_prompt_template(generator.prompt_template)
 
 
 @dataclass

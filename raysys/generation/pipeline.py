@@ -29,6 +29,7 @@ included) round-trips through one directory.
 from __future__ import annotations
 
 import os
+import string
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -349,6 +350,32 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         return GenerationOutput(images=arr)
 
 
+def _placeholders(template: str) -> list[str]:
+    """The fields `template.format(...)` fills, those in format specs (`{name:{width}}`) included."""
+    out = []
+    for _, field, spec, _ in string.Formatter().parse(template):
+        if field is not None:
+            out += [field, *_placeholders(spec or "")]
+    return out
+
+
+def check_prompt_template(template: str) -> list[str]:
+    """Problems of `generator.prompt_template`: it is filled with the class name alone, as `{name}`."""
+    literal = "a literal brace is written {{ or }}"
+    try:
+        fields = _placeholders(template)
+    except ValueError as exc:
+        return [f"generator.prompt_template '{template}' is not a format string ({exc}); {literal}"]
+    others = sorted({f for f in fields if f != "name"})
+    if others:
+        shown = ", ".join("{" + f + "}" for f in others)
+        return [f"generator.prompt_template '{template}' has placeholder(s) {shown}: only {{name}} (the class name) "
+                f"is filled in; {literal}"]
+    if "name" not in fields:
+        return [f"generator.prompt_template must contain {{name}} (the class name), got '{template}'"]
+    return []
+
+
 def check_generator(g) -> list[str]:
     """Problems of the `generator` section (a GeneratorConfig: the base model, prompts, sampling)."""
     problems = []
@@ -356,6 +383,7 @@ def check_generator(g) -> list[str]:
         problems.append(f"generator.scheduler must be one of {', '.join(SCHEDULERS)}, got '{g.scheduler}'")
     if g.num_inference_steps < 1:
         problems.append("generator.num_inference_steps must be >= 1")
-    if "{name}" not in g.prompt_template:
-        problems.append("generator.prompt_template must contain {name}")
-    return problems
+    if g.guidance_scale < 0:
+        problems.append(f"generator.guidance_scale must be >= 0 (<= 1 turns classifier-free guidance off; "
+                        f"e.g. 3), got {g.guidance_scale}")
+    return problems + check_prompt_template(g.prompt_template)

@@ -281,6 +281,10 @@ def check_plans(sy, finetune_variants: Sequence[str]) -> list[str]:
             problems.append(f"{at}: difficulty_params of {p.difficulty} must be > 0 (sigma; alpha, beta)")
         if p.kind == "discl" and (not p.guidance_levels or any(not 0 <= g <= 1 for g in p.guidance_levels)):
             problems.append(f"{at}: guidance_levels must be non-empty and lie in [0, 1] (0: text only)")
+        repeated = sorted({g for g in p.guidance_levels if p.guidance_levels.count(g) > 1})
+        if p.kind == "discl" and repeated:
+            problems.append(f"{at}: guidance_levels lists {repeated} more than once: list each λ once "
+                            "(seeds_per_source sets the images per level)")
         if p.seeds_per_source < 1 or p.source_k < 1:
             problems.append(f"{at}: seeds_per_source and source_k must be >= 1")
         if not (p.prompts in ("template", "caption") or p.prompts.startswith("file:")):
@@ -297,4 +301,9 @@ def check_plans(sy, finetune_variants: Sequence[str]) -> list[str]:
         problems.append("synthesis.num_gpus, cpus_per_actor, filter_cpus and filter_num_gpus must be >= 0")
     if not 0 <= sy.filter.classifier_min_p <= 1:
         problems.append("synthesis.filter.classifier_min_p must lie in [0, 1]")
+    for key in ("clip_text_threshold", "clip_image_threshold"):
+        value = getattr(sy.filter, key)
+        if not -1 <= value <= 1:
+            problems.append(f"synthesis.filter.{key} is a CLIP cosine similarity, in [-1, 1] (DisCL keeps >= 0.25), "
+                            f"got {value}")
     return problems

@@ -17,6 +17,7 @@ import numpy as np
 from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.generation.pipeline import check_prompt_template
 from raysys.generation.pretrain import check_pretrain
 from raysys.ray.train import remote_task
 from raysys.stages import prepare
@@ -82,7 +83,7 @@ def _run(ctx: Context) -> dict:
 
 
 def _check(cfg: RaysysConfig) -> list[str]:
-    problems = check_pretrain(cfg.pretrain)
+    problems = check_pretrain(cfg.pretrain) + check_prompt_template(cfg.generator.prompt_template)
     if needed(cfg) and cfg.data.pretrain_per_class < 1:
         problems.append("generator.base builtin pretrains on the pretrain split: set data.pretrain_per_class > 0")
     return problems

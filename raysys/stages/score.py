@@ -21,6 +21,7 @@ from raysys.core.config import RaysysConfig
 from raysys.core.loading import ConfigError, digest
 from raysys.core.schema import claim_folder
 from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.models.classifiers import check_classifier
 from raysys.ray.scoring import score_manifest
 from raysys.ray.train import fit, run_concurrently
 from raysys.report.plots import difficulty_histogram
@@ -168,6 +169,6 @@ def score_fingerprint(cfg: RaysysConfig) -> tuple:
 
 STAGE = Stage(
     name="score", reads=(prepare.STAGE, train_classifier.STAGE), run=_run,
-    fingerprint=score_fingerprint, check=lambda cfg: check_score(cfg.score),
+    fingerprint=score_fingerprint, check=lambda cfg: check_score(cfg.score) + check_classifier(cfg.classifier),
     describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest/",
 )

@@ -33,6 +33,7 @@ from raysys.core.config import RaysysConfig
 from raysys.core.loading import to_yaml
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.curriculum.search import apply_tune_params, check_tune
+from raysys.models.classifiers import check_classifier
 from raysys.stages import curriculum, prepare, score, synthesize, train_classifier
 
 METRIC_COLUMNS = ("val_acc", "val_acc_few", "val_macro_f1", "test_acc", "test_acc_few", "test_macro_f1")
@@ -144,6 +145,7 @@ def _ready(cfg: RaysysConfig) -> list[str]:
 
 STAGE = Stage(
     name="tune", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, synthesize.STAGE), run=_run,
-    fingerprint=tune_fingerprint, check=check_tune, ready=_ready, in_run=False, folder=lambda cfg: f"tune/{cfg.tune.name}",
+    fingerprint=tune_fingerprint, check=lambda cfg: check_tune(cfg) + check_classifier(cfg.classifier), ready=_ready,
+    in_run=False, folder=lambda cfg: f"tune/{cfg.tune.name}",
     describe="a Ray Tune sweep (ASHA) over curriculum.* fields on the synthetic images: results.md, best.yaml",
 )

@@ -1,8 +1,9 @@
 import pytest
 
 from raysys.core.config import RaysysConfig
-from raysys.core.loading import ConfigError
-from raysys.stages import load_config
+from raysys.core.loading import ConfigError, read_config
+from raysys.core.stage import run_stage
+from raysys.stages import BY_COMMAND, load_config
 from raysys.core.loading import digest, to_yaml
 from tests.conftest import TINY
 
@@ -69,3 +70,57 @@ def test_resolved_yaml_round_trips_and_digest_tracks_changes(tmp_path):
     assert again == cfg
     assert digest(cfg.train) == digest(again.train)
     assert digest(cfg.train) != digest(load_config(TINY, ["train.lr=0.1"]).train)
+
+
+BAD_INPUTS = [
+    # (override, the key the message names, what it says would work, the stage commands that refuse it on their own)
+    ("tune.space={curriculum.stage_epochs: {uniform: [1, 4]}}", "tune.space.curriculum.stage_epochs", "randint",
+     ["tune"]),
+    ("tune.space={curriculum.epochs: {loguniform: [4, 16]}}", "tune.space.curriculum.epochs", "randint", ["tune"]),
+    ("classifier.weights=s3://bucket/w.safetensors", "classifier.weights", "local file",
+     ["train-classifier", "score", "curriculum", "tune"]),
+    ("classifier.name=resnt18", "classifier.name", "timm", ["train-classifier", "score", "curriculum", "tune"]),
+    ("generator.prompt_template='a photo of {name} in {place}'", "generator.prompt_template", "only {name}",
+     ["pretrain-generator", "finetune", "control", "synthesize"]),
+    ("generator.prompt_template='a photo of {}'", "generator.prompt_template", "only {name}",
+     ["pretrain-generator", "finetune", "control", "synthesize"]),
+    ("synthesis.plans=[{name: discl, model: plain, kind: discl, guidance_levels: [0.3, 0.7, 0.3]}]",
+     "guidance_levels", "each λ once", ["synthesize"]),
+    ("pretrain.condition_dropout=1.5", "pretrain.condition_dropout", "[0, 1)", ["pretrain-generator"]),
+    ("finetune.condition_dropout=1.5", "finetune.condition_dropout", "[0, 1)", ["finetune"]),
+    ("generator.guidance_scale=-5", "generator.guidance_scale", ">= 0", ["control", "synthesize"]),
+    ("finetune.lora_alpha=-3", "finetune.lora_alpha", "> 0", ["finetune"]),
+    ("synthesis.filter.clip_text_threshold=5", "synthesis.filter.clip_text_threshold", "[-1, 1]", ["synthesize"]),
+]
+
+
+@pytest.mark.parametrize("override,key,advice,commands", BAD_INPUTS, ids=[b[0].split("=")[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_before_any_work(override, key, advice, commands, tmp_path):
+    """Loading the config refuses it with one line naming the key; so does each stage that uses the
+    key, run on its own, before it writes anything."""
+    root = tmp_path / "run"
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [f"run.root={root}", override])
+    msg = str(err.value)
+    assert msg.startswith("command line: ") and key in msg and advice in msg and "\n" not in msg
+    cfg = read_config(TINY, [f"run.root={root}", override])  # types only: the checks are the stages'
+    for command in commands:
+        with pytest.raises(ConfigError) as err:
+            run_stage(BY_COMMAND[command], cfg)
+        assert str(err.value).startswith(f"{command}: ") and key in str(err.value)
+    assert not root.exists()
+
+
+def test_a_prompt_template_is_filled_with_the_class_name_alone():
+    from raysys.generation.pipeline import check_prompt_template
+
+    assert check_prompt_template("a photo of {name}") == []
+    assert check_prompt_template("{{literal}} {name!r:>10}") == []
+    for template, shown in [("{name} at {time}", "{time}"), ("{name:{width}}", "{width}"), ("{0} {name}", "{0}"),
+                            ("{name.upper}", "{name.upper}")]:
+        (problem,) = check_prompt_template(template)
+        assert f"placeholder(s) {shown}: only {{name}}" in problem
+    (problem,) = check_prompt_template("a photo of {name")
+    assert "is not a format string" in problem and "{{" in problem
+    assert check_prompt_template("a photo") == ["generator.prompt_template must contain {name} (the class name), "
+                                                "got 'a photo'"]
