@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
+from raysys.core import io as io_
 from raysys.core.config import DataConfig, TableColumns
 from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
 from raysys.data.images import decode, encode_png, image_format
@@ -151,6 +152,25 @@ def test_sources_fail_before_any_work(tmp_path):
         list_source(_data(source="ftp:somewhere"))
     assert any("store: uri needs image files" in p for p in check_data(_data(source="builtin:mnist", store="uri")))
     assert any("leave data.val_split" in p for p in check_data(_data(test_splits=["id_test"])))
+
+
+def test_an_image_folder_in_s3_is_listed_and_read(tmp_path, s3_bucket):
+    """folder:s3://... works (on the session's local S3 server): listed and read through pyarrow's
+    S3 filesystem; a missing S3 folder is "not found", as a local one is."""
+    local = _folder(tmp_path)
+    for path in sorted(local.rglob("*.png")):
+        io_.write_bytes(io_.join(s3_bucket, "imgs", path.relative_to(local).as_posix()), path.read_bytes())
+    d = _data(source=f"folder:{s3_bucket}/imgs")
+    assert check_data(d) == []
+    listing = list_source(d)
+    assert listing.class_names == ["class_0", "class_1"]
+    assert listing.table["path"].to_pylist() == ["class_0/0.png", "class_0/1.png", "class_0/2.png",
+                                                 "class_1/0.png", "class_1/1.png"]
+    for row in listing.table.to_pylist():
+        assert row["uri"] == f"{s3_bucket}/imgs/{row['path']}"
+        assert read_image(row["uri"], row["ref"]) == (local / row["path"]).read_bytes()
+    with pytest.raises(DataError, match=f"image folder not found: {s3_bucket}/elsewhere"):
+        list_source(_data(source=f"folder:{s3_bucket}/elsewhere"))
 
 
 def test_a_part_keeps_readable_images_and_lists_corrupt_ones(tmp_path):
