@@ -62,8 +62,9 @@ def check_sample_id(sample_id: str | None, location: str) -> str:
     """`sample_id` as it is, if it is a plain file name; a ValueError naming it and `location` otherwise."""
     problem = id_problem(sample_id)
     if problem:
-        raise ValueError(f"{location}: sample_id {sample_id!r} cannot name an exported file ({problem}); a valid id "
-                         "is a plain file name without '/', '\\', '..' or control characters, e.g. 3f9a0c27d1b84e6a5c02")
+        raise ValueError(f"{location}: sample_id {sample_id!r} cannot name an exported file ({problem}); a valid "
+                         "id is a plain file name without '/', '\\', '..' or control characters, "
+                         "e.g. 3f9a0c27d1b84e6a5c02")
     return sample_id
 
 

@@ -215,12 +215,13 @@ def check_finetune(f, generator) -> list[str]:
     if f.steps < 1 or f.batch_size < 1 or f.num_workers < 1 or f.checkpoint_every < 1 or f.lora_rank < 1:
         problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
     if not 0 <= f.condition_dropout < 1:
-        problems.append(f"finetune.condition_dropout is a share of rows, in [0, 1) (e.g. 0.1), got {f.condition_dropout}")
+        problems.append(f"finetune.condition_dropout is a share of rows, in [0, 1) (e.g. 0.1), "
+                        f"got {f.condition_dropout}")
     if not 0 <= f.difficulty_dropout < 1:
         problems.append(f"finetune.difficulty_dropout must be in [0, 1), got {f.difficulty_dropout}")
     if f.lora_alpha <= 0:
-        problems.append(f"finetune.lora_alpha must be > 0 (the update is scaled by alpha / rank; e.g. "
-                        f"lora_rank), got {f.lora_alpha}")
+        problems.append(f"finetune.lora_alpha must be > 0 (the update is scaled by lora_alpha / lora_rank; "
+                        f"lora_alpha = lora_rank scales it by 1), got {f.lora_alpha}")
     if generator.difficulty_guidance_scale is not None and f.difficulty_dropout == 0 and "difficulty" in f.variants:
         problems.append("generator.difficulty_guidance_scale needs finetune.difficulty_dropout > 0: the model must "
                         "learn the prompt with null difficulty tokens, the branch it guides against (try 0.1)")

@@ -108,5 +108,6 @@ def check_pretrain(pt) -> list[str]:
     if not 0 <= pt.ema_decay < 1:
         problems.append("pretrain.ema_decay must be in [0, 1)")
     if not 0 <= pt.condition_dropout < 1:
-        problems.append(f"pretrain.condition_dropout is a share of rows, in [0, 1) (e.g. 0.1), got {pt.condition_dropout}")
+        problems.append(f"pretrain.condition_dropout is a share of rows, in [0, 1) (e.g. 0.1), "
+                        f"got {pt.condition_dropout}")
     return problems
