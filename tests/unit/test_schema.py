@@ -20,7 +20,69 @@ def _rows(n):
     }
 
 
-def test_write_is_atomic_and_readable_by_pandas_and_duckdb(tmp_path):
+class _FailingFilesystem:
+    """A pyarrow filesystem whose writes stop half way through the bytes ("write") or whose
+    rename fails ("rename"); everything else is the wrapped filesystem's."""
+
+    def __init__(self, fs, fault: str):
+        self.fs, self.fault = fs, fault
+
+    def open_output_stream(self, path):
+        stream = self.fs.open_output_stream(path)
+        return _HalfWrite(stream) if self.fault == "write" else stream
+
+    def move(self, src, dest):
+        if self.fault == "rename":
+            raise OSError("injected: the rename failed")
+        self.fs.move(src, dest)
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+
+class _HalfWrite:
+    """An output stream that writes the first half of what it is given, then fails (a full disk)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.close()
+
+    def write(self, data):
+        self.stream.write(data[: len(data) // 2])
+        raise OSError("injected: no space left half way through the file")
+
+
+@pytest.mark.parametrize("fault", ["write", "rename"])
+def test_write_is_atomic_when_the_write_or_the_rename_fails(tmp_path, monkeypatch, fault):
+    """A write that fails half way through, or at the rename, leaves the old complete file (or
+    none) in place and no temporary file beside it."""
+    from raysys.core import io
+
+    folder = tmp_path / "m"
+    path = str(folder / "manifest.parquet")
+    write_manifest(to_table(_rows(5)), path)
+    old = (folder / "manifest.parquet").read_bytes()
+
+    local = io.filesystem
+    monkeypatch.setattr(io, "filesystem", lambda location: (_FailingFilesystem(local(location)[0], fault),
+                                                            local(location)[1]))
+    with pytest.raises(OSError, match="injected"):
+        write_manifest(to_table(_rows(2)), path)  # over an existing file
+    with pytest.raises(OSError, match="injected"):
+        write_manifest(to_table(_rows(2)), str(folder / "new.parquet"))  # a file that did not exist
+    monkeypatch.undo()
+
+    assert os.listdir(folder) == ["manifest.parquet"]
+    assert (folder / "manifest.parquet").read_bytes() == old
+    assert read_manifest(path)["label"].to_pylist() == [0, 1, 2, 3, 4]
+
+
+def test_manifest_is_readable_by_pandas_and_duckdb(tmp_path):
     path = str(tmp_path / "m" / "manifest.parquet")
     write_manifest(to_table(_rows(5)), path)
     assert os.listdir(tmp_path / "m") == ["manifest.parquet"]  # no temporary file left behind
@@ -50,9 +112,13 @@ def test_schema_refuses_unknown_columns_and_null_required():
 
 
 def test_sample_id_is_stable_and_distinct():
-    assert sample_id("real", "a/b.png") == sample_id("real", "a/b.png")
-    assert sample_id("real", "a/b.png") != sample_id("real", "a/c.png")
-    assert len(sample_id("x")) == 20
+    r"""Ids are pinned: the same on every machine, run and PYTHONHASHSEED (a salted hash() would
+    change them from one process to the next). The values are SHA-256 of the parts joined by
+    0x1f, e.g. `printf 'real\x1fa/b.png' | sha256sum | cut -c1-20`."""
+    assert sample_id("real", "a/b.png") == "07df63e87bf0b2bb2134"
+    assert sample_id("real", "a/c.png") == "96bab68d82a7c46141eb"
+    assert sample_id("x") == "2d711642b726b0440162"
+    assert sample_id("synthetic", "plan", 3, 0.5) == "e7ef44611b233aa0e836"
 
 
 def test_a_folder_of_parts_reads_as_one_manifest(tmp_path):
