@@ -103,3 +103,26 @@ def test_ray_data_input_trains_exactly_as_decoding_in_the_worker(tmp_path, ray_s
     assert [h["train_loss"] for h in histories[2]] == [h["train_loss"] for h in histories[0]]
     assert histories[2][-1]["val"]["acc"] == histories[0][-1]["val"]["acc"]
     assert histories[0][-1]["train_loss"] < histories[0][0]["train_loss"]
+
+
+def test_init_ray_env_vars_reach_the_workers(ray_session, monkeypatch):
+    """What init_ray hands workers, read back by a task: an embedded Ray's workers inherit the
+    variables it set before starting Ray (the session's Ray was started by init_ray), and the
+    runtime env it gives ray.init when joining a cluster puts run.hf_home in a worker's environment."""
+    import raysys.ray.session as session
+    from tests.unit.test_storage import stub_ray_init
+
+    def environ(names: list[str]) -> dict:  # defined here, so a worker need not import this module
+        return {name: os.environ.get(name) for name in names}
+
+    embedded = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    assert embedded is not None
+    read = ray_session.remote(num_cpus=0)(environ)
+    assert ray_session.get(read.remote(["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"])) == {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": embedded}
+
+    with monkeypatch.context() as m:
+        calls = stub_ray_init(m)
+        session.init_ray("10.0.0.1:6379", None, {"HF_HOME": "/mnt/hf-cache"})
+    seen = ray_session.get(read.options(runtime_env=calls[-1]["runtime_env"]).remote(["HF_HOME"]))
+    assert seen == {"HF_HOME": "/mnt/hf-cache"}
