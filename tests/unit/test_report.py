@@ -86,3 +86,35 @@ def test_a_stage_without_its_inputs_is_one_line_and_status_2(stage, needs, tmp_p
     assert main([stage, str(TINY), f"run.root={tmp_path}", VARIANTS]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"raysys: error: {needs}")
+
+
+def test_evaluate_is_done_only_after_results_csv_is_written(tiny_cfg, monkeypatch):
+    """A kill while evaluate writes results.csv leaves it not done, so a rerun writes the CSV: its
+    files come before its completion marker. Upstream runs are faked as finished."""
+    from raysys.core import io
+    from raysys.stages import curriculum, train_classifier
+
+    cfg = tiny_cfg(VARIANTS, "compare.seeds=[0, 1]")
+    done = [(train_classifier.stage_dir(cfg), {"acc": 0.5})]
+    for i, unit in enumerate(curriculum_configs(cfg)):
+        done.append((curriculum.stage_dir(unit), {"acc": 0.5 + i / 10, "acc_few": 0.2 + i / 10, "trace": ["real only"]}))
+    for stage, metrics in done:
+        io.write_json(stage.file("metrics.json"), {"status": "done", "config_digest": stage.digest, **metrics})
+
+    write_text = io.write_text
+
+    def killed_at_the_csv(location, text):
+        if location.endswith("results.csv"):
+            raise OSError("injected: killed while writing results.csv")
+        write_text(location, text)
+
+    monkeypatch.setattr(io, "write_text", killed_at_the_csv)
+    with pytest.raises(OSError, match="injected"):
+        evaluate.run(cfg)
+    assert not evaluate.stage_dir(cfg).is_complete()
+    monkeypatch.undo()
+
+    metrics = evaluate.run(cfg)
+    assert evaluate.stage_dir(cfg).is_complete() and list(metrics["variants"]) == ["ro", "bs"]
+    rows = io.read_text(evaluate.stage_dir(cfg).file("results.csv")).splitlines()
+    assert [row.split(",")[0] for row in rows] == ["variant", "ro", "bs"]
