@@ -102,6 +102,15 @@ def sample_difficulty(plan: PlanConfig, n: int, rng: np.random.Generator,
     return s.astype(np.float32)
 
 
+def prompts_file_digest(plan: PlanConfig) -> Optional[str]:
+    """SHA-256 of a `prompts: file:<path>` plan's file, whose content decides its rows' prompts and
+    so their sample ids ('missing' when it is not there); None for a plan that reads no file."""
+    if not plan.prompts.startswith("file:"):
+        return None
+    location = plan.prompts[5:]
+    return hashlib.sha256(io.read_bytes(location)).hexdigest() if io.exists(location) else "missing"
+
+
 def load_descriptions(location: str, class_names: Sequence[str]) -> dict[str, list[str]]:
     """A YAML/JSON file mapping class name -> list of descriptions; every class must have one."""
     text = io.read_text(location)

@@ -29,7 +29,7 @@ from raysys.core.loading import ConfigError, digest
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.pipeline import check_generator
-from raysys.generation.plans import check_plans
+from raysys.generation.plans import check_plans, prompts_file_digest
 from raysys.stages import control, finetune, prepare, pretrain_generator, score, train_classifier
 
 
@@ -52,9 +52,12 @@ def plan_dir(cfg: RaysysConfig, name: str) -> str:
 
 def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
     """What a plan's rows and images depend on besides its upstream stages (never how many actors
-    make them): the base model, the sampling settings, the plan itself, the image format and the filter."""
-    return (pretrain_generator.base_label(cfg), control.sampling(cfg), cfg.generator.prompt_template, plan,
-            cfg.synthesis.image_format, cfg.synthesis.filter, cfg.run.seed)
+    make them): the base model, the sampling settings, the plan itself, the image format, the filter,
+    and the content of a prompts file (only for a plan that reads one: other plans keep their digests)."""
+    fingerprint = (pretrain_generator.base_label(cfg), control.sampling(cfg), cfg.generator.prompt_template, plan,
+                   cfg.synthesis.image_format, cfg.synthesis.filter, cfg.run.seed)
+    prompts = prompts_file_digest(plan)
+    return fingerprint if prompts is None else (*fingerprint, prompts)
 
 
 def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:

@@ -114,3 +114,25 @@ def test_renaming_a_variant_reruns_evaluate_and_a_bad_variant_value_is_refused_b
     assert evaluate.stage_dir(a).digest != evaluate.stage_dir(b).digest
     with pytest.raises(ConfigError, match=r"compare\.variants\.x: .*focal"):
         load_config(TINY, ["compare.variants={x: {loss: focal}}"])
+
+
+def test_a_prompts_file_plan_digest_follows_the_file_content(tmp_path):
+    """Editing a `prompts: file:` plan's file changes its prompts and sample ids, so it changes the
+    plan's digest (and the stage's); rewriting the same content keeps them."""
+    from raysys.stages import synthesize
+
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("zero: [a round zero]\none: [a thin one]\n")
+    cfg = load_config(TINY, [f"synthesis.plans=[{{name: f, model: plain, prompts: 'file:{prompts}'}}]"])
+
+    def digests() -> tuple[str, str]:
+        return synthesize.plan_digest(cfg, cfg.synthesis.plans[0]), synthesize.stage_dir(cfg).digest
+
+    before = digests()
+    prompts.write_text("zero: [a round zero]\none: [a thin one]\n")
+    assert digests() == before
+    prompts.write_text("zero: [a round zero]\none: [a thin one, a tall one]\n")
+    edited = digests()
+    assert edited[0] != before[0] and edited[1] != before[1]
+    prompts.write_text("zero: [a round zero]\none: [a thin one]\n")
+    assert digests() == before
