@@ -7,11 +7,14 @@ a crash leaves the old file (or none) in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
@@ -100,13 +103,18 @@ def copy_dir(local_dir: str, location: str) -> None:
             write_bytes(target, data)
 
 
-def local_copy(location: str) -> str:
-    """A local directory with the contents of `location`: itself if local, else a downloaded copy."""
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[str]:
+    """A local directory with the contents of `location` for the `with` block: itself if local, else
+    a downloaded copy (a `raysys-*` temporary folder) that is removed when the block ends. Load what
+    you need inside the block (an actor in its `__init__`)."""
     if not _is_uri(location):
-        return resolve(location)
-    import tempfile
-
+        yield resolve(location)
+        return
     fs, path = filesystem(location)
     dest = tempfile.mkdtemp(prefix="raysys-")
-    pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return dest
+    try:
+        pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield dest
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)

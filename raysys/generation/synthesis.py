@@ -213,7 +213,8 @@ class RescoreAndWrite:
     def __init__(self, classifier_dir: str, output: str, classifier_min_p: float = 0.0, use_gpu: bool = False):
         from raysys.scoring.difficulty import DifficultyScorer
 
-        self.scorer = DifficultyScorer({"full": io.local_copy(classifier_dir)}, str(_torch_device(use_gpu)))
+        with io.local_copy(classifier_dir) as local:  # a copy of a model under a URI: removed once loaded
+            self.scorer = DifficultyScorer({"full": local}, str(_torch_device(use_gpu)))
         self.output = output
         self.min_p = classifier_min_p
 

@@ -8,6 +8,8 @@ driver never holds an image.
 
 from __future__ import annotations
 
+import contextlib
+
 import pyarrow as pa
 
 from raysys.core import io
@@ -25,7 +27,9 @@ class ScoringActor:
         import torch
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.scorer = DifficultyScorer({k: io.local_copy(v) for k, v in model_dirs.items()}, device)
+        with contextlib.ExitStack() as copies:  # copies of models under a URI: removed once loaded
+            self.scorer = DifficultyScorer({k: copies.enter_context(io.local_copy(v)) for k, v in model_dirs.items()},
+                                           device)
         self.keys, self.splits, self.output = keys, set(splits), output
         self.batch_size, self.with_full = batch_size, with_full
 

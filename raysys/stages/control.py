@@ -104,7 +104,8 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
             rec[f"{key}_per_class"] = [round(float((pred[labels == c] == c).mean()), 3) for c in range(len(class_names))]
         out["recognition"], out["samples"] = rec, samples
     for variant, location in adapters.items():
-        pipe = load_finetuned(base, io.local_copy(location)).to(device)
+        with io.local_copy(location) as local:
+            pipe = load_finetuned(base, local).to(device)
         t0 = time.time()
         with torch.no_grad():
             grid = control_grid(pipe, prompts, f.grid_levels, f.grid_seeds, opts, with_difficulty=variant == "difficulty")
@@ -127,8 +128,8 @@ def _run(ctx: Context) -> dict:
     pretrain = manifest_rows(prepare.manifest_path(cfg), ["pretrain"]) if pretrain_generator.needed(cfg) else None
     t0 = time.time()
     task = remote_task(_measure, num_cpus=f.cpus_per_worker, num_gpus=1 if f.use_gpu else 0)
-    out = task(cfg, finetune.local_base(cfg), {v: finetune.adapters_dir(cfg, v) for v in f.variants},
-               io.local_copy(train_classifier.model_dir(cfg)), class_names, pretrain)
+    with finetune.local_base(cfg) as base, io.local_copy(train_classifier.model_dir(cfg)) as classifier:
+        out = task(cfg, base, {v: finetune.adapters_dir(cfg, v) for v in f.variants}, classifier, class_names, pretrain)
     grids = out["variants"]
     metrics: dict = {"control_seconds": round(time.time() - t0, 2)}
     if "recognition" in out:

@@ -9,7 +9,9 @@ sampling setting re-renders it and never retrains a LoRA.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 import numpy as np
 
@@ -33,10 +35,16 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def local_base(cfg: RaysysConfig) -> str:
-    """The base model where from_pretrained reads it: a local directory (copied from a URI) or a hub id."""
+@contextlib.contextmanager
+def local_base(cfg: RaysysConfig) -> Iterator[str]:
+    """The base model where from_pretrained reads it, for the `with` block: a local directory
+    (copied from a URI, removed after the block) or a hub id."""
     base = pretrain_generator.base_location(cfg)
-    return io.local_copy(base) if pretrain_generator.needed(cfg) else base
+    if not pretrain_generator.needed(cfg):
+        yield base
+        return
+    with io.local_copy(base) as local:
+        yield local
 
 
 def _run(ctx: Context) -> dict:
@@ -46,28 +54,32 @@ def _run(ctx: Context) -> dict:
 
         check_base(cfg.generator.base)
     class_names = prepare.stage_dir(cfg).metrics()["class_names"]
-    base = local_base(cfg)
+    with local_base(cfg) as base:  # Train workers (and a restarted one) load the base from it
+        return {"variants": {variant: _finetune(ctx, variant, base, class_names) for variant in f.variants}}
+
+
+def _finetune(ctx: Context, variant: str, base: str, class_names: list[str]) -> dict:
+    """Fine-tune one variant on Ray Train (resuming from its last checkpoint); returns its metrics."""
+    cfg, f = ctx.cfg, ctx.cfg.finetune
+    t0 = time.time()
     workers = Workers(f.num_workers, f.use_gpu, f.cpus_per_worker, f.max_failures)
-    variants = {}
-    for variant in f.variants:
-        t0 = time.time()
-        job = FinetuneJob(variant=variant, base=base, manifest=score.manifest_path(cfg), class_names=class_names,
-                          prompt_template=cfg.generator.prompt_template, cfg=f, seed=cfg.run.seed,
-                          name=f"finetune {variant}")
-        state = fit(finetune_loop, job, workers, f"finetune-{variant}-{ctx.digest}", ctx.file("ray"),
-                    outputs={"adapters": ctx.file(variant, "adapters")})
-        if state["step"] != f.steps:
-            raise RuntimeError(f"finetune {variant}: last checkpoint is at step {state['step']}, expected {f.steps}")
-        losses = state["losses"]
-        window = max(1, min(50, len(losses) // 5))
-        variants[variant] = {
-            "seconds": round(time.time() - t0, 2), "steps": f.steps, "losses_logged": len(losses),
-            "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
-            "resumed_at_steps": state["resumes"],
-        }
-        print(f"[finetune] {variant}: {f.steps} steps in {variants[variant]['seconds']:.0f}s, loss "
-              f"{variants[variant]['loss_start']:.4f} -> {variants[variant]['loss_end']:.4f}")
-    return {"variants": variants}
+    job = FinetuneJob(variant=variant, base=base, manifest=score.manifest_path(cfg), class_names=class_names,
+                      prompt_template=cfg.generator.prompt_template, cfg=f, seed=cfg.run.seed,
+                      name=f"finetune {variant}")
+    state = fit(finetune_loop, job, workers, f"finetune-{variant}-{ctx.digest}", ctx.file("ray"),
+                outputs={"adapters": ctx.file(variant, "adapters")})
+    if state["step"] != f.steps:
+        raise RuntimeError(f"finetune {variant}: last checkpoint is at step {state['step']}, expected {f.steps}")
+    losses = state["losses"]
+    window = max(1, min(50, len(losses) // 5))
+    metrics = {
+        "seconds": round(time.time() - t0, 2), "steps": f.steps, "losses_logged": len(losses),
+        "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
+        "resumed_at_steps": state["resumes"],
+    }
+    print(f"[finetune] {variant}: {f.steps} steps in {metrics['seconds']:.0f}s, loss "
+          f"{metrics['loss_start']:.4f} -> {metrics['loss_end']:.4f}")
+    return metrics
 
 
 def finetune_fingerprint(cfg: RaysysConfig) -> tuple:

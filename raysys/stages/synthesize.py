@@ -17,6 +17,7 @@ with `raysys export <plan dir> OUT`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -86,16 +87,19 @@ def _claim_output(cfg: RaysysConfig, directory: str, plan_hash: str) -> None:
     io.write_json(marker, {"digest": plan_hash})
 
 
-def _generator_specs(cfg: RaysysConfig, models: set[str]) -> dict:
+def _generator_specs(cfg: RaysysConfig, models: set[str], copies: contextlib.ExitStack) -> dict:
+    """The generators of `models`; the local copies of models under a URI live as long as `copies`
+    (generation actors load them in their constructors, and the pool may start more while it runs)."""
     from raysys.generation.synthesis import GeneratorSpec
 
-    base, label_base = finetune.local_base(cfg), pretrain_generator.base_label(cfg)
+    base, label_base = copies.enter_context(finetune.local_base(cfg)), pretrain_generator.base_label(cfg)
     specs = {}
     for model in sorted(models):
         if model == "base":
             specs[model] = GeneratorSpec(base=base, label=label_base)
         else:
-            specs[model] = GeneratorSpec(base=base, adapters=io.local_copy(finetune.adapters_dir(cfg, model)),
+            adapters = copies.enter_context(io.local_copy(finetune.adapters_dir(cfg, model)))
+            specs[model] = GeneratorSpec(base=base, adapters=adapters,
                                          label=f"{label_base}+{model}:{finetune.STAGE.digest(cfg)}")
     return specs
 
@@ -138,8 +142,9 @@ def _run(stage: Context) -> dict:
     if len(work):
         sampling = control.sampling(cfg)
         models = set(work["model"].to_pylist())
-        run_info = run_synthesis(work, _generator_specs(cfg, models), sampling, cfg.synthesis,
-                                 train_classifier.model_dir(cfg), output_root(cfg))
+        with contextlib.ExitStack() as copies:
+            run_info = run_synthesis(work, _generator_specs(cfg, models, copies), sampling, cfg.synthesis,
+                                     train_classifier.model_dir(cfg), output_root(cfg))
 
     # 4. Exactly once: repair a re-cut retry, then the written set must equal the plan.
     per_plan, removed_total = {}, 0

@@ -71,3 +71,43 @@ def test_init_ray_hands_env_vars_to_workers(monkeypatch):
 
     assert session.init_ray("10.0.0.1:6379", None, None) == "cluster"
     assert calls[-1]["runtime_env"] is None
+
+
+def test_local_copies_of_a_uri_are_removed_after_use(s3_bucket, tmp_path, monkeypatch):
+    """io.local_copy downloads a folder for a `with` block and removes it after (also when the block
+    fails); the actors that load a classifier in their constructor keep no `raysys-*` folder and
+    score with the model they loaded."""
+    import tempfile
+
+    import numpy as np
+
+    from raysys.data.images import encode_png
+    from raysys.generation.synthesis import RescoreAndWrite
+    from raysys.models.classifiers import create_classifier, save_classifier
+    from raysys.ray.scoring import ScoringActor
+
+    base = s3_bucket
+    saved = tmp_path / "classifier"
+    save_classifier(create_classifier("small_cnn", 4, 1, width=8), str(saved),
+                    {"name": "small_cnn", "num_classes": 4, "in_chans": 1, "width": 8, "image_size": 8})
+    io.copy_dir(str(saved), f"{base}/classifier")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+
+    with io.local_copy(f"{base}/classifier") as copy:
+        assert os.path.basename(copy).startswith("raysys-") and os.path.dirname(copy) == str(temp)
+        assert sorted(os.listdir(copy)) == sorted(os.listdir(saved))
+    assert not os.path.exists(copy)
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with io.local_copy(f"{base}/classifier"):
+            raise RuntimeError("inside the block")
+    assert list(temp.iterdir()) == []
+
+    scoring = ScoringActor({"full": f"{base}/classifier"}, {}, ["train"], f"{base}/scored", 4, True)
+    rescore = RescoreAndWrite(f"{base}/classifier", f"{base}/synthetic")
+    assert list(temp.iterdir()) == []
+    image = encode_png(np.full((8, 8), 128, dtype=np.uint8))
+    for scorer in (scoring.scorer, rescore.scorer):
+        p_true = scorer([image], np.array([0]), ["full"])["p_true"]
+        assert p_true.shape == (1,) and 0.0 < p_true[0] < 1.0
