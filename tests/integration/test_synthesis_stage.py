@@ -16,7 +16,6 @@ import pytest
 from raysys.stages import load_config
 from raysys.core.schema import read_manifest
 from raysys.data.images import decode
-from raysys.generation.plans import class_counts
 from raysys.generation.synthesis import list_parts, read_plan, written_ids
 from raysys.stages import score, synthesize
 from tests.conftest import REPO, TINY
@@ -44,9 +43,14 @@ def test_synthesis_writes_exactly_the_plan(tiny_synthesis):
     table = read_manifest(score.manifest_path(cfg))
     train = table.filter(np.asarray(table["split"].to_pylist()) == "train")
     counts = np.bincount(train["label"].to_numpy(), minlength=10)
-    expected = {p.name: int(class_counts(p, counts).sum()) for p in cfg.synthesis.plans if p.kind == "text"}
-    discl = next(p for p in cfg.synthesis.plans if p.kind == "discl")
-    expected[discl.name] = discl.source_k * len(discl.guidance_levels) * discl.seeds_per_source
+    # The plan's size by hand from configs/tiny.yaml, not from the planning code: a text plan is
+    # `ratio` x the real train images (difficulty 0.2, plain 0.1); discl is 6 sources x 2 λ x 2 seeds.
+    plans = {p.name: p for p in cfg.synthesis.plans}
+    assert [(p.name, p.kind, p.ratio, p.class_shares) for p in cfg.synthesis.plans if p.kind == "text"] == [
+        ("difficulty", "text", 0.2, "inverse_frequency"), ("plain", "text", 0.1, "uniform")]
+    discl = plans["discl"]
+    assert (discl.sources, discl.source_k, discl.guidance_levels, discl.seeds_per_source) == ("top_k", 6, [0.3, 0.7], 2)
+    expected = {"difficulty": round(0.2 * len(train)), "plain": round(0.1 * len(train)), "discl": 6 * 2 * 2}
     assert {name: p["planned"] for name, p in m["plans"].items()} == expected
     assert m["planned"] == m["written"] == m["generated"] == sum(expected.values())
     assert m["duplicates"] == 0 and m["filtered"] == 0 and m["kept"] == m["written"]  # classifier_min_p 0
@@ -57,7 +61,16 @@ def test_synthesis_writes_exactly_the_plan(tiny_synthesis):
     assert len(rows) == expected["difficulty"] and rows["requested_difficulty"].null_count == 0
     assert rows["difficulty"].null_count == 0 and rows["generator"].null_count == 0
     assert decode(rows["image"][0].as_py(), 8, 1).shape == (1, 8, 8)
-    assert read_plan(synthesize.plan_dir(cfg, "plain"))["requested_difficulty"].null_count == expected["plain"]
+    plain = read_plan(synthesize.plan_dir(cfg, "plain"))
+    assert plain["requested_difficulty"].null_count == len(plain) == expected["plain"]
+    # Shared over the classes as the plans say: uniform (within one image), and inverse_frequency
+    # (a class with fewer real train images never gets fewer synthetic ones).
+    per_class = {name: np.bincount(t["label"].to_numpy(), minlength=10) for name, t in (("difficulty", rows),
+                                                                                         ("plain", plain))}
+    assert per_class["plain"].max() - per_class["plain"].min() <= 1
+    fewer = counts[:, None] < counts[None, :]
+    assert (per_class["difficulty"][:, None] >= per_class["difficulty"][None, :])[fewer].all()
+    assert per_class["difficulty"][counts.argmin()] > per_class["difficulty"][counts.argmax()]
     guided = read_plan(synthesize.plan_dir(cfg, "discl"))
     assert sorted(set(guided["guidance"].to_pylist())) == pytest.approx(discl.guidance_levels)
     hardest = sorted(zip(train["difficulty"].to_pylist(), train["sample_id"].to_pylist()),
