@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,41 @@ def ray_session(s3_endpoint):
     init_ray(None, num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def start_driver(ray_session, args: list[str], **popen) -> subprocess.Popen:
+    """`python -m raysys.cli *args` in a process of its own (its own process group), as a driver on
+    the session's Ray: one Ray instance on the machine, and no Ray start to wait for."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    return subprocess.Popen([sys.executable, "-m", "raysys.cli", *args], cwd=REPO, env=env,
+                            start_new_session=True, **popen)
+
+
+def kill_driver(proc, ray_session, timeout: float = 60) -> None:
+    """SIGKILL a driver from `start_driver`, then wait until Ray has ended everything it ran (its
+    actors: Ray Train's controller and workers, actor pools; its tasks), so that nothing of the
+    killed run writes while the test reruns it. Detached actors (Ray Data's) live on."""
+    import signal
+    import time
+
+    from ray.util.state import list_actors, list_tasks
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    context = ray_session.get_runtime_context()
+    ours, address = context.get_job_id(), context.gcs_address  # the address: other clusters may run
+    deadline = time.time() + timeout
+    while True:
+        left = [a.class_name for a in list_actors(address, filters=[("state", "=", "ALIVE")], detail=True)
+                if a.job_id != ours and not a.is_detached]  # Ray Data's detached helpers outlive any job
+        left += [t.name for t in list_tasks(address, filters=[("state", "=", "RUNNING"), ("type", "=", "NORMAL_TASK")])
+                 if t.job_id != ours]
+        if not left:
+            return
+        if time.time() > deadline:
+            raise AssertionError(f"the killed driver's work still runs after {timeout} s: {left}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,13 @@ import glob
 import re
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from raysys.stages import load_config
 from raysys.stages import curriculum, synthesize
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +51,7 @@ ADAPTIVE = ["curriculum.schedule=adaptive", "curriculum.plans=[discl]", "curricu
             "curriculum.stage_epochs=4", "curriculum.epochs=24", "curriculum.curriculum_epochs=20"]
 
 
-def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_path):
+def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_path, ray_session):
     whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
     _copy(tiny_synthetic, whole_root)
     _copy(tiny_synthetic, killed_root)
@@ -63,9 +60,7 @@ def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_p
     assert all(e["guidance_val_acc"].keys() == {"real", "0.3", "0.7"} for e in whole["epochs"])
 
     overrides = [f"run.root={killed_root}", *ADAPTIVE]
-    proc = subprocess.Popen([sys.executable, "-m", "raysys.cli", "curriculum", str(TINY), *overrides], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "RAY_ADDRESS": ""})
+    proc = start_driver(ray_session, ["curriculum", str(TINY), *overrides])
     pattern = str(killed_root / "curriculum" / "adaptive" / "ray" / "*" / "checkpoint_*")
     deadline = time.time() + 240
     try:
@@ -73,8 +68,7 @@ def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_p
             time.sleep(0.1)
         assert glob.glob(pattern), "no checkpoint appeared before the deadline"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_driver(proc, ray_session)
     cfg = load_config(TINY, overrides)
     assert not curriculum.stage_dir(cfg).is_complete()
     resumed = curriculum.run(cfg)

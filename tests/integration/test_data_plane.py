@@ -4,9 +4,6 @@ filesystems (a local S3 server), corrupt files, and a killed prepare run again."
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import duckdb
@@ -20,7 +17,7 @@ from raysys.cli import main
 from raysys.core import io
 from raysys.core.schema import MANIFEST_SCHEMA, list_parts, read_manifest
 from raysys.stages import load_config, prepare
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -141,17 +138,14 @@ def test_corrupt_files_are_counted_and_listed_never_fatal(tmp_path, ray_session)
 def test_a_killed_prepare_run_again_gives_the_same_manifest(tmp_path, ray_session):
     overrides = ["data.source=builtin:mnist", "data.image_size=28", "data.max_per_class=200", "data.rows_per_part=8"]
     root = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "raysys.cli", "prepare", str(TINY), f"run.root={root}", *overrides],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "RAY_ADDRESS": ""})
+    proc = start_driver(ray_session, ["prepare", str(TINY), f"run.root={root}", *overrides])
     folder = str(root / "prepare" / "manifest")
     deadline = time.time() + 180
     try:
         while len(list_parts(folder)) < 5 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_driver(proc, ray_session)
     written = len(list_parts(folder))
     cfg = load_config(TINY, [f"run.root={root}", *overrides])
     assert not prepare.stage_dir(cfg).is_complete()

@@ -5,9 +5,6 @@ import glob
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,7 +12,7 @@ import pytest
 from raysys.stages import load_config
 from raysys.generation.pipeline import LORA_WEIGHTS
 from raysys.stages import control, finetune, pretrain_generator
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -78,20 +75,15 @@ def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, 
                  "synthesis.plans=[{name: plain, model: plain}]", "finetune.steps=150", "finetune.checkpoint_every=5"]
     again = load_config(TINY, overrides)
     assert pretrain_generator.stage_dir(again).is_complete()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "raysys.cli", "finetune", str(TINY), *overrides],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    proc = start_driver(ray_session, ["finetune", str(TINY), *overrides])
     pattern = str(root / "finetune" / "ray" / "finetune-plain-*" / "checkpoint_*")
     deadline = time.time() + 240
     try:
         while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert glob.glob(pattern), "no checkpoint appeared before the deadline"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_driver(proc, ray_session)
     assert not finetune.stage_dir(again).is_complete()
     metrics = finetune.run(again)
     resumed = metrics["variants"]["plain"]["resumed_at_steps"]

@@ -4,7 +4,6 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -12,10 +11,9 @@ import time
 import pytest
 
 from raysys.stages import prepare, train_classifier
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
-RAYSYS = [sys.executable, "-m", "raysys.cli"]
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
@@ -24,20 +22,15 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
 
     cfg = load_config(TINY, overrides)
     prepare.run(cfg)
-    proc = subprocess.Popen(
-        [*RAYSYS, "train-classifier", str(TINY), *overrides],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    proc = start_driver(ray_session, ["train-classifier", str(TINY), *overrides])
     pattern = str(tmp_path / "run" / "train_classifier" / "ray" / "classifier-*" / "checkpoint_*")
     deadline = time.time() + 240
     try:
         while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert glob.glob(pattern), "no checkpoint appeared before the deadline"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray
-        proc.wait()
+        kill_driver(proc, ray_session)  # the driver, then Ray ends its Train run
     assert not train_classifier.stage_dir(cfg).is_complete()
 
     metrics = train_classifier.run(cfg)  # the same command again, on the test session's Ray
@@ -85,22 +78,22 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path, monkeypatch, ray_sessi
     assert splits.count("test") == 200
 
 
-def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator, capsys):
+def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator, capsys, ray_session):
     # The session's finished classifier and generator stages are copied in (each is tested on its
     # own): `run` skips those six and runs synthesize -> curriculum -> evaluate -> report, in a
-    # process of its own; the two reruns run here, on the session's Ray.
+    # process of its own (a driver on the session's Ray); the two reruns run here.
     from raysys.cli import main
 
     root = tmp_path / "run"
     copied = ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "control")
     for stage in copied:
         shutil.copytree(os.path.join(tiny_generator[0].run.root, stage), root / stage)
-    cmd = [*RAYSYS, "run", str(TINY), f"run.root={root}", "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]",
-           "curriculum.schedule=all_levels", "curriculum.epochs=2"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.count("complete for this config, skipped") == len(copied)
+    args = ["run", str(TINY), f"run.root={root}", "synthesis.plans=[{name: plain, model: plain, ratio: 0.1}]",
+            "curriculum.schedule=all_levels", "curriculum.epochs=2"]
+    first = start_driver(ray_session, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = first.communicate()
+    assert first.returncode == 0, err[-2000:]
+    assert out.count("complete for this config, skipped") == len(copied)
     from raysys.core.schema import read_manifest
 
     table = read_manifest(str(root / "score" / "manifest"))
@@ -109,15 +102,15 @@ def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generat
     stages = (*copied, "synthesize", "curriculum/all_levels", "evaluate", "report")
     for stage in stages:
         assert (root / stage / "config.yaml").is_file() and (root / stage / "metrics.json").is_file()
-    assert re.findall(r"^== stage (\d+)/10: \S+ finished in ", first.stdout, re.MULTILINE) == [str(i) for i in range(1, 11)]
+    assert re.findall(r"^== stage (\d+)/10: \S+ finished in ", out, re.MULTILINE) == [str(i) for i in range(1, 11)]
     assert (root / "report" / "index.html").is_file() and (root / "summary.json").is_file()
     assert (root / "finetune" / "plain" / "adapters" / "pytorch_lora_weights.safetensors").is_file()
     capsys.readouterr()
-    assert main(cmd[len(RAYSYS):]) == 0
+    assert main(args) == 0
     assert capsys.readouterr().out.count("complete for this config, skipped") == len(stages)
     # Resource and concurrency knobs are in no fingerprint: every stage is skipped, one line each.
     resources = ["score.max_actors=2", "synthesis.max_actors=1", "compare.concurrent=1", "train.cpus_per_worker=2"]
-    assert main(cmd[len(RAYSYS):] + resources) == 0
+    assert main(args + resources) == 0
     knobs = capsys.readouterr().out
     skipped = re.findall(r"^\[(\w+)\] (?:(\S+): )?complete for this config, skipped", knobs, re.MULTILINE)
     assert ["/".join(filter(None, line)) for line in skipped] == list(stages)

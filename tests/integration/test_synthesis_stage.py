@@ -4,8 +4,6 @@ nothing, and a killed driver or a killed generation actor still ends with exactl
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +16,7 @@ from raysys.core.schema import read_manifest
 from raysys.data.images import decode
 from raysys.generation.synthesis import list_parts, read_plan, written_ids
 from raysys.stages import score, synthesize
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -93,16 +91,12 @@ def test_rerun_of_a_finished_plan_writes_nothing(tiny_synthesis):
     assert after == parts
 
 
-def test_killed_driver_resumes_with_exactly_the_plan(tiny_generator, tmp_path):
+def test_killed_driver_resumes_with_exactly_the_plan(tiny_generator, tmp_path, ray_session):
     cfg = tiny_generator[0]
     root = tmp_path / "run"
     _copy_finished(cfg, root)
     overrides = [f"run.root={root}", *BIG]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "raysys.cli", "synthesize", str(TINY), *overrides],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    proc = start_driver(ray_session, ["synthesize", str(TINY), *overrides])
     plan = root / "synthesize" / "many"
     deadline = time.time() + 180
     try:
@@ -110,8 +104,7 @@ def test_killed_driver_resumes_with_exactly_the_plan(tiny_generator, tmp_path):
             time.sleep(0.1)
         assert len(list_parts(str(plan))) >= 3, "no parts appeared before the deadline"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_driver(proc, ray_session)
     cfg2 = load_config(TINY, overrides)
     before = len(written_ids(str(plan)))
     assert not synthesize.stage_dir(cfg2).is_complete()
