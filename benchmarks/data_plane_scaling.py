@@ -61,7 +61,7 @@ def make_folder(root: Path, n: int, size: int) -> None:
 
 
 def _status_kb(field: str, pid: int | str = "self") -> int:
-    """A /proc/<pid>/status field in bytes (VmRSS, VmHWM), or 0 where there is none."""
+    """A /proc/<pid>/status field in bytes (VmRSS, VmHWM, RssAnon), or 0 where there is none."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -200,10 +200,12 @@ def _is_worker(cmdline: str) -> bool:
     return cmdline.startswith("ray::") or "default_worker.py" in cmdline
 
 
-def run_sampled(cmd: list[str], key) -> tuple[dict, dict]:
+def run_sampled(cmd: list[str], key, private: dict | None = None) -> tuple[dict, dict]:
     """Run `cmd`, a child that prints one JSON line last, sampling every 0.1 s the peak RSS (VmHWM:
     the peak between samples too) of it and of its descendants: (its JSON, {key: peak bytes}),
-    where `key(process, child_pid)` names what a process counts as (None: not counted)."""
+    where `key(process, child_pid)` names what a process counts as (None: not counted). `private`,
+    where given, gets {key: the largest private memory sampled} (RssAnon: the heap and anonymous
+    maps, without the libraries and the shared object store pages that RSS also counts)."""
     import psutil
 
     env = {**os.environ, "RAY_ADDRESS": "", "TQDM_DISABLE": "1"}
@@ -220,6 +222,8 @@ def run_sampled(cmd: list[str], key) -> tuple[dict, dict]:
                         name = key(p, proc.pid)
                         if name is not None:
                             peaks[name] = max(peaks.get(name, 0), p.memory_info().rss, _status_kb("VmHWM", p.pid))
+                            if private is not None:
+                                private[name] = max(private.get(name, 0), _status_kb("RssAnon", p.pid))
                     except psutil.Error:
                         pass
             except psutil.Error:

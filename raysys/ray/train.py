@@ -80,10 +80,12 @@ class RayTrainContext:
         data_ctx.execution_options.verbose_progress = False
         data_ctx.print_on_execution_start = False
         # Decoded blocks wait in the object store (mapped into this process as it reads them) only
-        # as far ahead as the decoding tasks and the prefetch need, however long the epoch.
+        # as far ahead as the decoding tasks and the prefetch need, however long the epoch. Ray
+        # Data lets an operator's outputs fill only part of the limit (it reserves half of it and
+        # splits that between the tasks and their outputs), hence the limit is a multiple of it.
         ahead = 2 * w.input_tasks + w.prefetch_batches + 2
         data_ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
-            object_store_memory=ahead * decoded_block_bytes(decode, batch_size))
+            object_store_memory=LIMIT_PER_BLOCK_AHEAD * ahead * decoded_block_bytes(decode, batch_size))
         # The dataset holds block starts; each task slices its block of `refs` (sent once with the
         # function). from_items builds its blocks here; from_arrow would ask a remote task (1 CPU)
         # for each block's metadata, which never starts while the Train workers hold every CPU.
@@ -120,6 +122,11 @@ class RayTrainContext:
             return None
         with checkpoint.as_directory() as d:
             return read_checkpoint(d)
+
+
+LIMIT_PER_BLOCK_AHEAD = 4
+"""Ray Data's object-store limit for an epoch's input, in blocks per decoded block meant to wait
+(see docs/PERFORMANCE.md, training input, for the measured choice)."""
 
 
 class DecodeBlocks:
