@@ -6,20 +6,28 @@ directly on plan tables; the plain path is `StableDiffusionPipeline` (text) or
 each path, the ratio raysys / plain, the UNet's FLOPs per image and MFU, and peak memory;
 `--json` writes every figure.
 
-Run on a GPU (SD 2.1 base, a diffusers folder with a VAE; e.g.
-`huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir /data/sd21`):
+Run on a GPU. With real weights, `--base` a Stable Diffusion folder (SD 1.5 / 2.1 layout, with a
+VAE; e.g. `huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir /data/sd21`);
+on a machine that cannot download, `--arch sd21` builds SD 2.1 base's own architecture (UNet,
+VAE, text encoder at their real sizes: 866M + 84M + 340M parameters) with random weights, and
+`--keep DIR` keeps that folder for the next runs (building it takes about a minute):
 
-    python benchmarks/gpu_synthesis.py --base /data/sd21 --resolution 512 --dtype fp16 \\
+    python benchmarks/gpu_synthesis.py --arch sd21 --keep /tmp/sd21-random --resolution 512 --dtype fp16 \
         --images 64 --batch-size 8 --steps 30 --json synthesis_text_fp16.json
-    python benchmarks/gpu_synthesis.py --base /data/sd21 --resolution 512 --dtype fp16 \\
+    python benchmarks/gpu_synthesis.py --arch sd21 --keep /tmp/sd21-random --resolution 512 --dtype fp16 \
         --images 64 --batch-size 8 --steps 30 --mode img2img --strength 0.5 --json synthesis_img2img_fp16.json
-    python benchmarks/gpu_synthesis.py --base /data/sd21 --resolution 512 --dtype bf16 \\
+    python benchmarks/gpu_synthesis.py --arch sd21 --keep /tmp/sd21-random --resolution 512 --dtype bf16 \
         --images 64 --batch-size 16 --steps 30 --image-format webp --json synthesis_text_bf16_webp.json
+    python benchmarks/gpu_synthesis.py --base /data/sd21 --resolution 512 --dtype fp16 \
+        --images 64 --batch-size 8 --steps 30 --json synthesis_text_fp16_sd21.json
 
-Each takes about a minute per path on an H100 (model loading included). Without `--base` a tiny
-SD-layout generator (random weights, a VAE, 3 channels) is built from config at --resolution,
-saved as a StableDiffusionPipeline folder and loaded by both paths from it, exactly as a
-downloaded folder would be (the unit test runs it on a CPU at 32 px).
+Each path should take well under a minute on an H100 after loading (an estimate: not yet run on
+a GPU). With random weights the UNet's
+arithmetic is the real model's but the images are not real images, which changes only how long
+PNG/WebP encoding takes (the same for both paths). Without `--base` and `--arch` a tiny
+SD-layout generator (ComponentSpec: a VAE, 3 channels) is built at --resolution; the unit test
+runs it on a CPU at 32 px. Whatever is built is saved as a StableDiffusionPipeline folder and
+loaded by both paths from it, exactly as a downloaded folder would be.
 
 **The same plan for both paths**: `--images` prompts and seeds, cut into batches of
 `--batch-size`; DDIM with `--steps` steps; classifier-free guidance with `--guidance-scale`
@@ -92,24 +100,72 @@ CLASS_NAMES = ["cat", "dog", "bird", "fish", "horse", "ship", "truck", "plane", 
 
 # ---- the generator and the plan -------------------------------------------------------------
 
-def build_tiny_generator(directory: str, resolution: int) -> None:
-    """A small SD-layout generator (random weights, VAE, RGB) saved as a StableDiffusionPipeline
-    folder, the layout of a downloaded SD 1.5 / 2.1 folder."""
-    from diffusers import StableDiffusionPipeline
+# Stable Diffusion's own component configs (the model repos' unet/, vae/, text_encoder/ and
+# scheduler/ config.json: runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1-base),
+# for a generator of the real size with random weights where no weights can be downloaded.
+SD_UNET = dict(
+    in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, norm_num_groups=32,
+)
+SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32,
+    scaling_factor=0.18215,
+)
+SD_ARCHS = {
+    "sd15": {
+        "unet": {**SD_UNET, "attention_head_dim": 8, "cross_attention_dim": 768},
+        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                     hidden_act="quick_gelu", projection_dim=768),
+    },
+    "sd21": {  # 2.1 base (512 px, epsilon); 2.1 itself differs only in sample size (768 px) and v-prediction
+        "unet": {**SD_UNET, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
+                 "use_linear_projection": True},
+        "text": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                     hidden_act="gelu", projection_dim=512),
+    },
+}
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def build_generator(directory: str, arch: str, resolution: int) -> None:
+    """A generator with random weights saved as a StableDiffusionPipeline folder (the layout of a
+    downloaded SD 1.5 / 2.1 folder). tiny: a small one from raysys's ComponentSpec (the unit
+    test's); sd15 / sd21: Stable Diffusion's own architecture and size (the UNet's arithmetic is
+    the real model's; the images are not, which changes only how long PNG/WebP encoding takes)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from raysys.generation.components import ComponentSpec, build_components
+    from raysys.generation.tokenizer import make_clip_tokenizer
 
     torch.manual_seed(0)
-    parts = build_components(ComponentSpec(
-        image_size=resolution, image_channels=3, vae=True, block_out_channels=[32, 64],
-        vae_block_out_channels=[16, 32], cross_attention_dim=64,
-        vocabulary="a photo of".split() + CLASS_NAMES,
-    ))
-    parts.scheduler.register_to_config(steps_offset=1)  # as SD's own configs (diffusers warns about 0)
-    StableDiffusionPipeline(
-        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-        scheduler=parts.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(directory)
+    words = "a photo of".split() + CLASS_NAMES
+    if arch == "tiny":
+        parts = build_components(ComponentSpec(
+            image_size=resolution, image_channels=3, vae=True, block_out_channels=[32, 64],
+            vae_block_out_channels=[16, 32], cross_attention_dim=64, vocabulary=words,
+        ))
+        parts.scheduler.register_to_config(steps_offset=1)  # as SD's own configs (diffusers warns about 0)
+        vae, text_encoder, tokenizer, unet, scheduler = (parts.vae, parts.text_encoder, parts.tokenizer, parts.unet,
+                                                          parts.scheduler)
+    else:
+        config = SD_ARCHS[arch]
+        with tempfile.TemporaryDirectory() as d:
+            tokenizer = make_clip_tokenizer(os.path.join(d, "tokenizer"), words, model_max_length=77)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config["text"]))
+        unet = UNet2DConditionModel(sample_size=resolution // 8, **config["unet"])
+        vae = AutoencoderKL(sample_size=resolution, **SD_VAE)
+        scheduler = DDIMScheduler(**SD_SCHEDULER)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory)
 
 
 def make_plan(n: int, mode: str, strength: float, resolution: int, tag: str = "bench") -> pa.Table:
@@ -244,7 +300,10 @@ def measure(name: str, load, run, warm: pa.Table, plan: pa.Table, device: torch.
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--base", help="diffusers SD 1.5/2.1 folder (with a VAE); default: a tiny one built here")
+    ap.add_argument("--base", help="diffusers SD 1.5/2.1 folder (with a VAE); default: one built here (--arch)")
+    ap.add_argument("--arch", choices=["tiny", *SD_ARCHS], default="tiny",
+                    help="without --base: the generator built with random weights (tiny, or SD's own size)")
+    ap.add_argument("--keep", metavar="DIR", help="without --base: build the generator in DIR, or reuse the one there")
     ap.add_argument("--mode", choices=["text", "img2img"], default="text")
     ap.add_argument("--strength", type=float, default=0.5, help="img2img strength (raysys: λ = 1 - strength)")
     ap.add_argument("--images", type=int, default=64, help="timed images per path")
@@ -270,8 +329,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base = args.base
         if base is None:
-            base = os.path.join(tmp, "tiny-sd")
-            build_tiny_generator(base, args.resolution or 32)
+            base = args.keep or os.path.join(tmp, "generator")
+            if os.path.isfile(os.path.join(base, "model_index.json")):
+                print(f"reusing the generator in {base}", flush=True)
+            else:
+                print(f"building a {args.arch} generator (random weights) in {base}", flush=True)
+                build_generator(base, args.arch, args.resolution or (32 if args.arch == "tiny" else 512))
         sampling = SamplingConfig(guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
                                   scheduler="ddim", negative_prompt="")
         results = run(args, base, device, dtype, sampling)
@@ -336,7 +399,7 @@ def run(args, base: str, device: torch.device, dtype: torch.dtype, sampling: Sam
     print(f"ratio raysys / plain: {ratio:.3f}", flush=True)
     return {
         "benchmark": "gpu_synthesis", "mode": args.mode, "strength": args.strength if args.mode == "img2img" else None,
-        "base": args.base or "tiny (built from config)", "device": name, "dtype": args.dtype,
+        "base": args.base or f"{args.arch} (random weights)", "device": name, "dtype": args.dtype,
         "resolution": args.resolution, "steps": args.steps, "guidance_scale": args.guidance_scale,
         "cfg_branches": branches, "batch_size": args.batch_size, "images": args.images,
         "image_format": args.image_format, "peak_flops": peak, "ratio": ratio, "paths": paths,
