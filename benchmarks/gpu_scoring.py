@@ -18,8 +18,10 @@ the project's default classifier, small_cnn, is not a timm model):
     python benchmarks/gpu_scoring.py --model vit_base_patch16_clip_224 --resolution 224 --source-size 512 \\
         --dtype bf16 --images 1024 --batch-size 128 --json scoring_vitb16_bf16.json
 
-Each takes well under a minute per path on an H100 (PNG decoding on the CPU dominates for the
-small models). The unit test runs it on a CPU at 32 px.
+Each should take well under a minute per path on an H100 (an estimate: not yet run on a GPU;
+PNG decoding on the CPU, one thread, likely dominates for the small models). The classifier has
+random weights (nothing is downloaded), which changes no FLOP and no timing. The unit test runs
+it on a CPU at 32 px.
 
 **What each timed path includes, per batch of `--batch-size` images** (model loading and one
 warm-up batch are not timed; `torch.cuda.synchronize()` around the timed loop):
