@@ -49,7 +49,7 @@ ENCODER_DIR = "difficulty_encoder"
 def add_lora(pipe: DifficultyDiffusionPipeline, rank: int, alpha: float) -> None:
     """Freeze the base UNet and text encoder; inject a trainable LoRA adapter into the UNet."""
     pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
+    pipe.text_model.requires_grad_(False)
     if pipe.vae is not None:
         pipe.vae.requires_grad_(False)
     pipe.unet.add_adapter(LoraConfig(
@@ -62,7 +62,7 @@ def add_difficulty_encoder(
 ) -> DifficultyEncoder:
     """Attach a fresh difficulty encoder whose tokens have the text encoder's width."""
     encoder = DifficultyEncoder(
-        num_classes=num_classes, cross_attention_dim=pipe.text_encoder.config.hidden_size,
+        num_classes=num_classes, cross_attention_dim=pipe.unet.config.cross_attention_dim,
         num_tokens=num_tokens, use_class=use_class, num_frequencies=num_frequencies,
     ).to(pipe.unet.device)
     pipe.register_modules(difficulty_encoder=encoder)

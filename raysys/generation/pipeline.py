@@ -19,6 +19,13 @@ difficulty s (or none), source image with image guidance λ (or none) and seed:
 With a VAE (`vae` set, SD 1.x/2.x layout) the UNet works on latents; without one (the built-in
 quickstart model) it works on pixels in [-1, 1].
 
+**SDXL layout** (the refiner that DisCL's released code uses for img2img): the prompt goes through
+`text_encoder_2` (OpenCLIP bigG with projection; there is no `text_encoder`). As diffusers' SDXL
+pipelines do, its penultimate hidden states are the cross-attention context, and its pooled
+projection plus the "time ids" (original size, crop, and the aesthetic score for the refiner or
+the target size for the base model) are the UNet's added conditioning. The difficulty tokens
+are appended to the context, as for SD 1.x/2.x.
+
 **LoRA**: the pipeline has diffusers' `StableDiffusionLoraLoaderMixin`, so `load_lora_weights`
 / `save_lora_weights` read and write the standard `pytorch_lora_weights.safetensors`.
 `save_pretrained` writes the base components untouched plus that LoRA file beside them, and
@@ -46,7 +53,7 @@ from diffusers import (
 )
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from raysys.generation.difficulty_encoder import DifficultyEncoder
 
@@ -68,15 +75,22 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 """diffusers' standard LoRA file name (what `load_lora_weights(directory)` looks for)."""
 
 
+def lora_adapter_name(unet: UNet2DConditionModel) -> Optional[str]:
+    """The name of the UNet's LoRA adapter ("default" when trained here, "default_0" when
+    loaded by `load_lora_weights`); None without one."""
+    return next(iter(getattr(unet, "peft_config", None) or {}), None)
+
+
 def unet_lora_layers(unet: UNet2DConditionModel) -> Optional[dict[str, torch.Tensor]]:
     """The UNet's LoRA weights in diffusers' format (keys without the 'unet.' prefix); None if
     the UNet has no LoRA adapter."""
-    if not getattr(unet, "peft_config", None):
+    name = lora_adapter_name(unet)
+    if name is None:
         return None
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
 
 
 def unet_lora_metadata(unet: UNet2DConditionModel) -> Optional[dict]:
@@ -88,24 +102,71 @@ def unet_lora_metadata(unet: UNet2DConditionModel) -> Optional[dict]:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
 
+AESTHETIC_SCORE = 6.0
+"""The SDXL refiner's aesthetic-score condition for the conditional branch (diffusers' default)."""
+NEGATIVE_AESTHETIC_SCORE = 2.5
+"""... and for the unconditional branch of classifier-free guidance (diffusers' default)."""
+
+
+@dataclass
+class Condition:
+    """What the UNet is conditioned on, one row per image."""
+
+    tokens: torch.Tensor
+    """(B, L, D) the cross-attention context: text tokens, then the difficulty tokens if any."""
+    pooled: Optional[torch.Tensor] = None
+    """(B, P) the pooled text embedding (SDXL layout only)."""
+
+    def rows(self, index) -> "Condition":
+        return Condition(self.tokens[index], None if self.pooled is None else self.pooled[index])
+
+    def to(self, dtype: torch.dtype) -> "Condition":
+        return Condition(self.tokens.to(dtype), None if self.pooled is None else self.pooled.to(dtype))
+
+
+def load_dtype_argument() -> str:
+    """The name diffusers' `from_pretrained` takes the dtype by: `dtype` since diffusers followed
+    transformers (2026, `torch_dtype` deprecated), `torch_dtype` before."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
-    model_cpu_offload_seq = "text_encoder->difficulty_encoder->unet->vae"
-    _optional_components = ["vae", "difficulty_encoder"]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->difficulty_encoder->unet->vae"
+    _optional_components = ["vae", "difficulty_encoder", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
         scheduler,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
+        text_encoder: Optional[CLIPTextModel] = None,
+        tokenizer: Optional[CLIPTokenizer] = None,
         difficulty_encoder: Optional[DifficultyEncoder] = None,
         vae: Optional[AutoencoderKL] = None,
+        text_encoder_2: Optional[CLIPTextModelWithProjection] = None,
+        tokenizer_2: Optional[CLIPTokenizer] = None,
     ):
+        """SD 1.x/2.x and the built-in model: `text_encoder` + `tokenizer`. The SDXL refiner:
+        `text_encoder_2` + `tokenizer_2` alone."""
         super().__init__()
+        if (text_encoder is None) == (text_encoder_2 is None):
+            raise ValueError("give one text encoder: text_encoder (SD 1.x/2.x layout) or text_encoder_2 "
+                             "(SDXL refiner layout)")
         self.register_modules(
             unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-            difficulty_encoder=difficulty_encoder, vae=vae,
+            difficulty_encoder=difficulty_encoder, vae=vae, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         )
+
+    @property
+    def text_model(self):
+        """The text encoder that conditions the UNet (`text_encoder`, or the SDXL `text_encoder_2`)."""
+        return self.text_encoder if self.text_encoder is not None else self.text_encoder_2
+
+    @property
+    def added_conditions(self) -> bool:
+        """True for the SDXL layout: the UNet also takes pooled text and time ids."""
+        return self.unet.config.addition_embed_type == "text_time"
 
     # ---- saving and loading with LoRA ----------------------------------------------------
 
@@ -124,16 +185,21 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
             super().save_pretrained(save_directory, **kwargs)
             return
         metadata = unet_lora_metadata(self.unet)
+        name = lora_adapter_name(self.unet)
         self.unet.unload_lora()  # back to the base weights for the component folders
         try:
             super().save_pretrained(save_directory, **kwargs)
             self.save_lora_weights(save_directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
         finally:
-            self.load_lora_weights(str(save_directory))
+            self.load_lora_weights(str(save_directory), adapter_name=name)  # the same adapter, by the same name
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load the components, then the LoRA file if the directory has one."""
+        """Load the components, then the LoRA file if the directory has one. Every component is
+        loaded in `dtype` (or `torch_dtype`; default float32): transformers 5 would otherwise load
+        a text encoder in the dtype its config names (float16 for SD 2.1's and the SDXL refiner's)."""
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or torch.float32
+        kwargs[load_dtype_argument()] = dtype
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         location = str(pretrained_model_name_or_path)
         if os.path.isfile(os.path.join(location, LORA_WEIGHTS)):
@@ -165,19 +231,25 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
 
     # ---- conditioning ------------------------------------------------------------------
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+    def encode_text(self, prompts: Sequence[str]) -> Condition:
+        """The prompts' text tokens (and, SDXL layout, pooled embeddings), truncated to the
+        tokenizer's length (77 for CLIP)."""
+        tokenizer = self.tokenizer if self.text_encoder is not None else self.tokenizer_2
+        ids = tokenizer(
+            list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0]
+        ).input_ids.to(self.text_model.device)
+        if self.text_encoder is not None:
+            return Condition(self.text_encoder(ids)[0])
+        out = self.text_encoder_2(ids, output_hidden_states=True)
+        return Condition(out.hidden_states[-2], out.text_embeds)  # as diffusers' SDXL pipelines
 
     def condition(
         self,
         prompts: Sequence[str],
         class_labels: Optional[torch.Tensor],
         difficulty: Optional[torch.Tensor],
-    ) -> torch.Tensor:
+    ) -> Condition:
         """Cross-attention context: text tokens, then k difficulty tokens if there is an encoder.
 
         difficulty: (B,) float with NaN where a row has no difficulty; None: no row has one.
@@ -186,7 +258,7 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         if self.difficulty_encoder is None:
             return text
         n = len(prompts)
-        device = text.device
+        device = text.tokens.device
         if difficulty is None:
             difficulty = torch.full((n,), float("nan"))
         if class_labels is None:
@@ -195,13 +267,39 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         tokens = self.difficulty_encoder.tokens(
             class_labels.to(device), difficulty, ~torch.isnan(difficulty)
         )
-        return torch.cat([text, tokens.to(text.dtype)], dim=1)
+        return Condition(torch.cat([text.tokens, tokens.to(text.tokens.dtype)], dim=1), text.pooled)
 
-    def unconditional(self, negative_prompts: Sequence[str]) -> torch.Tensor:
+    def unconditional(self, negative_prompts: Sequence[str]) -> Condition:
         text = self.encode_text(negative_prompts)
         if self.difficulty_encoder is None:
             return text
-        return torch.cat([text, self.difficulty_encoder.null(len(text)).to(text.dtype)], dim=1)
+        null = self.difficulty_encoder.null(len(text.tokens)).to(text.tokens.dtype)
+        return Condition(torch.cat([text.tokens, null], dim=1), text.pooled)
+
+    def time_ids(self, n: int, image_size: int, aesthetic_score: float) -> torch.Tensor:
+        """(n, k) SDXL micro-conditioning: original size and crop (0, 0), then the aesthetic score
+        (the refiner, k = 5) or the target size (the base model, k = 6), as diffusers builds them."""
+        cfg = self.unet.config
+        k = (cfg.projection_class_embeddings_input_dim - self.text_encoder_2.config.projection_dim) \
+            // cfg.addition_time_embed_dim
+        if k == 5:
+            ids = [image_size, image_size, 0, 0, aesthetic_score]
+        elif k == 6:
+            ids = [image_size, image_size, 0, 0, image_size, image_size]
+        else:
+            raise ValueError(f"the UNet's added conditioning takes {k} time ids; expected 5 (SDXL refiner) or 6 (SDXL)")
+        return torch.tensor([ids] * n, dtype=torch.float32)
+
+    def predict(self, x: torch.Tensor, t, condition: Condition, aesthetic_score=AESTHETIC_SCORE) -> torch.Tensor:
+        """The UNet's output for latents `x` at timestep(s) `t`. `aesthetic_score`: one number, or
+        one per row (SDXL refiner only)."""
+        added = None
+        if self.added_conditions:
+            ids = self.time_ids(len(x), x.shape[-1] * self.vae_scale_factor, AESTHETIC_SCORE)
+            if ids.shape[1] == 5:
+                ids[:, 4] = torch.as_tensor(aesthetic_score, dtype=torch.float32).expand(len(x))
+            added = {"text_embeds": condition.pooled.to(x.dtype), "time_ids": ids.to(x.device, x.dtype)}
+        return self.unet(x, t, encoder_hidden_states=condition.tokens.to(x.dtype), added_cond_kwargs=added).sample
 
     # ---- latents <-> images ------------------------------------------------------------
 
@@ -230,10 +328,15 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         prompt + null tokens, for a separate difficulty guidance scale (None: s is guided with
         the text)."""
         branches = [c for c in (uncond, text_only) if c is not None] + [context]
+        n = len(latents)
+        joint = Condition(torch.cat([b.tokens for b in branches]),
+                          None if context.pooled is None else torch.cat([b.pooled for b in branches]))
+        aesthetic = torch.tensor([NEGATIVE_AESTHETIC_SCORE if b is uncond else AESTHETIC_SCORE
+                                  for b in branches]).repeat_interleave(n)
         for t in timesteps:
             x = torch.cat([latents] * len(branches))
             x = self.scheduler.scale_model_input(x, t)
-            eps = self.unet(x, t, encoder_hidden_states=torch.cat(branches)).sample.chunk(len(branches))
+            eps = self.predict(x, t, joint, aesthetic).chunk(len(branches))
             eps_cond = eps[-1]
             if text_only is None:
                 out = eps_cond if uncond is None else eps[0] + guidance_scale * (eps_cond - eps[0])
@@ -259,6 +362,7 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         num_inference_steps: int = 25,
         scheduler: Optional[str] = None,
         output_type: str = "np",
+        image_size: Optional[int] = None,
     ) -> GenerationOutput:
         """Generate one image per prompt.
 
@@ -283,6 +387,8 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
                 these, else ddim). All four are deterministic given the starting noise.
             output_type: "np" for uint8 (B, H, W, C), "pt" for float (B, C, H, W) in [-1, 1],
                 "latent" for the UNet-space result before decoding and clamping.
+            image_size: side of the images in pixels, a multiple of 8 × the VAE's downsampling
+                (None: the model's own, `self.image_size`); `source_images` must have it.
         """
         n = len(prompt)
         if len(seeds) != n:
@@ -314,6 +420,11 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
             text_only = self.condition(prompt, labels_t, None).to(dtype)
 
         size = self.unet.config.sample_size
+        if image_size is not None:
+            if image_size % (8 * self.vae_scale_factor):
+                raise ValueError(f"image_size {image_size} is not a multiple of {8 * self.vae_scale_factor} "
+                                 "(8 x the VAE's downsampling)")
+            size = image_size // self.vae_scale_factor
         noise = self.noise_for(seeds, (self.unet.config.in_channels, size, size)).to(device, dtype)
         out = torch.empty(n, self.unet.config.in_channels, size, size, device=device, dtype=dtype)
         source_latents = None
@@ -337,8 +448,8 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
                 t0 = timesteps[:1].repeat(len(rows))
                 latents = self.scheduler.add_noise(source_latents[rows], noise[rows], t0)
             out[rows] = self._denoise(
-                latents, context[rows], None if uncond is None else uncond[rows], timesteps, guidance_scale,
-                None if text_only is None else text_only[rows], difficulty_guidance_scale,
+                latents, context.rows(rows), None if uncond is None else uncond.rows(rows), timesteps, guidance_scale,
+                None if text_only is None else text_only.rows(rows), difficulty_guidance_scale,
             )
 
         if output_type == "latent":

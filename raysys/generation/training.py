@@ -73,7 +73,7 @@ def diffusion_loss(
         difficulty = difficulty.clone().float()
         difficulty[drop_s] = float("nan")
     context = pipe.condition(prompts, class_labels, difficulty)
-    pred = pipe.unet(noisy, t, encoder_hidden_states=context.to(pipe.unet.dtype)).sample
+    pred = pipe.predict(noisy, t, context.to(pipe.unet.dtype))
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise

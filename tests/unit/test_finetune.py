@@ -98,6 +98,13 @@ def test_whole_pipeline_with_encoder_and_lora_round_trips(tmp_path, vae):
     loaded = DifficultyDiffusionPipeline.from_pretrained(tmp_path / "pipe")
     assert loaded.difficulty_encoder is not None and getattr(loaded.unet, "peft_config", None)
     torch.testing.assert_close(loaded(**kwargs).images, before, atol=1e-5, rtol=1e-4)
+    # Both still save their LoRA (the loaded one's adapter is named by load_lora_weights).
+    for i, p in enumerate([pipe, loaded]):
+        p.save_lora(str(tmp_path / f"lora{i}"))
+    from safetensors.torch import load_file
+
+    first, second = (load_file(str(tmp_path / f"lora{i}" / LORA_WEIGHTS)) for i in range(2))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     # The component folder holds the *base* UNet: without the LoRA file the output differs.
     (tmp_path / "pipe" / LORA_WEIGHTS).unlink()
     bare = DifficultyDiffusionPipeline.from_pretrained(tmp_path / "pipe")
