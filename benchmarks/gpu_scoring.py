@@ -169,7 +169,7 @@ def measure(name: str, load, run, warm, images, labels, device: torch.device, fl
     p_true, seconds = timed(lambda: run(model, images, labels, progress=lambda done: print(
         f"  {name}: {done}/{total} images", flush=True)), device)
     peak = memory.peak_mib()
-    del model
+    model = None  # free it before the next path loads
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -8,15 +8,15 @@ each path, the ratio raysys / plain, the UNet's FLOPs per image and MFU, and pea
 
 Run on a GPU. With real weights, `--base` a Stable Diffusion folder (SD 1.5 / 2.1 layout, with a
 VAE; e.g. `huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir /data/sd21`);
-on a machine that cannot download, `--arch sd21` builds SD 2.1 base's own architecture (UNet,
+on a machine that cannot download, `--arch sd21-base` writes SD 2.1 base's released layout (UNet,
 VAE, text encoder at their real sizes: 866M + 84M + 340M parameters) with random weights, and
 `--keep DIR` keeps that folder for the next runs (building it takes about a minute):
 
-    python benchmarks/gpu_synthesis.py --arch sd21 --keep /tmp/sd21-random --resolution 512 --dtype fp16 \
+    python benchmarks/gpu_synthesis.py --arch sd21-base --keep /tmp/sd21-random --resolution 512 --dtype fp16 \
         --images 64 --batch-size 8 --steps 30 --json synthesis_text_fp16.json
-    python benchmarks/gpu_synthesis.py --arch sd21 --keep /tmp/sd21-random --resolution 512 --dtype fp16 \
+    python benchmarks/gpu_synthesis.py --arch sd21-base --keep /tmp/sd21-random --resolution 512 --dtype fp16 \
         --images 64 --batch-size 8 --steps 30 --mode img2img --strength 0.5 --json synthesis_img2img_fp16.json
-    python benchmarks/gpu_synthesis.py --arch sd21 --keep /tmp/sd21-random --resolution 512 --dtype bf16 \
+    python benchmarks/gpu_synthesis.py --arch sd21-base --keep /tmp/sd21-random --resolution 512 --dtype bf16 \
         --images 64 --batch-size 16 --steps 30 --image-format webp --json synthesis_text_bf16_webp.json
     python benchmarks/gpu_synthesis.py --base /data/sd21 --resolution 512 --dtype fp16 \
         --images 64 --batch-size 8 --steps 30 --json synthesis_text_fp16_sd21.json
@@ -100,67 +100,34 @@ CLASS_NAMES = ["cat", "dog", "bird", "fish", "horse", "ship", "truck", "plane", 
 
 # ---- the generator and the plan -------------------------------------------------------------
 
-# Stable Diffusion's own component configs (the model repos' unet/, vae/, text_encoder/ and
-# scheduler/ config.json: runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1-base),
-# for a generator of the real size with random weights where no weights can be downloaded.
-SD_UNET = dict(
-    in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
-    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, norm_num_groups=32,
-)
-SD_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=[128, 256, 512, 512],
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32,
-    scaling_factor=0.18215,
-)
-SD_ARCHS = {
-    "sd15": {
-        "unet": {**SD_UNET, "attention_head_dim": 8, "cross_attention_dim": 768},
-        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                     hidden_act="quick_gelu", projection_dim=768),
-    },
-    "sd21": {  # 2.1 base (512 px, epsilon); 2.1 itself differs only in sample size (768 px) and v-prediction
-        "unet": {**SD_UNET, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
-                 "use_linear_projection": True},
-        "text": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-                     hidden_act="gelu", projection_dim=512),
-    },
-}
-SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+ARCHS = ["tiny", "sd15", "sd21-base"]
+"""Generators this script builds with random weights: a tiny one, or a released Stable Diffusion
+layout at full size (`raysys.generation.layouts`; the plain path is StableDiffusionPipeline, so
+not the SDXL refiner)."""
 
 
 def build_generator(directory: str, arch: str, resolution: int) -> None:
     """A generator with random weights saved as a StableDiffusionPipeline folder (the layout of a
     downloaded SD 1.5 / 2.1 folder). tiny: a small one from raysys's ComponentSpec (the unit
-    test's); sd15 / sd21: Stable Diffusion's own architecture and size (the UNet's arithmetic is
+    test's); sd15 / sd21-base: the released layout at full size (`write_random_pipeline`; the UNet's arithmetic is
     the real model's; the images are not, which changes only how long PNG/WebP encoding takes)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
 
     from raysys.generation.components import ComponentSpec, build_components
-    from raysys.generation.tokenizer import make_clip_tokenizer
+    from raysys.generation.layouts import write_random_pipeline
 
+    if arch != "tiny":  # the released folder's layout; the UNet's sample_size is set at load time
+        write_random_pipeline(arch, directory)
+        return
     torch.manual_seed(0)
     words = "a photo of".split() + CLASS_NAMES
-    if arch == "tiny":
-        parts = build_components(ComponentSpec(
-            image_size=resolution, image_channels=3, vae=True, block_out_channels=[32, 64],
-            vae_block_out_channels=[16, 32], cross_attention_dim=64, vocabulary=words,
-        ))
-        parts.scheduler.register_to_config(steps_offset=1)  # as SD's own configs (diffusers warns about 0)
-        vae, text_encoder, tokenizer, unet, scheduler = (parts.vae, parts.text_encoder, parts.tokenizer, parts.unet,
-                                                          parts.scheduler)
-    else:
-        config = SD_ARCHS[arch]
-        with tempfile.TemporaryDirectory() as d:
-            tokenizer = make_clip_tokenizer(os.path.join(d, "tokenizer"), words, model_max_length=77)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config["text"]))
-        unet = UNet2DConditionModel(sample_size=resolution // 8, **config["unet"])
-        vae = AutoencoderKL(sample_size=resolution, **SD_VAE)
-        scheduler = DDIMScheduler(**SD_SCHEDULER)
+    parts = build_components(ComponentSpec(
+        image_size=resolution, image_channels=3, vae=True, block_out_channels=[32, 64],
+        vae_block_out_channels=[16, 32], cross_attention_dim=64, vocabulary=words,
+    ))
+    parts.scheduler.register_to_config(steps_offset=1)  # as SD's own configs (diffusers warns about 0)
+    vae, text_encoder, tokenizer, unet, scheduler = (parts.vae, parts.text_encoder, parts.tokenizer, parts.unet,
+                                                      parts.scheduler)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -288,7 +255,7 @@ def measure(name: str, load, run, warm: pa.Table, plan: pa.Table, device: torch.
     images, seconds = timed(lambda: run(model, plan, progress=lambda done: print(
         f"  {name}: {done}/{total} images", flush=True)), device)
     peak = memory.peak_mib()
-    del model
+    model = None  # free it before the next path loads
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -301,7 +268,7 @@ def measure(name: str, load, run, warm: pa.Table, plan: pa.Table, device: torch.
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", help="diffusers SD 1.5/2.1 folder (with a VAE); default: one built here (--arch)")
-    ap.add_argument("--arch", choices=["tiny", *SD_ARCHS], default="tiny",
+    ap.add_argument("--arch", choices=ARCHS, default="tiny",
                     help="without --base: the generator built with random weights (tiny, or SD's own size)")
     ap.add_argument("--keep", metavar="DIR", help="without --base: build the generator in DIR, or reuse the one there")
     ap.add_argument("--mode", choices=["text", "img2img"], default="text")
