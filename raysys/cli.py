@@ -1,10 +1,14 @@
-"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]`, `raysys run CONFIG ...` and `raysys export SOURCE OUT`.
+"""`raysys <stage> CONFIG [key=value ...] [--address ADDR]`, `raysys run CONFIG ...`, `raysys export SOURCE OUT`
+and `raysys random-generator LAYOUT OUT`.
 
 The stage commands come from the registry (`raysys.stages.STAGES`); `run` runs every stage that
 applies to the config, each after the stages it reads; `tune` is run on its own. Complete stages
 are skipped. `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to
 an image folder: OUT/<class folder>/<sample_id>.png and OUT/labels.csv. Config errors and unusable
 data exit with status 2 and one line naming the problem; an interrupted sweep exits with 130.
+`random-generator` writes a released Stable Diffusion layout (sd15, sd21-base, sdxl-refiner) at
+full size with random weights: a folder that `generator.base` accepts, for trying a config or
+measuring without downloading weights.
 """
 
 from __future__ import annotations
@@ -50,16 +54,47 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
+def random_generator_main(argv: list[str]) -> int:
+    from raysys.generation.layouts import LAYOUTS
+
+    parser = argparse.ArgumentParser(
+        prog="raysys random-generator",
+        description="Write a released Stable Diffusion layout at full size with random weights.")
+    parser.add_argument("layout", choices=list(LAYOUTS), help="; ".join(f"{k}: {v.hub_id}" for k, v in LAYOUTS.items()))
+    parser.add_argument("out", help="output folder (must not exist or be empty)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="dtype of the saved weights")
+    args = parser.parse_args(argv)
+    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+        print(f"raysys: error: {args.out} exists and is not an empty folder; choose a new one", file=sys.stderr)
+        return 2
+    import torch
+
+    from raysys.generation.layouts import write_random_pipeline
+
+    start = time.time()
+    write_random_pipeline(args.layout, args.out, seed=args.seed, dtype=getattr(torch, args.dtype))
+    print(f"[random-generator] {args.layout} -> {args.out} in {_clock(time.time() - start)} "
+          f"(use it as generator.base={args.out})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from raysys.stages import BY_COMMAND, STAGES, load_config
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
+    if argv[:1] == ["random-generator"]:
+        return random_generator_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="raysys", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="stages:\n" + "\n".join(f"  {s.command:20s} {s.describe}" for s in STAGES)
-        + "\n  run                  every stage that applies, in order")
+        + "\n  run                  every stage that applies, in order"
+        + "\n\nother commands (each has --help):"
+        + "\n  export SOURCE OUT    a manifest as an image folder with labels.csv"
+        + "\n  random-generator LAYOUT OUT   a released SD layout at full size, random weights")
     parser.add_argument("stage", choices=[*BY_COMMAND, "run"], metavar="STAGE", help="a stage below, or run")
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")

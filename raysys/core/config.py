@@ -205,7 +205,7 @@ class GeneratorConfig(SamplingConfig):
     """The base text-to-image model, its prompts, and how it samples (the SamplingConfig fields)."""
 
     base: str = "builtin"
-    """builtin (pretrained from scratch by pretrain-generator), or an SD 1.5/2.1 folder or hub id (from_pretrained)."""
+    """builtin (pretrained from scratch by pretrain-generator), or a folder or hub id in the SD 1.5, SD 2.x or SDXL refiner layout (from_pretrained)."""
     prompt_template: str = "a photo of the digit {name}"
     """Prompt per image; {name} is the class name."""
 

@@ -1,8 +1,8 @@
 """The released Stable Diffusion layouts at full size, random weights, on the CPU (issue 21).
 
 For SD 1.5, SD 2.1 base and the SDXL refiner, one test writes the layout's pipeline folder
-(`raysys.generation.layouts.write_random_pipeline`: every component at full size, the real CLIP
-tokenizer) and then runs, at a low resolution and few steps:
+(`raysys random-generator LAYOUT OUT`: every component at full size, the real CLIP tokenizer)
+and then runs, at a low resolution and few steps:
 
 1. loading as raysys loads a base model, with the released parameter counts and the real
    tokenizer (77 tokens);
@@ -20,6 +20,7 @@ Each step is printed with its time and the process's peak RSS (`pytest -s` shows
 from __future__ import annotations
 
 import gc
+import shutil
 import time
 
 import numpy as np
@@ -28,7 +29,8 @@ import torch
 
 from raysys.generation import finetune as ft
 from raysys.generation.components import load_pipeline
-from raysys.generation.layouts import LAYOUTS, components, parameter_counts, write_random_pipeline
+from raysys.cli import main
+from raysys.generation.layouts import LAYOUTS, components, parameter_counts
 from raysys.generation.pipeline import LORA_WEIGHTS, Condition, DifficultyDiffusionPipeline, load_dtype_argument
 from raysys.generation.training import training_scheduler
 
@@ -85,10 +87,21 @@ def has_cpu_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@pytest.fixture
+def workdir(tmp_path):
+    """tmp_path, emptied after the test: pytest keeps its last three runs' folders, and these
+    hold up to 24 GB of weights."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_full_size_layout_end_to_end_on_cpu(layout, tmp_path):
+def test_full_size_layout_end_to_end_on_cpu(layout, workdir):
+    tmp_path = workdir
     steps = Steps(layout)
-    base = write_random_pipeline(layout, str(tmp_path / "base"), progress=lambda _: None)
+    base = str(tmp_path / "base")
+    assert main(["random-generator", layout, base]) == 0
+    assert main(["random-generator", layout, base]) == 2  # never writes over a folder
     assert parameter_counts(layout) == RELEASED_PARAMETERS[layout]
     steps.done("write the random-weight folder")
 
@@ -176,6 +189,7 @@ def test_full_size_layout_end_to_end_on_cpu(layout, tmp_path):
     torch.testing.assert_close(unet_output(loaded, x, t, loaded_cond), ours, atol=1e-4, rtol=1e-4)
     del loaded
     gc.collect()
+    shutil.rmtree(saved)
     steps.done("save_pretrained / from_pretrained")
 
     # 6. Plain diffusers: the released pipeline class, the LoRA file through load_lora_weights.
