@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
-    overrides = [f"run.root={tmp_path / 'run'}", "train.epochs=40"]
+    overrides = [f"run.root={tmp_path / 'run'}", "train.epochs=20"]
     from raysys.stages import load_config
 
     cfg = load_config(TINY, overrides)
@@ -35,8 +35,8 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
 
     metrics = train_classifier.run(cfg)  # the same command again, on the test session's Ray
     resumed = metrics["resumed_at_epochs"]
-    assert len(resumed) == 1 and 1 <= resumed[0] < 40
-    assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 41))
+    assert len(resumed) == 1 and 1 <= resumed[0] < 20
+    assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 21))
 
 
 # The CLI and the job entrypoint run in this process (on the test session's Ray): a fresh
