@@ -8,7 +8,8 @@ and then runs, at a low resolution and few steps:
    tokenizer (77 tokens);
 2. text + difficulty generation with classifier-free guidance;
 3. img2img at λ = 0.5 (half the steps run);
-4. one LoRA + difficulty-encoder training step with gradient checkpointing;
+4. one LoRA + difficulty-encoder training step with gradient checkpointing (and one under bf16
+   autocast, as on a GPU, where the CPU has bf16 instructions);
 5. save_pretrained / from_pretrained of the fine-tuned pipeline;
 6. plain diffusers (the released pipeline class) loading the folder and the LoRA file with
    `load_lora_weights`, its UNet then giving our UNet's outputs;
@@ -167,6 +168,13 @@ def test_full_size_layout_end_to_end_on_cpu(layout, workdir):
     assert len(lora) > 100 and all(("lora_B" in n) != torch.equal(p, lora_before[n]) for n, p in lora.items())
     assert not torch.equal(pipe.difficulty_encoder.mlp[0].weight, mlp_before)
     assert torch.equal(frozen, frozen_before), frozen_name
+    if has_cpu_bf16():  # the GPU path: bf16 autocast over float32 weights
+        loss = ft.finetune_step(pipe, training_scheduler(pipe), data, torch.tensor([1]), use_difficulty=True,
+                                condition_dropout=0.0, snr_gamma=5.0, generator=torch.Generator().manual_seed(1),
+                                autocast_dtype=torch.bfloat16)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for n, p in lora.items() if "lora_B" in n)
     pipe.unet.eval()
     pipe.unet.disable_gradient_checkpointing()
     steps.done("LoRA + encoder step, gradient checkpointing")
