@@ -208,6 +208,8 @@ class GeneratorConfig(SamplingConfig):
     """builtin (pretrained from scratch by pretrain-generator), or a folder or hub id in the SD 1.5, SD 2.x or SDXL refiner layout (from_pretrained)."""
     prompt_template: str = "a photo of the digit {name}"
     """Prompt per image; {name} is the class name."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """What the synthesis actors run the generator in: float32, or float16 / bfloat16 (half the weights' memory; float16 needs GPUs). Fine-tuning keeps float32 weights (bf16 autocast on GPUs)."""
 
 
 @dataclass

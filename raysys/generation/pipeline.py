@@ -307,12 +307,20 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         """Images in [-1, 1] (B, C, H, W) -> UNet space (deterministic: the posterior mean)."""
         if self.vae is None:
             return images
+        self._upcast_vae_if_needed()
         latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
         return latents * self.vae.config.scaling_factor
+
+    def _upcast_vae_if_needed(self) -> None:
+        """The SDXL VAE overflows in float16 (its config says `force_upcast`): run it in float32, as
+        diffusers' SDXL pipelines do."""
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            self.vae.to(torch.float32)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return latents.clamp(-1, 1)
+        self._upcast_vae_if_needed()
         images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return images.clamp(-1, 1)
 

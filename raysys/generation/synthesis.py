@@ -54,6 +54,8 @@ class GeneratorSpec:
     """Adapter directory from the finetune stage (None: the base model as it is)."""
     label: str = ""
     """What the `generator` column records (base id + adapter digest)."""
+    dtype: str = "float32"
+    """What the pipeline runs in: float32, float16 or bfloat16 (`generator.dtype`)."""
 
 
 def actor_identity() -> str:
@@ -87,8 +89,12 @@ class GenerateBatch:
 
             if model not in self.generators:
                 raise KeyError(f"plan row asks for generator '{model}'; configured: {sorted(self.generators)}")
+            import torch
+
             spec = self.generators[model]
-            pipe = load_finetuned(spec.base, spec.adapters) if spec.adapters else load_pipeline(spec.base)
+            dtype = getattr(torch, spec.dtype)
+            pipe = (load_finetuned(spec.base, spec.adapters, dtype=dtype) if spec.adapters
+                    else load_pipeline(spec.base, dtype=dtype))
             pipe.set_progress_bar_config(disable=True)
             self.pipes[model] = pipe.to(self.device)
         return self.pipes[model]

@@ -54,11 +54,21 @@ def plan_dir(cfg: RaysysConfig, name: str) -> str:
 def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
     """What a plan's rows and images depend on besides its upstream stages (never how many actors
     make them): the base model, the sampling settings, the plan itself, the image format, the filter,
-    and the content of a prompts file (only for a plan that reads one: other plans keep their digests)."""
+    and the content of a prompts file (only for a plan that reads one: other plans keep their digests),
+    and the generator's dtype unless it is float32 (so that float32 runs keep their digests)."""
     fingerprint = (pretrain_generator.base_label(cfg), control.sampling(cfg), cfg.generator.prompt_template, plan,
                    cfg.synthesis.image_format, cfg.synthesis.filter, cfg.run.seed)
+    if cfg.generator.dtype != "float32":
+        fingerprint = (*fingerprint, cfg.generator.dtype)
     prompts = prompts_file_digest(plan)
     return fingerprint if prompts is None else (*fingerprint, prompts)
+
+
+def check_generator_dtype(cfg: RaysysConfig) -> list[str]:
+    if cfg.generator.dtype == "float16" and cfg.synthesis.num_gpus <= 0:
+        return ["generator.dtype=float16 needs GPUs (synthesis.num_gpus > 0): CPUs run float16 slowly or not at all; "
+                "on CPUs use bfloat16 or float32"]
+    return []
 
 
 def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:
@@ -96,10 +106,10 @@ def _generator_specs(cfg: RaysysConfig, models: set[str], copies: contextlib.Exi
     specs = {}
     for model in sorted(models):
         if model == "base":
-            specs[model] = GeneratorSpec(base=base, label=label_base)
+            specs[model] = GeneratorSpec(base=base, label=label_base, dtype=cfg.generator.dtype)
         else:
             adapters = copies.enter_context(io.local_copy(finetune.adapters_dir(cfg, model)))
-            specs[model] = GeneratorSpec(base=base, adapters=adapters,
+            specs[model] = GeneratorSpec(base=base, adapters=adapters, dtype=cfg.generator.dtype,
                                          label=f"{label_base}+{model}:{finetune.STAGE.digest(cfg)}")
     return specs
 
@@ -227,6 +237,7 @@ STAGE = Stage(
                               finetune.STAGE),
     needs=_needs, run=_run,
     fingerprint=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
-    check=lambda cfg: check_generator(cfg.generator) + check_plans(cfg.synthesis, cfg.finetune.variants),
+    check=lambda cfg: (check_generator(cfg.generator) + check_generator_dtype(cfg)
+                       + check_plans(cfg.synthesis, cfg.finetune.variants)),
     describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/part-*.parquet",
 )

@@ -239,3 +239,13 @@ def test_separate_difficulty_guidance_reduces_to_joint_guidance_and_strengthens_
     assert torch.allclose(joint, same, atol=1e-4)
     gaps = [(pipe(difficulty_guidance_scale=w, **base).images.diff(dim=0)).abs().mean().item() for w in (0.0, 3.0, 9.0)]
     assert gaps[0] < 1e-5 < gaps[1] < gaps[2]  # w_d = 0 ignores s; a larger w_d separates s = 0.1 from 0.9 more
+
+
+@pytest.mark.parametrize("force_upcast", [True, False])
+def test_float16_vae_is_upcast_only_when_its_config_says_so(force_upcast):
+    pipe = tiny_pipeline(vae=True).to(torch.float16)
+    pipe.vae.register_to_config(force_upcast=force_upcast)  # the SDXL VAE's config sets it
+    images = pipe.decode_latents(torch.randn(1, 4, 8, 8, dtype=torch.float16))
+    assert torch.isfinite(images.float()).all()
+    assert pipe.vae.dtype == (torch.float32 if force_upcast else torch.float16)
+    assert pipe.unet.dtype == torch.float16  # only the VAE

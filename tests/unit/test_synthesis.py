@@ -28,6 +28,8 @@ from raysys.generation.synthesis import (
 )
 from raysys.generation.tokenizer import make_clip_tokenizer
 from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.stages import load_config
+from tests.conftest import TINY
 from tests.unit.test_plans import NAMES, train_table
 from tests.unit.test_storage import memory_uris  # noqa: F401  (fixture)
 
@@ -85,6 +87,30 @@ def test_generate_batch_is_per_row_deterministic_and_encodes_png_or_webp(generat
     assert webp["image"][0].as_py()[8:12] == b"WEBP"
     assert decode(webp["image"][0].as_py()).tobytes() == first[0].tobytes()  # lossless
     assert out["busy_s"].to_numpy().sum() > 0 and len(set(out["actor_id"].to_pylist())) == 1
+
+
+def test_generate_batch_runs_the_generator_in_its_dtype(generator_dir):
+    rows = plan_rows().slice(0, 3)
+    gen = GenerateBatch({"difficulty": GeneratorSpec(generator_dir, dtype="bfloat16")}, SAMPLING)
+    half = gen(rows)
+    pipe = gen.pipeline("difficulty")
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    full = GenerateBatch({"difficulty": GeneratorSpec(generator_dir)}, SAMPLING)(rows)
+    assert GenerateBatch({"difficulty": GeneratorSpec(generator_dir)}, SAMPLING).pipeline("difficulty").unet.dtype \
+        == torch.float32
+    diffs = [np.abs(decode(a).astype(int) - decode(b).astype(int)) for a, b in
+             zip(half["image"].to_pylist(), full["image"].to_pylist())]
+    assert all(d.max() > 0 for d in diffs)  # computed in bf16 ...
+    assert np.mean([d.mean() for d in diffs]) < 16  # ... but the same images, up to its precision
+
+
+def test_float16_generation_needs_gpus():
+    from raysys.core.loading import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generator.dtype=float16 needs GPUs \(synthesis.num_gpus > 0\)"):
+        load_config(TINY, ["generator.dtype=float16"])
+    assert load_config(TINY, ["generator.dtype=float16", "synthesis.num_gpus=1"]).generator.dtype == "float16"
+    assert load_config(TINY, ["generator.dtype=bfloat16"]).generator.dtype == "bfloat16"
 
 
 def test_image_guided_rows_use_their_source(generator_dir):
