@@ -13,6 +13,7 @@ a column the table lacks) raise `DataError` naming the input, before any image i
 from __future__ import annotations
 
 import functools
+import os
 import posixpath
 from dataclasses import dataclass, field
 
@@ -171,15 +172,35 @@ def shared_strings(column) -> np.ndarray:
     return names[encoded.indices.to_numpy(zero_copy_only=False)] if len(names) else np.full(len(column), None, object)
 
 
+def _not_utf8(root: str) -> DataError:
+    """The refusal for a local folder that holds a file or folder name that is not UTF-8 (Arrow
+    strings, hence listings, manifests and sample ids, are UTF-8; such a name could be neither stored
+    nor opened again through pyarrow): it names the first such entry, as its bytes."""
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+        for name in sorted(dirnames + filenames):
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                rel = os.path.relpath(os.path.join(dirpath, name), os.fsencode(root))
+                shown = rel.decode("utf-8", "backslashreplace")
+                return DataError(f"{root}: the name '{shown}' is not UTF-8; rename it (e.g. `convmv -r -f latin1 "
+                                 f"-t utf8 --notest {root}`) or remove it, then run again")
+    return DataError(f"{root}: a file or folder name is not UTF-8; rename it, then run again")
+
+
 def _files_under(root: str) -> pa.Array:
-    """Relative paths (with '/') of the image files anywhere under `root`, sorted (an Arrow array)."""
+    """Relative paths (with '/') of the image files anywhere under `root`, sorted (an Arrow array).
+    A name that is not UTF-8 is refused (`_not_utf8`) before any image is read."""
     fs, path = io.filesystem(root)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.Directory:
         raise DataError(f"image folder not found: {root}")
     base = path.rstrip("/") + "/"
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    files = pa.array([f.path for f in infos if f.type == pafs.FileType.File], pa.string())
+    try:  # every entry's path is read: a folder whose name is not UTF-8 is found here too
+        files = pa.array([p for p, t in ((f.path, f.type) for f in infos) if t == pafs.FileType.File], pa.string())
+    except UnicodeDecodeError:
+        raise _not_utf8(root) from None
     del infos
     files = pc.utf8_slice_codeunits(files, len(base))
     suffixes = "|".join(s.lstrip(".") for s in sorted(IMAGE_SUFFIXES))
@@ -194,7 +215,11 @@ def _subfolders(root: str) -> list[str]:
 
 
 def _list_folder(root: str) -> Listing:
-    """root/<class>/<image>, or root/<split>/<class>/<image> when root has a `train` folder of class folders."""
+    """root/<class>/<image>, or root/<split>/<class>/<image> when root has a `train` folder of class folders.
+
+    A local file or folder whose name is not UTF-8 (e.g. Latin-1 bytes) is refused before any image is
+    read, naming it: it is not read under an escaped name, as its path could then be neither stored in
+    the manifest's UTF-8 strings nor opened again through pyarrow (store: uri). Rename it."""
     root = io.resolve(root).rstrip("/")
     files = _files_under(root)
     top = _subfolders(root)

@@ -1,4 +1,5 @@
 import io
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -152,6 +153,25 @@ def test_sources_fail_before_any_work(tmp_path):
         list_source(_data(source="ftp:somewhere"))
     assert any("store: uri needs image files" in p for p in check_data(_data(source="builtin:mnist", store="uri")))
     assert any("leave data.val_split" in p for p in check_data(_data(test_splits=["id_test"])))
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_any_work(tmp_path):
+    """A Latin-1 file name (bytes b"caf\\xe9.png") was a UnicodeDecodeError traceback: now one DataError
+    line that names the file (as its bytes) and says to rename it."""
+    root = _folder(tmp_path)
+    fd = os.open(os.fsencode(root / "class_0") + b"/caf\xe9.png", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, (root / "class_0" / "0.png").read_bytes())
+    os.close(fd)
+    with pytest.raises(DataError) as err:
+        list_source(_data(source=f"folder:{root}"))
+    message = str(err.value)
+    assert "\n" not in message and "class_0/caf\\xe9.png" in message and "not UTF-8" in message
+    assert "rename it" in message
+    os.rename(os.fsencode(root / "class_0") + b"/caf\xe9.png", root / "class_0" / "caf\xe9.png")  # renamed: UTF-8
+    assert "class_0/caf\xe9.png" in list_source(_data(source=f"folder:{root}")).table["path"].to_pylist()
+    os.mkdir(os.fsencode(root / "class_1") + b"/\xff")  # an empty folder whose name is not UTF-8
+    with pytest.raises(DataError, match=r"class_1/\\xff' is not UTF-8"):
+        list_source(_data(source=f"folder:{root}"))
 
 
 def test_an_image_folder_in_s3_is_listed_and_read(tmp_path, s3_bucket):
