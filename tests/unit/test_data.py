@@ -10,7 +10,7 @@ from PIL import Image
 from raysys.core import io as io_
 from raysys.core.config import DataConfig, TableColumns
 from raysys.core.schema import read_manifest, sample_id, to_table, write_manifest
-from raysys.data.images import decode, encode_png, image_format
+from raysys.data.images import check_image, decode, encode_png, image_format, resize_encoded
 from raysys.data.ingest import write_real_part
 from raysys.data.longtail import assign_splits, class_groups, longtail_counts
 from raysys.data.sources import DataError, list_source, load_builtin, read_image
@@ -255,3 +255,97 @@ def test_natural_distribution_keeps_the_rest():
 def test_class_groups_use_thresholds():
     groups = class_groups([300, 101, 100, 20, 19, 6], many_threshold=100, few_threshold=20)
     assert groups == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+
+
+def _encoded(img: Image.Image, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def _png_rgb16(array: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (PIL cannot write one): signature, IHDR, one IDAT, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_32_bit_and_float_images_decode_to_their_8_bit_gradient():
+    """16-bit PNG/TIFF were clipped to white (all but 0 decoded as 255): each now decodes to the same 8-bit
+    gradient as its 8-bit version, within one level; 32-bit and float ones by their range."""
+    g8 = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    g16 = g8.astype(np.uint16) * 257
+    expected = {1: decode(_encoded(Image.fromarray(g8), "PNG"), 256, 1).astype(int),
+                3: decode(_encoded(Image.fromarray(np.stack([g8] * 3, -1)), "PNG"), 256, 3).astype(int)}
+    assert expected[1][0, 0].tolist() == list(range(256))
+    images = {
+        "I;16 PNG": _encoded(Image.fromarray(g16), "PNG"),
+        "I;16 TIFF": _encoded(Image.fromarray(g16), "TIFF"),
+        "I TIFF, 16-bit values": _encoded(Image.fromarray(g16.astype(np.int32)), "TIFF"),
+        "I TIFF, wider values: by its range": _encoded(Image.fromarray(g8.astype(np.int32) * 1000 - 7000), "TIFF"),
+        "F TIFF, 0..1": _encoded(Image.fromarray(g16.astype(np.float32) / 65535), "TIFF"),
+        "F TIFF, wider values: by its range": _encoded(Image.fromarray(g8.astype(np.float32) * 3.5 - 2), "TIFF"),
+        "RGB 16-bit PNG": _png_rgb16(np.stack([g16] * 3, -1)),
+    }
+    for name, data in images.items():
+        for channels in (1, 3):
+            got = decode(data, 256, channels).astype(int)
+            assert np.abs(got - expected[channels]).max() <= 1, (name, channels, got[0, 0, ::32])
+    assert check_image(images["I;16 TIFF"]) == (256, 256)
+    flat = _encoded(Image.fromarray(np.full((4, 4), 3.0, np.float32)), "TIFF")  # constant beyond 0..1: black
+    assert decode(flat, 4, 1).max() == 0
+
+
+def test_an_exif_rotated_jpeg_decodes_upright():
+    """A JPEG stored rotated with EXIF Orientation 6 (shown rotated 90 degrees clockwise) decodes equal to
+    the upright image, within JPEG tolerance; check_image gives the upright size; a stored resized copy
+    is upright too (it had lost the tag, and so its orientation)."""
+    upright = np.zeros((32, 48, 3), np.uint8)  # 32 high, 48 wide: white left third, red top right
+    upright[:, :16] = 255
+    upright[:16, 32:] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = _encoded(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
+    assert Image.open(io.BytesIO(rotated)).size == (32, 48)  # as stored
+    assert check_image(rotated) == (48, 32)
+    want = decode(_encoded(Image.fromarray(upright), "PNG"), 24, 3).astype(int)
+    got = decode(rotated, 24, 3).astype(int)
+    assert np.abs(got - want).mean() < 4 and np.abs(got - want).max() < 60
+    assert np.abs(got - np.rot90(want, 1, axes=(1, 2))).mean() > 50  # the stored (unrotated) pixels differ a lot
+    small = resize_encoded(rotated, 16)
+    assert check_image(small) == (24, 16)
+    assert np.abs(decode(small, 24, 3).astype(int) - want).mean() < 6
+
+
+def test_transparent_pixels_decode_as_white():
+    """RGBA / LA / palette transparency was dropped, showing the colour the transparent pixels hold (pure
+    red here): they are composited onto white; half-transparent black is mid gray."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (255, 0, 0, 0)  # left: transparent red
+    rgba[:, 4:] = (0, 0, 255, 255)  # right: opaque blue
+    rgba[0, 4:] = (0, 0, 0, 128)  # top row right: half-transparent black
+    data = _encoded(Image.fromarray(rgba, "RGBA"), "PNG")
+    out = decode(data, 8, 3)
+    assert out[:, :, :4].tolist() == np.full((3, 8, 4), 255).tolist()
+    assert out[:, 1:, 4:].transpose(1, 2, 0).reshape(-1, 3).tolist() == [[0, 0, 255]] * 28
+    assert np.abs(out[:, 0, 4:].astype(int) - 127).max() <= 1
+    assert decode(data, 8, 1)[0, :, :4].min() == 255
+    la = np.zeros((8, 8, 2), np.uint8)
+    la[:, :4] = (0, 0)  # transparent black
+    la[:, 4:] = (60, 255)
+    assert decode(_encoded(Image.fromarray(la, "LA"), "PNG"), 8, 1)[0, 0].tolist() == [255] * 4 + [60] * 4
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0])  # 0: red, made transparent; 1: green
+    palette.paste(1, (4, 0, 8, 8))
+    out = decode(_encoded(palette, "PNG", transparency=0), 8, 3)
+    assert out[:, 0].transpose(1, 0).tolist() == [[255, 255, 255]] * 4 + [[0, 255, 0]] * 4
+    big = np.zeros((40, 40, 4), np.uint8)
+    big[..., 0] = 255  # all transparent red: the stored resized copy is white too
+    assert decode(resize_encoded(_encoded(Image.fromarray(big, "RGBA"), "PNG"), 20), 20, 3).min() == 255
