@@ -23,7 +23,6 @@ later part without the ids an earlier part holds; the stage runs it before count
 from __future__ import annotations
 
 import hashlib
-import io as _io
 import os
 import socket
 import time
@@ -170,9 +169,9 @@ class ClipFilter:
         self._torch = torch
 
     def _features(self, images: list[bytes]):
-        from PIL import Image
+        from raysys.data.images import open_image
 
-        pil = [Image.open(_io.BytesIO(b)).convert("RGB") for b in images]
+        pil = [open_image(b).convert("RGB") for b in images]
         pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"].to(self.device)
         out = self.model.get_image_features(pixel_values=pixels)
         feats = out if isinstance(out, self._torch.Tensor) else out.pooler_output

@@ -203,6 +203,28 @@ def test_clip_filter_scores_text_and_source_similarity(generator_dir, tiny_clip)
     assert none["keep"].to_pylist() == [True] * 10 + [False] * 2
 
 
+def test_clip_filter_opens_images_as_decode_does(tiny_clip):
+    """The CLIP filter opens images through images.open_image: a transparent red RGBA image is seen as
+    white (it was seen as red), a 16-bit gray one as its 8-bit gray (it was seen as white)."""
+    import io
+
+    from PIL import Image
+
+    def png(array, mode=None) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array, mode).save(buf, format="PNG")
+        return buf.getvalue()
+
+    clear_red, red = np.zeros((16, 16, 4), np.uint8), np.zeros((16, 16, 3), np.uint8)
+    clear_red[..., 0] = red[..., 0] = 255  # clear_red: red, all transparent
+    white = np.full((16, 16, 3), 255, np.uint8)
+    gray16, gray8 = np.full((16, 16), 100 * 257, np.uint16), np.full((16, 16, 3), 100, np.uint8)
+    feats = ClipFilter(tiny_clip, 0.0, 0.0)._features([png(clear_red, "RGBA"), png(white), png(red),
+                                                        png(gray16), png(gray8), png(white)]).detach().numpy()
+    assert np.allclose(feats[0], feats[1], atol=1e-5) and not np.allclose(feats[0], feats[2], atol=1e-2)
+    assert np.allclose(feats[3], feats[4], atol=1e-5) and not np.allclose(feats[3], feats[5], atol=1e-2)
+
+
 def test_missing_clip_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="clip_model"):
         ClipFilter(str(tmp_path / "no-such-clip"), 0.25, 0.0)
