@@ -82,7 +82,7 @@ def run_case(layout: str, kind: str, px: int, batch: int) -> dict:
     text = "text_encoder" if "text_encoder" in folders else "text_encoder_2"
     pipe = DifficultyDiffusionPipeline(
         unet=build_component(layout, "unet"), scheduler=scheduler, vae=build_component(layout, "vae"),
-        **{text: build_component(layout, text), text.replace("text_encoder", "tokenizer"): tokenizer})
+        **{text: build_component(layout, text).float(), text.replace("text_encoder", "tokenizer"): tokenizer})
     ft.add_difficulty_encoder(pipe, num_classes=1000, num_tokens=4, use_class=True)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
