@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 @dataclass
@@ -280,6 +280,8 @@ class FinetuneConfig:
     """CPUs reserved per worker (its torch threads), and for the control grid's task."""
     mixed_precision: Literal["bf16", "no"] = "bf16"
     """bf16 or no: autocast on GPU (CPU runs in fp32)."""
+    gpu: Optional[str] = None
+    """The GPU the fine-tuning workers run on (A10G, L4, A100-40, A100-80, H100, H200): batch_size is checked against its memory before any work. None: not checked."""
     gradient_checkpointing: bool = True
     """Recompute UNet activations in backward on GPU (saves memory)."""
     checkpoint_every: int = 100
@@ -346,8 +348,10 @@ class SynthesisConfig:
     """The synthetic sets to generate."""
     output: Optional[str] = None
     """Where shards go (local path or pyarrow URI); None: <root>/synthesize."""
-    batch_size: int = 32
-    """Images per generation call (per actor batch)."""
+    batch_size: Union[int, Literal["auto"]] = 32
+    """Images per generation call (per actor batch); auto: the largest the memory plan predicts fits synthesis.gpu (an SD-layout generator.base)."""
+    gpu: Optional[str] = None
+    """The GPU the generation actors run on (A10G, L4, A100-40, A100-80, H100, H200): batch_size is checked against its memory before any work. None: not checked."""
     min_actors: int = 1
     """Smallest generation actor pool (>= 1; an autoscaler still starts GPU nodes from 0)."""
     max_actors: int = 1

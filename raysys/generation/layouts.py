@@ -103,7 +103,9 @@ def build_component(layout: str, folder: str, seed: int = 0, dtype: torch.dtype 
             model = cls.from_config(cls.load_config(path))
         else:
             model = cls(cls.config_class.from_pretrained(path))
-    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+    if library != "diffusers" or dtype != torch.float32:  # transformers builds in its config's dtype
+        model = model.to(dtype)
+    return model.eval()
 
 
 def parameter_counts(layout: str) -> dict[str, int]:

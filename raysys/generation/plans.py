@@ -300,7 +300,7 @@ def check_plans(sy, finetune_variants: Sequence[str]) -> list[str]:
             problems.append(f"{at}: prompts must be template, caption or file:<path>, got '{p.prompts}'")
         elif p.prompts.startswith("file:") and "://" not in p.prompts and not os.path.isfile(p.prompts[5:]):
             problems.append(f"{at}: prompts file not found: {p.prompts[5:]}")
-    if sy.batch_size < 1 or sy.rows_per_block < 1 or sy.filter_actors < 1:
+    if (sy.batch_size != "auto" and sy.batch_size < 1) or sy.rows_per_block < 1 or sy.filter_actors < 1:
         problems.append("synthesis.batch_size, rows_per_block and filter_actors must be >= 1")
     if sy.min_actors < 1 or sy.max_actors < sy.min_actors:
         problems.append("synthesis needs 1 <= min_actors <= max_actors (GPU nodes scale from 0; the pool from 1)")

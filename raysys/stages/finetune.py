@@ -19,6 +19,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop
+from raysys.generation.memory import finetune_problems
 from raysys.ray.train import Workers, fit
 from raysys.stages import prepare, pretrain_generator, score
 
@@ -95,6 +96,6 @@ def finetune_fingerprint(cfg: RaysysConfig) -> tuple:
 
 STAGE = Stage(
     name="finetune", reads=(prepare.STAGE, score.STAGE, pretrain_generator.STAGE), run=_run,
-    fingerprint=finetune_fingerprint, check=lambda cfg: check_finetune(cfg.finetune, cfg.generator),
+    fingerprint=finetune_fingerprint, check=lambda cfg: check_finetune(cfg.finetune, cfg.generator) + finetune_problems(cfg),
     describe="LoRA (+ difficulty encoder) fine-tunes of the base generator on Ray Train: <variant>/adapters/",
 )

@@ -18,6 +18,7 @@ with `raysys export <plan dir> OUT`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ from raysys.core.config import PlanConfig, RaysysConfig
 from raysys.core.loading import ConfigError, digest
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.generation.memory import generation_batch_size, generation_problems
 from raysys.generation.pipeline import check_generator
 from raysys.generation.plans import check_plans, prompts_file_digest
 from raysys.stages import control, finetune, prepare, pretrain_generator, score, train_classifier
@@ -152,8 +154,12 @@ def _run(stage: Context) -> dict:
     if len(work):
         sampling = control.sampling(cfg)
         models = set(work["model"].to_pylist())
+        synthesis = dataclasses.replace(cfg.synthesis, batch_size=generation_batch_size(cfg))
+        if cfg.synthesis.batch_size == "auto":
+            print(f"[synthesize] batch_size auto: {synthesis.batch_size} images per call on {cfg.synthesis.gpu} "
+                  f"(the memory plan, generator.dtype {cfg.generator.dtype})")
         with contextlib.ExitStack() as copies:
-            run_info = run_synthesis(work, _generator_specs(cfg, models, copies), sampling, cfg.synthesis,
+            run_info = run_synthesis(work, _generator_specs(cfg, models, copies), sampling, synthesis,
                                      train_classifier.model_dir(cfg), output_root(cfg))
 
     # 4. Exactly once: repair a re-cut retry, then the written set must equal the plan.
@@ -238,6 +244,6 @@ STAGE = Stage(
     needs=_needs, run=_run,
     fingerprint=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
     check=lambda cfg: (check_generator(cfg.generator) + check_generator_dtype(cfg)
-                       + check_plans(cfg.synthesis, cfg.finetune.variants)),
+                       + check_plans(cfg.synthesis, cfg.finetune.variants) + generation_problems(cfg)),
     describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/part-*.parquet",
 )

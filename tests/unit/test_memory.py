@@ -154,3 +154,68 @@ def test_layout_of_a_pipeline_folder(tmp_path):
     config["cross_attention_dim"] = 512  # another architecture
     (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
     assert memory.layout_of(str(tmp_path)) is None
+
+
+# ---- the config checks before any work, and synthesis.batch_size: auto -------------------------
+
+@pytest.fixture(scope="module")
+def sd21_configs(tmp_path_factory):
+    """A folder with SD 2.1 base's model_index.json and component configs (no weights): enough for
+    generator.base's check and for the memory plan to know the layout."""
+    import shutil
+
+    from raysys.generation.layouts import CONFIG_ROOT
+
+    folder = tmp_path_factory.mktemp("sd21") / "base"
+    shutil.copytree(f"{CONFIG_ROOT}/sd21-base", folder)
+    return str(folder)
+
+
+def gpu_config(base, *overrides):
+    from raysys.stages import load_config
+    from tests.conftest import TINY
+
+    return load_config(TINY, [f"generator.base={base}", "synthesis.num_gpus=1", "synthesis.gpu=A10G",
+                              "generator.dtype=float16", *overrides])
+
+
+def test_auto_batch_size_is_the_largest_that_fits_the_gpu(sd21_configs):
+    from raysys.generation.memory import generation_batch_size
+
+    cfg = gpu_config(sd21_configs, "synthesis.batch_size=auto")
+    n = generation_batch_size(cfg)
+    assert n > 8  # SD 2.1 at 512 px in fp16 on 24 GiB
+    args = memory._generation_args(cfg, "sd21-base")
+    assert args["branches"] == 2 and args["dtype"] == "float16"  # tiny.yaml guides with scale 2
+    for batch, fits in ((n, True), (n + 1, False)):
+        assert (memory.check_fits("sd21-base", None, batch, "float16", "A10G", branches=2,
+                                  img2img=args["img2img"]) == []) == fits
+    shared = gpu_config(sd21_configs, "synthesis.batch_size=auto", "synthesis.num_gpus=0.5")
+    assert 0 < generation_batch_size(shared) < n  # half a GPU per actor: half its memory
+    bf32 = gpu_config(sd21_configs, "synthesis.batch_size=auto", "generator.dtype=float32")
+    assert 0 < generation_batch_size(bf32) < n
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_any_work(sd21_configs):
+    from raysys.core.loading import ConfigError
+    from raysys.generation.memory import generation_batch_size
+
+    fits = generation_batch_size(gpu_config(sd21_configs, "synthesis.batch_size=auto"))
+    with pytest.raises(ConfigError, match=rf"synthesis.batch_size={fits + 1} needs .* GiB predicted on a 24 GiB "
+                                          rf"GPU \(A10G\).*batch_size <= {fits} fits"):
+        gpu_config(sd21_configs, f"synthesis.batch_size={fits + 1}")
+    assert gpu_config(sd21_configs, f"synthesis.batch_size={fits}").synthesis.batch_size == fits
+    with pytest.raises(ConfigError, match="synthesis.gpu 'V100' is not a GPU the memory plan knows"):
+        gpu_config(sd21_configs, "synthesis.gpu=V100")
+    with pytest.raises(ConfigError, match="synthesis.batch_size=auto needs synthesis.gpu"):
+        gpu_config(sd21_configs, "synthesis.batch_size=auto", "synthesis.num_gpus=0")
+    with pytest.raises(ConfigError, match=r"finetune.batch_size=512 needs .* on a 24 GiB GPU \(A10G\)"):
+        gpu_config(sd21_configs, "finetune.use_gpu=true", "finetune.gpu=A10G", "finetune.batch_size=512")
+    assert gpu_config(sd21_configs, "finetune.use_gpu=true", "finetune.gpu=A10G",
+                      "finetune.batch_size=8").finetune.batch_size == 8
+
+
+def test_the_layout_of_a_hub_id_or_a_folder():
+    assert memory.layout_of("stabilityai/stable-diffusion-2-1-base") == "sd21-base"
+    assert memory.layout_of("runwayml/stable-diffusion-v1-5") == "sd15"  # the old name of the same repository
+    assert memory.layout_of("someone/another-model") is None
