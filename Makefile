@@ -32,6 +32,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/data_plane_scaling.py
 	$(BIN)/python benchmarks/synthesis_throughput.py
 	$(BIN)/python benchmarks/train_ingest.py
+	$(BIN)/python benchmarks/memory_plan.py
 
 clean:
 	rm -rf runs/ .pytest_cache
