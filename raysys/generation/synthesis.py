@@ -147,6 +147,27 @@ class GenerateBatch:
         return out.append_column("generated_at", pa.array([time.time()] * len(batch), pa.float64()))
 
 
+def check_clip_model(model: str) -> None:
+    """Cheap check, before the actor pools start, that the CLIP filter's model can be loaded: a
+    local directory with config.json, or a hub id whose config.json is reachable (or cached)."""
+    from raysys.core.loading import ConfigError
+
+    fix = "set synthesis.filter.clip_model to a local copy (e.g. `huggingface-cli download ID --local-dir DIR`), " \
+          "or to null to filter with the classifier"
+    if os.path.isdir(os.path.expanduser(model)):
+        if not os.path.isfile(os.path.join(os.path.expanduser(model), "config.json")):
+            raise ConfigError(f"synthesis.filter.clip_model '{model}' is a directory without config.json: "
+                              f"not a CLIP model; {fix}")
+        return
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model, "config.json")
+    except Exception as exc:  # offline, unknown id, no cache
+        raise ConfigError(f"synthesis.filter.clip_model '{model}': no such local directory, and not reachable as a "
+                          f"hub id ({type(exc).__name__}); {fix}") from None
+
+
 class ClipFilter:
     """CLIP image-text (and image-source) cosine similarity; `keep` by thresholds."""
 

@@ -119,8 +119,11 @@ def _generator_specs(cfg: RaysysConfig, models: set[str], copies: contextlib.Exi
 def _run(stage: Context) -> dict:
     cfg = stage.cfg
     from raysys.generation.plans import build_plan, with_source_images
-    from raysys.generation.synthesis import read_plan, remove_duplicates, written_ids
+    from raysys.generation.synthesis import check_clip_model, read_plan, remove_duplicates, written_ids
     from raysys.ray.synthesis import run_synthesis
+
+    if cfg.synthesis.filter.clip_model:
+        check_clip_model(cfg.synthesis.filter.clip_model)  # before any plan is built or any actor starts
 
     prep = prepare.stage_dir(cfg).metrics()
     # The train rows' ids, labels and scores; image bytes only for the sources still to generate from.

@@ -230,6 +230,18 @@ def test_missing_clip_model_is_a_clear_error(tmp_path):
         ClipFilter(str(tmp_path / "no-such-clip"), 0.25, 0.0)
 
 
+def test_an_unusable_clip_model_is_refused_before_the_actors_start(tiny_clip, tmp_path):
+    from raysys.core.loading import ConfigError
+    from raysys.generation.synthesis import check_clip_model
+
+    check_clip_model(tiny_clip)  # a local CLIP model: fine
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="synthesis.filter.clip_model '.*empty' is a directory without config.json"):
+        check_clip_model(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="'no-such-org/no-such-clip': no such local directory, and not reachable"):
+        check_clip_model("no-such-org/no-such-clip")
+
+
 def test_export_writes_an_image_folder_with_labels(generator_dir, classifier_dir, tmp_path):
     from raysys.cli import main
 
