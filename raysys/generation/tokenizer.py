@@ -1,10 +1,11 @@
 """CLIP tokenizers made locally (no download): a small one for the built-in generator and tests,
 and the real one that Stable Diffusion uses, built offline from open_clip's vocabulary file.
 
-`make_clip_tokenizer(directory, words)` writes `vocab.json` and `merges.txt` in the byte-level
-BPE format of `transformers.CLIPTokenizer`: every byte is a token (so any text encodes), and
-merges build each of `words` into a single token, so prompts like "a photo of the digit seven"
-become one token per word. `CLIPTokenizer.from_pretrained(directory)` loads it.
+`make_clip_tokenizer(directory, words)` makes a byte-level BPE `transformers.CLIPTokenizer`:
+every byte is a token (so any text encodes), and merges build each of `words` into a single
+token, so prompts like "a photo of the digit seven" become one token per word. It is saved with
+`save_pretrained` (transformers 5 writes `tokenizer.json` + `tokenizer_config.json`), and
+`CLIPTokenizer.from_pretrained(directory)` loads it.
 
 `write_clip_tokenizer(directory, pad_token)` writes the real CLIP tokenizer (49,408 tokens: 256
 byte tokens, the same 256 with `</w>`, 48,894 merges, then `<|startoftext|>` = 49406 and
