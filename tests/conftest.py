@@ -121,3 +121,35 @@ def tiny_generator(tiny_run):
 
     cfg = tiny_run[0]
     return cfg, pretrain_generator.run(cfg), finetune.run(cfg), control.run(cfg)
+
+
+def recorded_checkpoints(run_glob: str) -> int:
+    """How many checkpoints Ray Train has recorded for the runs matching `run_glob` (a Train run's
+    folder, `<storage>/<name>`). A rerun resumes only from a checkpoint its
+    checkpoint_manager_snapshot.json lists; a `checkpoint_*` folder is uploaded before it is
+    listed, so a kill between the two leaves a folder that no rerun uses."""
+    import glob
+    import json
+
+    count = 0
+    for snapshot in glob.glob(os.path.join(run_glob, "checkpoint_manager_snapshot.json")):
+        try:
+            with open(snapshot) as f:
+                count += len(json.load(f)["checkpoint_results"])
+        except (OSError, ValueError, KeyError):  # being written
+            pass
+    return count
+
+
+def kill_after_checkpoints(proc, ray_session, run_glob: str, count: int = 2, timeout: float = 240) -> None:
+    """Wait until Ray Train has recorded `count` checkpoints of the run(s) under `run_glob` (see
+    recorded_checkpoints), then kill the driver with kill_driver, whether or not they came."""
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        while recorded_checkpoints(run_glob) < count and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert recorded_checkpoints(run_glob) >= 1, "no checkpoint was recorded before the deadline"
+    finally:
+        kill_driver(proc, ray_session)

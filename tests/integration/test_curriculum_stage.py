@@ -1,17 +1,15 @@
 """The curriculum stage on the tiny run: a fixed schedule trains on the levels it should, and a
 killed adaptive run resumes at the same stage with the same choices as an uninterrupted one."""
 
-import glob
 import re
 import os
 import shutil
-import time
 
 import pytest
 
 from raysys.stages import load_config
 from raysys.stages import curriculum, synthesize
-from tests.conftest import TINY, kill_driver, start_driver
+from tests.conftest import TINY, kill_after_checkpoints, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +59,7 @@ def test_killed_adaptive_run_resumes_with_the_same_choices(tiny_synthetic, tmp_p
 
     overrides = [f"run.root={killed_root}", *ADAPTIVE]
     proc = start_driver(ray_session, ["curriculum", str(TINY), *overrides])
-    pattern = str(killed_root / "curriculum" / "adaptive" / "ray" / "*" / "checkpoint_*")
-    deadline = time.time() + 240
-    try:
-        while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert glob.glob(pattern), "no checkpoint appeared before the deadline"
-    finally:
-        kill_driver(proc, ray_session)
+    kill_after_checkpoints(proc, ray_session, str(killed_root / "curriculum" / "adaptive" / "ray" / "*"))
     cfg = load_config(TINY, overrides)
     assert not curriculum.stage_dir(cfg).is_complete()
     resumed = curriculum.run(cfg)

@@ -1,7 +1,6 @@
 """pretrain-generator -> finetune on the tiny config, on the session-wide local Ray; a killed
 fine-tune resumes from its checkpoint."""
 
-import glob
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import pytest
 from raysys.stages import load_config
 from raysys.generation.pipeline import LORA_WEIGHTS
 from raysys.stages import control, finetune, pretrain_generator
-from tests.conftest import TINY, kill_driver, start_driver
+from tests.conftest import TINY, kill_after_checkpoints, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +75,7 @@ def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, 
     again = load_config(TINY, overrides)
     assert pretrain_generator.stage_dir(again).is_complete()
     proc = start_driver(ray_session, ["finetune", str(TINY), *overrides])
-    pattern = str(root / "finetune" / "ray" / "finetune-plain-*" / "checkpoint_*")
-    deadline = time.time() + 240
-    try:
-        while len(glob.glob(pattern)) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert glob.glob(pattern), "no checkpoint appeared before the deadline"
-    finally:
-        kill_driver(proc, ray_session)
+    kill_after_checkpoints(proc, ray_session, str(root / "finetune" / "ray" / "finetune-plain-*"))
     assert not finetune.stage_dir(again).is_complete()
     metrics = finetune.run(again)
     resumed = metrics["variants"]["plain"]["resumed_at_steps"]
