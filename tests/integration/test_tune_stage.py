@@ -16,7 +16,7 @@ from raysys.stages import load_config
 from raysys.core.stage import missing_inputs
 from raysys.stages import curriculum, synthesize
 from raysys.stages import tune as tune_stage
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +114,39 @@ def test_interrupted_sweep_resumes_and_keeps_its_finished_trials(tiny_synthetic,
         rows = {r["trial_id"]: r for r in csv.DictReader(f)}
     assert first_ended in rows and len(rows) == 4
     assert sorted(os.listdir(trial_runs)) == checkpoints_before  # the finished trial was not trained again
+
+
+@pytest.mark.slow
+def test_hard_killed_sweep_resumes_and_keeps_its_finished_trial(tiny_synthetic, ray_session, tmp_path):
+    """SIGKILL (no chance to save) right after the first of two trials ends: Tune's own record of the
+    sweep may be up to its save period old, so the rerun may find that trial still running. Either
+    way the rerun trains it no further and reports it completed, with its final metrics."""
+    root = tmp_path / "run"
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize"):
+        shutil.copytree(os.path.join(tiny_synthetic.run.root, stage), root / stage)
+    sweep = [*SWEEP, "tune.num_samples=1"]  # the grid's two trials: a normal one, then a starved one
+    proc = start_driver(ray_session, ["tune", str(TINY), f"run.root={root}", *sweep],
+                        stdout=subprocess.PIPE, text=True)
+    first_ended = None
+    try:
+        for line in proc.stdout:
+            found = re.search(r"\[tune\] 1/2 trials ended: (\S+) completed", line)
+            if found:
+                first_ended = found.group(1)
+                break
+    finally:
+        kill_driver(proc, ray_session)
+    assert first_ended is not None
+    cfg = load_config(TINY, [f"run.root={root}", *sweep])
+    assert not tune_stage.stage_dir(cfg).is_complete()
+    trial_run = os.path.join(tune_stage.stage_dir(cfg).path, "ray", "trials", first_ended)
+    checkpoints_before = sorted(os.listdir(trial_run))
+
+    m = tune_stage.run(cfg)  # the same command again, on the test session's Ray
+    assert m["trials"] == 2 and m["error"] == 0
+    with open(tune_stage.stage_dir(cfg).file("results.csv")) as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    finished = rows[first_ended]
+    assert finished["status"] == "completed" and finished["epochs"] == "6" and finished["test_acc"] != ""
+    assert [r["status"] for r in rows.values() if r["trial_id"] != first_ended] == ["stopped"]
+    assert sorted(os.listdir(trial_run)) == checkpoints_before  # not trained again
