@@ -371,6 +371,16 @@ def schedule_for(cfg: "RaysysConfig", guidance_levels: list[float]) -> Schedule:
                            difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs, seed=curriculum_seed(cfg))
 
 
+def reported_metrics(record: dict) -> dict:
+    """What an epoch reports to Ray Train (and, in a sweep, to Tune) from its history record: the
+    epoch, the training loss, validation metrics, and test metrics after the last epoch."""
+    metrics = {"epoch": record["epoch"], "train_loss": record["train_loss"],
+               **{f"val_{k}": record["val"][k] for k in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")}}
+    if "test" in record:
+        metrics.update({f"test_{k}": record["test"][k] for k in ("acc", "acc_few", "macro_f1")})
+    return metrics
+
+
 def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     """Train (or resume) one curriculum run, one report per epoch.
 
@@ -413,6 +423,8 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     steps = -(-(mix_size(pool, c.synthetic_per_epoch, c.undersample, c.equal_steps) // world) // cfg.train.batch_size)
     opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
     start, history, resumes = restore_training(ctx, bare, opt, sched, job.name, epochs, schedule)
+    if start >= epochs and history:  # a finished run restored: its caller (a Tune trial) may have missed the
+        ctx.report(reported_metrics(history[-1]))  # last report (a hard kill), so it hears it again
 
     for epoch in range(start, epochs):
         t0 = time.time()
@@ -452,16 +464,14 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
                 m = evaluate(bare, ctx, evals[split], decode_eval, job.num_classes, job.groups, ctx.device)
                 m[f"worst_{c.worst_k}_acc"] = worst_k_accuracy(m["per_class_acc"], c.worst_k)
                 record["tests"][split] = m
-            test_m = record["test"] = record["tests"][cfg.data.test_splits[0]]
+            record["test"] = record["tests"][cfg.data.test_splits[0]]
         record["seconds"] = round(time.time() - t0, 3)
         history.append(record)
         if rank == 0:
             few = val_m["acc_few"]
             print(f"[{job.name}] epoch {epoch + 1}/{epochs} [{selection}] real {mix.real} + synthetic {mix.synthetic} "
                   f"loss {loss:.4f} val acc {val_m['acc']:.4f} few {few if few is None else round(few, 4)}", flush=True)
-        metrics = {"epoch": epoch + 1, "train_loss": loss,
-                   **{f"val_{k}": val_m[k] for k in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")},
-                   **({f"test_{k}": test_m[k] for k in ("acc", "acc_few", "macro_f1")} if last else {})}
+        metrics = reported_metrics(record)
         checkpoint = None
         if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
             meta = classifier_meta(cfg, job.num_classes)
