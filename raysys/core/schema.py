@@ -5,12 +5,20 @@ of rows and each written atomically, or (a user's own input) one Parquet file. A
 either its encoded bytes in `image` or a file at `uri`, read when a reader asks for `image`.
 pandas (`pd.read_parquet(folder)`) and DuckDB (`SELECT * FROM 'folder/*.parquet'`) read them
 as they are.
+
+**Corrupt parts.** A part whose bytes are not a whole Parquet file (an unreadable footer or page,
+or fewer rows than its footer says) is a `CorruptPart`, decided from its bytes (never from a read
+that failed for a moment: those are retried, raysys.core.io). `quarantine` moves such a part
+into the folder's `_corrupt/` (which no reader lists); synthesis does that and regenerates its
+rows, and reading a manifest with one fails with a line naming the part and the way out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io as _io
+import uuid
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,7 +141,7 @@ def is_folder(location: str) -> bool:
     import pyarrow.fs as pafs
 
     fs, path = io.filesystem(location)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return io.retrying(f"stat {location}", lambda: fs.get_file_info(path).type == pafs.FileType.Directory)
 
 
 def manifest_files(location: str) -> list[str]:
@@ -157,7 +165,14 @@ def read_manifest(location: str, columns: list[str] | None = None, where=None, r
     files = manifest_files(location)
     fs, _ = io.filesystem(location)
     paths = [io.filesystem(f)[1] for f in files]
-    dataset = pads.dataset(paths, filesystem=fs, format="parquet") if paths else None
+    try:
+        dataset = io.retrying(f"read {location}", lambda: pads.dataset(paths, filesystem=fs, format="parquet")
+                              ) if paths else None
+    except (OSError, ValueError) as exc:  # pyarrow reads every footer here
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise_if_corrupt(files)
+        raise
     present = set(dataset.schema.names) if dataset is not None else set()
     wanted = list(MANIFEST_SCHEMA.names) if columns is None else list(columns)
     if "image" in wanted and "uri" not in wanted:
@@ -167,7 +182,14 @@ def read_manifest(location: str, columns: list[str] | None = None, where=None, r
     if dataset is None:
         table = to_table({})
     else:
-        table = dataset.to_table(columns=[c for c in read if c in present], filter=where)
+        try:
+            table = io.retrying(f"read {location}",
+                                lambda: dataset.to_table(columns=[c for c in read if c in present], filter=where))
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise_if_corrupt(files)
+            raise
     for name in read:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), MANIFEST_SCHEMA.field(name).type))
@@ -196,11 +218,79 @@ def list_parts(directory: str) -> list[str]:
     import pyarrow.fs as pafs
 
     fs, path = io.filesystem(directory)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if not io.exists(directory):
         return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    infos = io.retrying(f"list {directory}", lambda: fs.get_file_info(pafs.FileSelector(path, recursive=False)))
     names = sorted(i.base_name for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
     return [io.join(directory, name) for name in names]
+
+
+class CorruptPart(ValueError):
+    """A Parquet part whose bytes are not a whole Parquet file."""
+
+
+def part_problem(data: bytes) -> Optional[str]:
+    """Why `data` is not a whole Parquet part (its footer or a page does not decode, or it holds
+    other than the rows its footer counts), or None when it is one."""
+    try:
+        f = pq.ParquetFile(pa.BufferReader(data))
+        rows = f.read().num_rows
+    except (OSError, ValueError) as exc:  # pyarrow raises either for bytes that do not decode
+        return f"{type(exc).__name__}: {exc}".strip()
+    counted = sum(f.metadata.row_group(i).num_rows for i in range(f.metadata.num_row_groups))
+    if not rows == counted == f.metadata.num_rows:
+        return f"{rows} rows read, its footer counts {f.metadata.num_rows} ({counted} in its row groups)"
+    return None
+
+
+def raise_if_corrupt(parts: list[str]) -> None:
+    """Raise CorruptPart for the first of `parts` whose bytes are not a whole part (each is read
+    whole: for after a read has failed), naming it and how to get past it."""
+    for part in parts:
+        problem = part_problem(io.read_bytes(part))
+        if problem is not None:
+            folder = part.rstrip("/").rsplit("/", 1)[0]
+            stage_dir = folder.rsplit("/", 1)[0]
+            raise CorruptPart(f"{part}: corrupt Parquet part ({problem}); move it aside (into {folder}/_corrupt/) "
+                              f"and run the stage that wrote it again: delete {io.join(stage_dir, 'metrics.json')} "
+                              f"first if that stage is done, so that it writes the part again")
+
+
+def read_part(location: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """One Parquet part (all its columns, or `columns`), read again after a transient error; its row
+    count is checked against its footer. CorruptPart when its bytes are not a whole part."""
+    fs, path = io.filesystem(location)
+
+    def read() -> pa.Table:
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            table = parquet.read(columns=columns)
+            if table.num_rows != parquet.metadata.num_rows:
+                raise ValueError(f"{table.num_rows} rows read, its footer counts {parquet.metadata.num_rows}")
+            return table
+
+    try:
+        return io.retrying(f"read {location}", read)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        problem = part_problem(io.read_bytes(location))  # what its bytes say, not what one read met
+        if problem is None:
+            raise
+        raise CorruptPart(f"{location}: corrupt Parquet part ({problem})") from None
+
+
+def quarantine(location: str) -> str:
+    """Move a (corrupt) part into `_corrupt/` of its folder, keeping its bytes (a copy, then the
+    delete: object stores move no folders, and some no files); returns where it went."""
+    folder, name = location.rstrip("/").rsplit("/", 1)
+    target = io.join(folder, "_corrupt", name)
+    if io.exists(target):
+        target = io.join(folder, "_corrupt", f"{name}.{uuid.uuid4().hex[:8]}")
+    io.write_bytes(target, io.read_bytes(location))
+    fs, path = io.filesystem(location)
+    fs.delete_file(path)
+    return target
 
 
 def claim_folder(directory: str, digest: str) -> bool:

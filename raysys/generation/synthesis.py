@@ -18,6 +18,13 @@ same file with the same rows. Rows rejected by a filter are written too (`keep` 
 image bytes), so that a rerun knows they were planned and done. `remove_duplicates` repairs
 the one case left (a retried batch cut differently from the first attempt) by rewriting the
 later part without the ids an earlier part holds; the stage runs it before counting.
+
+**A corrupt part** (its bytes are not a whole Parquet file: raysys.core.schema.CorruptPart) is
+moved into the plan's `_corrupt/` folder, with one printed line, and its rows count as not
+written. `written_ids` (a run's start) reads the footers and the ids: a cut-off part is found
+there and its rows are generated in that run. `remove_duplicates` (before the final check) reads
+every part whole: a part with a page that does not decode is found there, the exactly-once check
+then fails, and the rerun it asks for generates those rows.
 """
 
 from __future__ import annotations
@@ -33,11 +40,11 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raysys.core import io
 from raysys.core.config import SamplingConfig
-from raysys.core.schema import MANIFEST_SCHEMA, conform, list_parts, to_table, write_manifest
+from raysys.core.schema import (MANIFEST_SCHEMA, CorruptPart, conform, list_parts, quarantine, read_part,
+                                to_table, write_manifest)
 
 # Columns that travel with each row between the stages but are not manifest columns.
 TRACE_COLUMNS = ("plan", "model", "actor_id", "busy_s", "generated_at")
@@ -276,15 +283,27 @@ class RescoreAndWrite:
 # ---- the written set ---------------------------------------------------------------------
 
 def _read(location: str, columns: Optional[list[str]] = None) -> pa.Table:
-    fs, path = io.filesystem(location)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return read_part(location, columns)
+
+
+def _readable(part: str, columns: Optional[list[str]] = None) -> Optional[pa.Table]:
+    """A part's `columns` (all: every page decoded), or None for a corrupt part, which is moved into
+    `_corrupt/`."""
+    try:
+        return _read(part, columns)
+    except CorruptPart as exc:
+        moved = quarantine(part)
+        print(f"[synthesize] {exc}: moved to {moved}; its rows count as not written", flush=True)
+        return None
 
 
 def written_ids(directory: str) -> dict[str, int]:
-    """sample_id -> how many parts hold it (more than 1 is a duplicate)."""
+    """sample_id -> how many parts hold it (more than 1 is a duplicate). A corrupt part (its footer,
+    its ids or its row count; the other columns are not read) is moved aside and not counted."""
     counts: dict[str, int] = {}
     for part in list_parts(directory):
-        for sid in _read(part, ["sample_id"])["sample_id"].to_pylist():
+        table = _readable(part, ["sample_id"])
+        for sid in table["sample_id"].to_pylist() if table is not None else []:
             counts[sid] = counts.get(sid, 0) + 1
     return counts
 
@@ -293,15 +312,19 @@ def remove_duplicates(directory: str) -> int:
     """Rewrite parts so that every sample_id is held once (by the first part, in name order).
 
     Idempotent and safe to interrupt: each rewrite is atomic, and the first holder is never
-    rewritten. Returns the number of duplicate rows removed.
+    rewritten. Every part is read whole, and a corrupt one (a page that does not decode included)
+    is moved aside, as in `written_ids`. Returns the number of duplicate rows removed.
     """
     seen: set[str] = set()
     removed = 0
     for part in list_parts(directory):
-        ids = _read(part, ["sample_id"])["sample_id"].to_pylist()
+        table = _readable(part)  # whole: a page that does not decode is found here
+        if table is None:  # corrupt: moved aside
+            continue
+        ids = table["sample_id"].to_pylist()
         dup = [sid in seen for sid in ids]
         if any(dup):
-            table = _read(part).filter(pa.array([not d for d in dup]))
+            table = table.filter(pa.array([not d for d in dup]))
             removed += sum(dup)
             fs, path = io.filesystem(part)
             if len(table):
