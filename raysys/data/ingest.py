@@ -109,8 +109,12 @@ def write_selection(selected: pa.Table, location: str, rows_per_part: int) -> in
 def selection_rows(location: str, part_index: int) -> pa.Table:
     """The listing rows of part `part_index` of a selection file."""
     fs, path = io.filesystem(location)
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read_row_group(part_index)
+
+    def read() -> pa.Table:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).read_row_group(part_index)
+
+    return io.retrying(f"read {location}", read)
 
 
 def write_part_of_selection(batch: pa.Table, selection: str, directory: str, store: str,

@@ -120,8 +120,12 @@ def _row_group(location: str, column: str, group: int) -> pa.Array:
     import pyarrow.parquet as pq
 
     fs, path = io.filesystem(location)
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).read_row_group(group, columns=[column])[column].combine_chunks()
+
+    def read() -> pa.Array:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=[column])[column].combine_chunks()
+
+    return io.retrying(f"read {location}", read)
 
 
 @functools.lru_cache(maxsize=16)
@@ -129,8 +133,12 @@ def _row_group_starts(location: str) -> np.ndarray:
     import pyarrow.parquet as pq
 
     fs, path = io.filesystem(location)
-    with fs.open_input_file(path) as f:
-        meta = pq.ParquetFile(f).metadata
+
+    def read():
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata
+
+    meta = io.retrying(f"read {location}", read)
     return np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
 
 

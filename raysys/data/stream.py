@@ -47,10 +47,14 @@ def index_rows(files: Sequence[str], columns: Sequence[str], where=None, first_f
     tables = []
     for i, location in enumerate(files):
         fs, path = io.filesystem(location)
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            present = set(pf.schema_arrow.names)
-            table = pf.read(columns=[c for c in columns if c in present])
+
+        def read(path=path, fs=fs) -> pa.Table:
+            with fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                present = set(pf.schema_arrow.names)
+                return pf.read(columns=[c for c in columns if c in present])
+
+        table = io.retrying(f"read {location}", read)
         for name in columns:
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(len(table), MANIFEST_SCHEMA.field(name).type))

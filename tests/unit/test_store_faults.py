@@ -99,6 +99,29 @@ def test_transient_reads_and_listings_are_retried_and_missing_files_are_not(tmp_
     assert capsys.readouterr().out.count("[io] read ") == 2 + FAST.attempts - 1
 
 
+def test_parquet_reads_of_the_data_plane_are_retried(tmp_path):
+    """prepare's selection rows, the training stream's index and a source's row group are read
+    again after a transient error."""
+    from raysys.data.ingest import selection_rows, write_selection
+    from raysys.data.sources import _row_group, _row_group_starts
+    from raysys.data.stream import index_rows
+
+    plan = FaultPlan()
+    with faulty_store(tmp_path, plan) as root:
+        write_part(rows(["a", "b", "c"]), f"{root}/m", "part-00000.parquet")
+        write_selection(pa.table({"path": ["p0", "p1", "p2"]}), f"{root}/selection.parquet", 2)
+        reads = [
+            lambda: selection_rows(f"{root}/selection.parquet", 1)["path"].to_pylist() == ["p2"],
+            lambda: index_rows([f"{root}/m/part-00000.parquet"], ["sample_id"])["sample_id"].to_pylist() == ["a", "b", "c"],
+            lambda: _row_group(f"{root}/m/part-00000.parquet", "sample_id", 0).to_pylist() == ["a", "b", "c"],
+            lambda: _row_group_starts(f"{root}/m/part-00000.parquet").tolist() == [0, 3],
+        ]
+        for read in reads:
+            plan.failing_reads, plan.reads = 2, 0
+            assert read()
+            assert plan.reads == 3
+
+
 def test_part_problem_reads_the_footer_pages_and_row_count(tmp_path):
     good = tmp_path / "good.parquet"
     write_part(rows(["a", "b", "c"]), str(tmp_path), "good.parquet")
