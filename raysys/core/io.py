@@ -60,7 +60,9 @@ def transient(exc: BaseException) -> bool:
     """Whether an error may go away by itself: an OSError (pyarrow's filesystems raise OSError for
     a failed request, a reset connection, a timeout) other than a missing or existing file, a
     permission refused or a file/folder mix-up, which a retry would only repeat. A ValueError
-    (pyarrow's ArrowInvalid: bytes that are not what they should be) is never transient."""
+    (pyarrow's ArrowInvalid: bytes that are not what they should be) is never transient. pyarrow
+    reports some lasting errors as a plain OSError too (an object store's access denied, a Parquet
+    page that does not decode): those are retried, and raised after the last try."""
     return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT)
 
 

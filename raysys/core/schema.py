@@ -245,15 +245,20 @@ def part_problem(data: bytes) -> Optional[str]:
 
 def raise_if_corrupt(parts: list[str]) -> None:
     """Raise CorruptPart for the first of `parts` whose bytes are not a whole part (each is read
-    whole: for after a read has failed), naming it and how to get past it."""
+    whole: for after a read has failed), naming it and how to get past it: for a stage's manifest
+    (`<stage>/manifest/part-*.parquet`, beside `<stage>/metrics.json`), running that stage again."""
     for part in parts:
         problem = part_problem(io.read_bytes(part))
-        if problem is not None:
-            folder = part.rstrip("/").rsplit("/", 1)[0]
-            stage_dir = folder.rsplit("/", 1)[0]
-            raise CorruptPart(f"{part}: corrupt Parquet part ({problem}); move it aside (into {folder}/_corrupt/) "
-                              f"and run the stage that wrote it again: delete {io.join(stage_dir, 'metrics.json')} "
-                              f"first if that stage is done, so that it writes the part again")
+        if problem is None:
+            continue
+        folder = part.rstrip("/").rsplit("/", 1)[0]
+        metrics = io.join(folder.rsplit("/", 1)[0], "metrics.json")
+        if io.exists(metrics):
+            fix = (f"move it aside (into {folder}/_corrupt/), delete {metrics} if that stage is done, and run "
+                   "the stage again: it writes the part again")
+        else:
+            fix = "replace it with a whole copy, or remove it"
+        raise CorruptPart(f"{part}: corrupt Parquet part ({problem}); {fix}")
 
 
 def read_part(location: str, columns: Optional[list[str]] = None) -> pa.Table:

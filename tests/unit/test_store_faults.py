@@ -136,6 +136,7 @@ def test_a_manifest_with_a_corrupt_part_fails_with_one_line_naming_it(tmp_path):
     plan = FaultPlan()
     with faulty_store(tmp_path, plan) as root:
         folder = f"{root}/score/manifest"
+        io.write_json(f"{root}/score/metrics.json", {"status": "done"})
         write_part(rows(["a", "b"]), folder, "part-00000.parquet")
         write_part(rows(["c"]), folder, "part-00001.parquet")
         plan.failing_reads, plan.reads = 2, 0  # transient: retried
@@ -144,9 +145,12 @@ def test_a_manifest_with_a_corrupt_part_fails_with_one_line_naming_it(tmp_path):
         path.write_bytes(path.read_bytes()[:-30])
         with pytest.raises(CorruptPart) as error:
             read_manifest(folder, columns=["sample_id"])
-    message = str(error.value)
-    assert "\n" not in message and message.startswith(f"{folder}/part-00001.parquet: corrupt Parquet part")
-    assert f"delete {root}/score/metrics.json" in message
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"{folder}/part-00001.parquet: corrupt Parquet part")
+        assert f"delete {root}/score/metrics.json if that stage is done" in message
+        io.write_bytes(f"{root}/own.parquet", path.read_bytes())  # a user's own manifest file: no stage to rerun
+        with pytest.raises(CorruptPart, match=r"own.parquet: corrupt Parquet part .*; replace it with a whole copy"):
+            read_manifest(f"{root}/own.parquet")
 
 
 def synthesize_once(directory: str, planned: list[str]) -> bool:
