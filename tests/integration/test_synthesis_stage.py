@@ -1,5 +1,6 @@
 """The synthesize stage on the session-wide local Ray: exactly the plan is written, a rerun writes
-nothing, and a killed driver or a killed generation actor still ends with exactly the plan."""
+nothing, and a killed driver, a killed generation actor or a corrupt part still ends with exactly the
+plan."""
 
 import os
 import shutil
@@ -89,6 +90,28 @@ def test_rerun_of_a_finished_plan_writes_nothing(tiny_synthesis):
     assert all(p["already_written"] == p["planned"] for p in m["plans"].values())
     after = {p: os.stat(p).st_mtime_ns for name in m["plans"] for p in list_parts(synthesize.plan_dir(cfg, name))}
     assert after == parts
+
+
+def test_a_corrupt_part_is_moved_aside_and_regenerated(tiny_synthesis, tmp_path):
+    """A finished plan's part cut off mid-file (a store that lost its end): the rerun moves it into
+    `_corrupt/`, generates its rows again, and the plan is written exactly once."""
+    cfg, first = tiny_synthesis
+    root = tmp_path / "run"
+    _copy_finished(cfg, root)
+    shutil.copytree(os.path.join(cfg.run.root, "synthesize"), root / "synthesize")
+    os.remove(root / "synthesize" / "metrics.json")  # the stage reruns: done, then a part went bad
+    plan = root / "synthesize" / "plain"
+    part = list_parts(str(plan))[0]
+    lost = len(read_manifest(part, columns=["sample_id"]))  # the rows to generate again
+    data = open(part, "rb").read()
+    with open(part, "wb") as f:
+        f.write(data[: len(data) // 2])
+    m = synthesize.run(load_config(TINY, [f"run.root={root}"]))
+    p = m["plans"]["plain"]
+    assert m["generated"] == lost > 0 and p["already_written"] == p["planned"] - lost
+    assert p["written"] == p["planned"] == first["plans"]["plain"]["planned"] and p["duplicates"] == 0
+    assert set(written_ids(str(plan)).values()) == {1} and len(written_ids(str(plan))) == p["planned"]
+    assert open(plan / "_corrupt" / os.path.basename(part), "rb").read() == data[: len(data) // 2]
 
 
 def test_killed_driver_resumes_with_exactly_the_plan(tiny_generator, tmp_path, ray_session):
