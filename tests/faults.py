@@ -18,6 +18,7 @@ calls it has seen (`writes`, `moves`, `reads`, `lists`) and the faults it inject
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -39,6 +40,8 @@ class FaultPlan:
     """How many of the first opens for reading fail."""
     failing_lists: int = 0
     """How many of the first file-info calls (a stat or a listing) fail."""
+    write_errno: int | None = None
+    """The errno of a cut-off write's error (None: a reset connection; errno.ENOSPC: a full disk)."""
     writes: int = 0
     moves: int = 0
     reads: int = 0
@@ -58,6 +61,8 @@ class _CutOffWriter:
         self.target.write(data[: len(data) // 2])
         self.target.flush()
         self.plan.injected.append(f"write {self.plan.writes} cut off: {self.path}")
+        if self.plan.write_errno is not None:
+            raise OSError(self.plan.write_errno, f"injected: {os.strerror(self.plan.write_errno)}")
         raise OSError(f"injected: connection reset after {len(data) // 2} of {len(data)} bytes")
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ fault-injecting filesystem, tests/faults.py); every other URI goes to `pafs.File
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -54,16 +55,21 @@ RETRY = RetryPolicy()
 """The policy every retried operation here uses (tests set shorter delays)."""
 
 _PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_PERMANENT_MESSAGES = tuple(os.strerror(e) for e in sorted(_PERMANENT_ERRNOS))  # pyarrow may keep only the text
 
 
 def transient(exc: BaseException) -> bool:
     """Whether an error may go away by itself: an OSError (pyarrow's filesystems raise OSError for
     a failed request, a reset connection, a timeout) other than a missing or existing file, a
-    permission refused or a file/folder mix-up, which a retry would only repeat. A ValueError
+    permission refused, a file/folder mix-up, a full disk, a quota exceeded or a read-only
+    filesystem, which a retry would only repeat. A ValueError
     (pyarrow's ArrowInvalid: bytes that are not what they should be) is never transient. pyarrow
     reports some lasting errors as a plain OSError too (an object store's access denied, a Parquet
     page that does not decode): those are retried, and raised after the last try."""
-    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT)
+    if not isinstance(exc, OSError) or isinstance(exc, _PERMANENT):
+        return False
+    return exc.errno not in _PERMANENT_ERRNOS and not any(m in str(exc) for m in _PERMANENT_MESSAGES)
 
 
 def retrying(what: str, fn: Callable[[], T], policy: RetryPolicy | None = None) -> T:

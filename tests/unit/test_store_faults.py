@@ -5,6 +5,7 @@ exactly once."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pyarrow as pa
@@ -70,6 +71,18 @@ def test_a_write_that_keeps_failing_leaves_the_old_file_whole(tmp_path, fault):
         assert not io.exists(f"{root}/new.bin")
     assert len(plan.injected) == 2 * FAST.attempts  # every try of both writes failed, none more
     assert stored_files(tmp_path) == ["store/a.bin", "store/b/c.bin"]  # no partial or temporary file
+
+
+def test_a_full_disk_is_not_retried_and_leaves_the_old_file_whole(tmp_path):
+    plan = FaultPlan(write_errno=errno.ENOSPC)
+    with faulty_store(tmp_path, plan) as root:
+        io.write_bytes(f"{root}/a.bin", b"old")
+        plan.fail_writes = {2, 3}
+        with pytest.raises(OSError, match="No space left on device"):
+            io.write_bytes(f"{root}/a.bin", b"n" * 100)
+        assert io.read_bytes(f"{root}/a.bin") == b"old"
+    assert plan.writes == 2 and len(plan.injected) == 1  # one try: a retry would only fill it again
+    assert stored_files(tmp_path) == ["store/a.bin"]
 
 
 def test_transient_reads_and_listings_are_retried_and_missing_files_are_not(tmp_path, capsys):
