@@ -155,11 +155,40 @@ def _worker(config: dict) -> None:
     config["loop"](RayTrainContext(config["workers"]), config["job"])
 
 
+RUN_RECORD = "checkpoint_manager_snapshot.json"
+"""The file under `<storage>/<name>/` from which Ray Train restores a run: the checkpoints it has recorded."""
+
+
+def set_aside_unreadable_record(storage: str, name: str) -> bool:
+    """Ray Train writes a run's record (RUN_RECORD) in place, so a kill while it is written can
+    leave it empty or cut, and then every rerun fails as Ray Train starts. Such a record is renamed
+    `<record>.unreadable-<unix time>` (the checkpoint folders stay) and the run starts again from
+    its first epoch, saying so. Returns whether a record was set aside."""
+    import json
+    import time
+
+    record = io.join(storage, name, RUN_RECORD)
+    if not io.exists(record):
+        return False
+    try:
+        json.loads(io.read_bytes(record))
+        return False
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        pass
+    fs, path = io.filesystem(record)
+    aside = f"{path}.unreadable-{int(time.time())}"
+    fs.move(path, aside)
+    print(f"[{name}] Ray Train's record of this run's checkpoints ({record}) is unreadable (a kill while it was "
+          f"written); set aside as {aside.rsplit('/', 1)[-1]}: the run starts again from its first epoch", flush=True)
+    return True
+
+
 def trainer(loop: Callable, job: Any, workers: Workers, name: str, storage: str,
             callbacks: Optional[list] = None) -> TorchTrainer:
     """A TorchTrainer running `loop(ctx, job)` on `workers`, named `name` under `storage` (the same
     name and storage restore the run); `callbacks` go to its RunConfig (a Tune trial passes
     TuneReportCallback)."""
+    set_aside_unreadable_record(storage, name)
     return TorchTrainer(
         _worker,
         train_loop_config={"loop": loop, "job": job, "workers": workers},
