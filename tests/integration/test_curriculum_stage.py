@@ -142,3 +142,31 @@ def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synth
     assert main(["run", str(TINY), *overrides]) == 0  # everything complete: nothing retrained
     assert {p: p.stat().st_mtime for p in done} == done
     assert report.stage_dir(cfg).is_complete()
+
+    # Killed part-way through report, then evaluate: what a kill leaves is the files written so far
+    # (each write is atomic), so the run dies after its first write here. The stage is not done,
+    # and the same command finishes it with the outputs of the uninterrupted run.
+    first = {"report": {name: (root / "report" / name).read_bytes() for name in ("index.md", "index.html")},
+             "evaluate": {"results.csv": (root / "evaluate" / "results.csv").read_bytes()}}
+    first_metrics = {name: dict(io.read_json(str(root / name / "metrics.json"))) for name in first}
+    for name, stage in (("report", report), ("evaluate", evaluate)):
+        (root / name / "metrics.json").unlink()  # as if this stage had never finished
+        write_bytes, writes = io.write_bytes, []
+
+        def dies_after_one_write(location, data):
+            if writes:
+                raise KeyboardInterrupt(f"killed before writing {location}")
+            writes.append(location)
+            write_bytes(location, data)
+
+        io.write_bytes = dies_after_one_write
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                stage.run(cfg)
+        finally:
+            io.write_bytes = write_bytes
+        assert len(writes) == 1 and not stage.stage_dir(cfg).is_complete()
+        again = stage.run(cfg)
+        assert {f: (root / name / f).read_bytes() for f in first[name]} == first[name]
+        strip = lambda m: {k: v for k, v in m.items() if k not in ("seconds", "written")}  # noqa: E731
+        assert strip(again) == strip(first_metrics[name])
