@@ -8,6 +8,10 @@ outside OUT (a class folder that is a link elsewhere). Class folders keep a clas
 is a safe folder name (unicode letters included), else a readable form of it plus a short digest
 of the name, so distinct classes never share a folder and a class always gets the same folder.
 labels.csv is written under a temporary name of its own, then renamed into place.
+
+A synthesis plan's folder (`<output>/<plan>`) holds one folder per version of the plan, and
+latest.json naming the version the last synthesize run completed: such a folder is read through
+that pointer.
 """
 
 from __future__ import annotations
@@ -37,11 +41,30 @@ def image_extension(data: bytes) -> str:
     return {"png": "png", "jpeg": "jpg", "webp": "webp"}.get(image_format(data), "bin")
 
 
+LATEST = "latest.json"
+"""In a synthesis plan's folder: {"version": <the folder of the version last completed>}."""
+
+
+def latest_version(folder: str) -> str | None:
+    """The version folder that `folder`/latest.json names, or None where there is no latest.json."""
+    pointer = io.join(folder, LATEST)
+    if not io.exists(pointer):
+        return None
+    version = io.read_json(pointer).get("version")
+    if not isinstance(version, str) or not io.FOLDER_NAME.match(version):
+        raise ValueError(f"{pointer}: 'version' must name a folder beside it (letters, digits, - and _), got {version!r}")
+    return io.join(folder, version)
+
+
 def source_files(source: str) -> list[str]:
-    """The Parquet files of a manifest file or folder of parts (a synthesis plan's, prepare's, score's)."""
-    files = manifest_files(source)
+    """The Parquet files of a manifest file or folder of parts (a synthesis plan's version, prepare's,
+    score's), or, for a synthesis plan's folder (one with latest.json), of the version it names."""
+    version = None if source.endswith(".parquet") else latest_version(source)
+    if version is not None:
+        print(f"[export] {source}: the version its latest.json names, {version}")
+    files = manifest_files(version or source)
     if not files:
-        raise FileNotFoundError(f"{source}: a folder without part-*.parquet files")
+        raise FileNotFoundError(f"{version or source}: a folder without part-*.parquet files")
     return files
 
 

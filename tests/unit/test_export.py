@@ -138,3 +138,18 @@ def test_a_failed_export_leaves_no_temp_file(tmp_path, monkeypatch):
         export_images(source, str(out))
     assert len(calls) == 2
     assert files_under(out) == ["cat/a1.png"]  # the image before the failure; no labels.csv, no temp file
+
+
+def test_a_plan_folder_is_exported_through_its_latest_json(tmp_path, capsys):
+    plan = tmp_path / "synthesize" / "few"  # <output>/<plan>/<digest>/ per version, latest.json names one
+    write_manifest_parts(plan / "aaaa", ["old1", "old2"], ["cat", "dog"])
+    newest = write_manifest_parts(plan / "bbbb", ["new1", "new2", "new3"], ["cat", "dog", "cat"])
+    (plan / "latest.json").write_text('{"version": "bbbb"}')
+    assert main(["export", str(plan), str(tmp_path / "out")]) == 0
+    assert sorted(row["sample_id"] for row in read_labels(tmp_path / "out")) == ["new1", "new2", "new3"]
+    assert newest in capsys.readouterr().out
+    assert export_images(str(plan / "aaaa"), str(tmp_path / "old")) == 2  # a version folder as it is
+    for bad in ("../aaaa", "", "/abs"):
+        (plan / "latest.json").write_text(f'{{"version": "{bad}"}}')
+        assert main(["export", str(plan), str(tmp_path / "bad")]) == 2
+        assert "latest.json" in capsys.readouterr().err and not (tmp_path / "bad").exists()
