@@ -243,7 +243,9 @@ def write_part(table: pa.Table, directory: str) -> str:
 class RescoreAndWrite:
     """Measured difficulty of every generated image, the classifier filter, and the write."""
 
-    def __init__(self, classifier_dir: str, output: str, classifier_min_p: float = 0.0, use_gpu: bool = False):
+    def __init__(self, classifier_dir: str, output: str | dict[str, str], classifier_min_p: float = 0.0,
+                 use_gpu: bool = False):
+        """`output`: the folder whose `<plan>/` gets each plan's parts, or plan name -> its parts' folder."""
         from raysys.scoring.difficulty import DifficultyScorer
 
         with io.local_copy(classifier_dir) as local:  # a copy of a model under a URI: removed once loaded
@@ -271,7 +273,8 @@ class RescoreAndWrite:
         parts = np.empty(n, dtype=object)
         for plan in sorted(set(plans)):
             rows = np.flatnonzero(plans == plan)
-            parts[rows] = write_part(manifest.take(pa.array(rows)), io.join(self.output, plan))
+            folder = self.output[plan] if isinstance(self.output, dict) else io.join(self.output, plan)
+            parts[rows] = write_part(manifest.take(pa.array(rows)), folder)
         return pa.table({
             "sample_id": batch["sample_id"], "plan": batch["plan"], "keep": pa.array(keep, pa.bool_()),
             "difficulty": pa.array(scores["difficulty"], pa.float32()),

@@ -52,10 +52,11 @@ def run_synthesis(
     sampling: SamplingConfig,
     cfg: SynthesisConfig,
     classifier_dir: str,
-    output: str,
+    output: str | dict[str, str],
     progress: bool = True,
 ) -> SynthesisRun:
-    """Generate, filter, re-score and write every row of `plan` (PLAN_SCHEMA) under `output`."""
+    """Generate, filter, re-score and write every row of `plan` (PLAN_SCHEMA) under `output`
+    (`<output>/<plan>/`, or the folder that `output` maps each plan name to)."""
     from tqdm import tqdm
 
     ctx = ray.data.DataContext.get_current()

@@ -1,18 +1,23 @@
 """Stage `synthesize`: every plan of `synthesis.plans`, generated exactly once on Ray Data.
 
 1. **Plan**: each plan's rows are decided up front (`raysys.generation.plans`), with
-   deterministic sample ids; `<output>/<plan>/_plan.json` records the plan's digest.
-2. **Skip what is written**: ids already in `<output>/<plan>/part-*.parquet` are dropped from the
-   work; a finished plan generates nothing. A plan folder that holds an older, different plan of
-   the same name is emptied first (the one cache policy: a changed config replaces outputs).
+   deterministic sample ids. Each version of a plan has its own folder, named by the plan's
+   digest: `<output>/<plan>/<digest>/part-*.parquet`, and `_plan.json` there records the digest
+   and what the plan was made from, to read.
+2. **Skip what is written**: ids already in the version folder are dropped from the work; a
+   finished version generates nothing. A changed plan gets a new folder; nothing is moved or
+   deleted, so switching back to an earlier config reuses its version as it is (on `s3://`
+   roots too). Old versions stay until deleted by hand.
 3. **Generate -> [CLIP filter] -> re-score and write** on actor pools (`raysys.ray.synthesis`).
 4. **Check**: duplicate ids (a batch retried with another cut) are removed, then the written
-   set must equal the planned set: nothing missing, nothing twice, or the stage fails.
+   set must equal the planned set: nothing missing, nothing twice, or the stage fails. Only
+   then does `<output>/<plan>/latest.json` name the version this run wrote.
 
 Writes metrics.json (`planned`, `generated`, `filtered`, `written`, `duplicates`,
-`images_per_s`, per plan and per actor) and difficulty_hist.png (real vs requested vs measured).
-Read a plan's images with `read_plan(plan_dir(cfg, name))`; export them to an image folder
-with `raysys export <plan dir> OUT`.
+`images_per_s`, per plan its `version` and `path`, and per actor) and difficulty_hist.png
+(real vs requested vs measured). Read a plan's images with `read_plan(plan_dir(cfg, name))`;
+export them to an image folder with `raysys export <output>/<plan> OUT` (the version that
+latest.json names) or `raysys export <output>/<plan>/<digest> OUT`.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import pyarrow.compute as pc
 
 from raysys.core import io
 from raysys.core.config import PlanConfig, RaysysConfig
-from raysys.core.loading import ConfigError, digest
+from raysys.core.loading import digest
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.data.export import LATEST
 from raysys.generation.memory import generation_batch_size, generation_problems
 from raysys.generation.pipeline import check_generator
 from raysys.generation.plans import check_plans, prompts_file_digest
@@ -48,9 +54,17 @@ def output_root(cfg: RaysysConfig) -> str:
     return io.resolve(cfg.synthesis.output) if cfg.synthesis.output else io.join(io.resolve(cfg.run.root), "synthesize")
 
 
-def plan_dir(cfg: RaysysConfig, name: str) -> str:
-    """Folder of one plan's Parquet parts."""
+def plan_folder(cfg: RaysysConfig, name: str) -> str:
+    """Folder of every version of one plan: a folder per digest, and latest.json."""
     return io.join(output_root(cfg), name)
+
+
+def plan_dir(cfg: RaysysConfig, name: str) -> str:
+    """Folder of the Parquet parts of plan `name` as `cfg` defines it: `<output>/<plan>/<digest>`."""
+    plan = next((p for p in cfg.synthesis.plans if p.name == name), None)
+    if plan is None:
+        raise ValueError(f"no plan named '{name}' in synthesis.plans {[p.name for p in cfg.synthesis.plans]}")
+    return io.join(plan_folder(cfg, name), plan_digest(cfg, plan))
 
 
 def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
@@ -80,23 +94,24 @@ def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:
     return digest([s.digest(cfg) for s in upstream], plan_fingerprint(cfg, plan))
 
 
-def _claim_output(cfg: RaysysConfig, directory: str, plan_hash: str) -> None:
-    """Make `directory` hold this plan's rows only. Under the run root an older, different plan's
-    parts are deleted (a changed config replaces its outputs); in a `synthesis.output` of the
-    user's, which other configs may share, nothing is deleted: the stage stops and says so."""
+def plan_summary(cfg: RaysysConfig, plan: PlanConfig) -> dict:
+    """What a version's `_plan.json` records: its digest and, to read, what the plan is made from."""
+    return {"digest": plan_digest(cfg, plan), "plan": dataclasses.asdict(plan),
+            "generator": pretrain_generator.base_label(cfg), "dtype": cfg.generator.dtype,
+            "sampling": dataclasses.asdict(control.sampling(cfg)), "prompt_template": cfg.generator.prompt_template,
+            "image_format": cfg.synthesis.image_format, "filter": dataclasses.asdict(cfg.synthesis.filter),
+            "seed": cfg.run.seed, "prompts_file_sha256": prompts_file_digest(plan)}
+
+
+def _open_version(cfg: RaysysConfig, plan: PlanConfig) -> str:
+    """The version folder of `plan`, with its `_plan.json` (written once; a version's folder only
+    ever holds the rows of its own digest, so nothing in it, or beside it, is moved or deleted)."""
+    directory = plan_dir(cfg, plan.name)
     marker = io.join(directory, "_plan.json")
-    if io.exists(marker):
-        old = io.read_json(marker).get("digest")
-        if old == plan_hash:
-            return
-        if cfg.synthesis.output:
-            raise ConfigError(f"{directory} holds another plan of this name (digest {old}, this one {plan_hash}): "
-                              "give the plan another name, another synthesis.output, or delete that folder")
-        fs, path = io.filesystem(directory)
-        fs.delete_dir_contents(path)
-        print(f"[synthesize] {directory} held another plan (digest {old}); its parts were deleted")
-    io.makedirs(directory)
-    io.write_json(marker, {"digest": plan_hash})
+    if not io.exists(marker):
+        io.makedirs(directory)
+        io.write_json(marker, plan_summary(cfg, plan))
+    return directory
 
 
 def _generator_specs(cfg: RaysysConfig, models: set[str], copies: contextlib.ExitStack) -> dict:
@@ -132,18 +147,20 @@ def _run(stage: Context) -> dict:
 
     # 1-2. Plans, and what is still to do.
     t0 = time.time()
-    plans, todo, already = {}, [], {}
+    plans, todo, already, folders, versions = {}, [], {}, {}, {}
     for p in cfg.synthesis.plans:
         rows = build_plan(p, train, prep["class_names"], prep["groups"]["few"], cfg.generator.prompt_template,
                           cfg.run.seed)
         plans[p.name] = rows
-        _claim_output(cfg, plan_dir(cfg, p.name), plan_digest(cfg, p))
-        done = written_ids(plan_dir(cfg, p.name))
+        folders[p.name], versions[p.name] = _open_version(cfg, p), plan_digest(cfg, p)
+        done = written_ids(folders[p.name])
         already[p.name] = sum(1 for sid in rows["sample_id"].to_pylist() if sid in done)
         remaining = rows.filter(pa.array([sid not in done for sid in rows["sample_id"].to_pylist()]))
         todo.append(remaining)
-        print(f"[synthesize] plan {p.name}: {len(rows)} rows planned ({p.kind}, model {p.model}), "
-              f"{already[p.name]} already written, {len(remaining)} to generate")
+        state = "new" if not done else "finished, reused" if not len(remaining) else "resumed"
+        print(f"[synthesize] plan {p.name}: version {versions[p.name]} ({state}) in {folders[p.name]}: "
+              f"{len(rows)} rows planned ({p.kind}, model {p.model}), {already[p.name]} already written, "
+              f"{len(remaining)} to generate")
     plan_seconds = time.time() - t0
     work = pa.concat_tables(todo)
     sources = sorted({sid for sid in work["source_id"].to_pylist() if sid is not None})
@@ -163,12 +180,12 @@ def _run(stage: Context) -> dict:
                   f"(the memory plan, generator.dtype {cfg.generator.dtype})")
         with contextlib.ExitStack() as copies:
             run_info = run_synthesis(work, _generator_specs(cfg, models, copies), sampling, synthesis,
-                                     train_classifier.model_dir(cfg), output_root(cfg))
+                                     train_classifier.model_dir(cfg), folders)
 
     # 4. Exactly once: repair a re-cut retry, then the written set must equal the plan.
     per_plan, removed_total = {}, 0
     for name, rows in plans.items():
-        directory = plan_dir(cfg, name)
+        directory = folders[name]
         removed_total += remove_duplicates(directory)
         counts = written_ids(directory)
         planned_ids = set(rows["sample_id"].to_pylist())
@@ -187,8 +204,11 @@ def _run(stage: Context) -> dict:
             "kept": int(keep.sum()), "filtered": int((~keep).sum()), "duplicates": duplicates,
             "measured_difficulty_mean": float(np.mean(measured[keep])) if keep.any() else None,
             "requested_difficulty_mean": float(np.nanmean(requested[keep])) if keep.any() and not np.isnan(requested[keep]).all() else None,
-            "path": directory,
+            "version": versions[name], "path": directory,
+            "reused": already[name] == len(rows),
         }
+    for name, version in versions.items():  # every version complete: each plan folder names the one this run wrote
+        io.write_json(io.join(plan_folder(cfg, name), LATEST), {"version": version})
     summary = run_info.summary if run_info else None
     generated = len(summary) if summary is not None else 0
     seconds = run_info.wall_seconds if run_info else 0.0
@@ -244,9 +264,10 @@ def _needs(cfg: RaysysConfig) -> tuple:
 STAGE = Stage(
     name="synthesize", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
                               finetune.STAGE),
+    version=2,  # a folder per plan version (<plan>/<digest>/)
     needs=_needs, run=_run,
     fingerprint=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
     check=lambda cfg: (check_generator(cfg.generator) + check_generator_dtype(cfg)
                        + check_plans(cfg.synthesis, cfg.finetune.variants) + generation_problems(cfg)),
-    describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/part-*.parquet",
+    describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/<digest>/part-*.parquet",
 )
