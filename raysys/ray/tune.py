@@ -33,7 +33,8 @@ from raysys.training.curriculum import CurriculumJob, curriculum_loop
 class SweepJob:
     cfg: RaysysConfig
     manifest: str
-    plan_dirs: list[str]
+    plan_dirs: dict[str, str]
+    """Synthesis plan name -> the folder of its version."""
     num_classes: int
     groups: dict
     storage: str

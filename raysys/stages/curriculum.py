@@ -79,7 +79,7 @@ def _run(ctx: Context) -> dict:
     prep = prepare.stage_dir(cfg).metrics()
     name = variant_name(cfg)
     job = CurriculumJob(cfg=cfg, manifest=score.manifest_path(cfg),
-                        plan_dirs=[synthesize.plan_dir(cfg, n) for n in plan_names(cfg)],
+                        plan_dirs={n: synthesize.plan_dir(cfg, n) for n in plan_names(cfg)},
                         num_classes=prep["num_classes"], groups=prep["groups"], name=f"curriculum {name}")
     state = fit(curriculum_loop, job, train_classifier.workers(cfg, c.num_workers), f"curriculum-{name}-{ctx.digest}",
                 ctx.file("ray"), outputs={"model": ctx.file("model")})

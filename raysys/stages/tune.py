@@ -100,7 +100,7 @@ def _run(stage: Context) -> dict:
     prep = prepare.stage_dir(cfg).metrics()
     cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))
     job = SweepJob(cfg=cfg, manifest=score.manifest_path(cfg),
-                   plan_dirs=[synthesize.plan_dir(cfg, n) for n in curriculum.plan_names(cfg)],
+                   plan_dirs={n: synthesize.plan_dir(cfg, n) for n in curriculum.plan_names(cfg)},
                    num_classes=prep["num_classes"], groups=prep["groups"], storage=stage.file("ray"),
                    name=f"sweep-{stage.digest}")
     rows, concurrent = run_sweep(job)

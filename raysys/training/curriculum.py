@@ -339,8 +339,8 @@ class CurriculumJob:
     cfg: "RaysysConfig"
     manifest: str
     """Scored manifest (real rows)."""
-    plan_dirs: list[str]
-    """Synthesis plan folders whose kept rows form the synthetic pool."""
+    plan_dirs: dict[str, str]
+    """Synthesis plan name -> the folder of its version, whose kept rows form the synthetic pool."""
     num_classes: int
     groups: dict
     name: str = "curriculum"
@@ -393,12 +393,13 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     seed = curriculum_seed(cfg)
     rank, world = ctx.rank, ctx.world_size
     size, chans = cfg.data.image_size, cfg.data.channels
-    plan_names = [os.path.basename(d) for d in job.plan_dirs]
+    plan_names = list(job.plan_dirs)
 
     files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)])
     real_train = split_rows(rows, "train")
     evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
-    plan_files, synthetic = synthetic_rows(job.plan_dirs if c.schedule != "real_only" else [], len(files))
+    plan_folders = list(job.plan_dirs.values()) if c.schedule != "real_only" else []
+    plan_files, synthetic = synthetic_rows(plan_folders, len(files))
     files = files + plan_files
     if c.measured_difficulty is not None:
         synthetic = select_measured(synthetic, *c.measured_difficulty)
