@@ -1,7 +1,9 @@
 """The synthesize stage on the session-wide local Ray: exactly the plan is written, a rerun writes
-nothing, and a killed driver, a killed generation actor or a corrupt part still ends with exactly the
-plan."""
+nothing, a killed driver, a killed generation actor or a corrupt part still ends with exactly the
+plan, and switching between two versions of a plan keeps both and reuses each (local and S3 roots)."""
 
+import csv
+import hashlib
 import os
 import shutil
 import signal
@@ -10,10 +12,13 @@ import time
 
 import numpy as np
 import psutil
+import pyarrow.fs as pafs
 import pytest
 
 from raysys.stages import load_config
+from raysys.core import io
 from raysys.core.schema import read_manifest
+from raysys.data.export import export_images, latest_version
 from raysys.data.images import decode
 from raysys.generation.synthesis import list_parts, read_plan, written_ids
 from raysys.stages import score, synthesize
@@ -32,9 +37,17 @@ def tiny_synthesis(tiny_generator):
     return cfg, synthesize.run(cfg)
 
 
-def _copy_finished(cfg, root):
-    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune"):
-        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+# Two versions of one small plan of the base model, which differ only in what synthesis makes:
+# the upstream stages they read are copied as they are, never rerun.
+SMALL = "synthesis.plans=[{{name: few, model: base, ratio: {ratio}}}]"
+
+
+def _copy_finished(cfg, root, stages=("prepare", "train_classifier", "score", "pretrain_generator", "finetune")):
+    for stage in stages:
+        if "://" in str(root):
+            pafs.copy_files(os.path.join(cfg.run.root, stage), io.join(root, stage))
+        else:
+            shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
 
 
 def test_synthesis_writes_exactly_the_plan(tiny_synthesis):
@@ -120,23 +133,23 @@ def test_killed_driver_resumes_with_exactly_the_plan(tiny_generator, tmp_path, r
     _copy_finished(cfg, root)
     overrides = [f"run.root={root}", *BIG]
     proc = start_driver(ray_session, ["synthesize", str(TINY), *overrides])
-    plan = root / "synthesize" / "many"
+    plan = synthesize.plan_dir(load_config(TINY, overrides), "many")
     deadline = time.time() + 180
     try:
-        while len(list_parts(str(plan))) < 3 and time.time() < deadline and proc.poll() is None:
+        while len(list_parts(plan)) < 3 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert len(list_parts(str(plan))) >= 3, "no parts appeared before the deadline"
+        assert len(list_parts(plan)) >= 3, "no parts appeared before the deadline"
     finally:
         kill_driver(proc, ray_session)
     cfg2 = load_config(TINY, overrides)
-    before = len(written_ids(str(plan)))
+    before = len(written_ids(plan))
     assert not synthesize.stage_dir(cfg2).is_complete()
     m = synthesize.run(cfg2)
     p = m["plans"]["many"]
     assert 0 < p["already_written"] == before < p["planned"]
     assert m["generated"] == p["planned"] - before
     assert p["written"] == p["planned"] and p["duplicates"] == 0
-    assert set(written_ids(str(plan)).values()) == {1}
+    assert set(written_ids(plan).values()) == {1}
 
 
 def _generation_actor_pids() -> list[int]:
@@ -153,7 +166,7 @@ def test_killed_generation_actor_is_replaced_and_nothing_is_lost(tiny_generator,
     root = tmp_path / "run"
     _copy_finished(cfg, root)
     cfg2 = load_config(TINY, [f"run.root={root}", *BIG])
-    plan = str(root / "synthesize" / "many")
+    plan = synthesize.plan_dir(cfg2, "many")
     killed = []
 
     def kill_one_actor_mid_run():
@@ -175,3 +188,59 @@ def test_killed_generation_actor_is_replaced_and_nothing_is_lost(tiny_generator,
     assert p["written"] == p["planned"] == m["generated"] and m["duplicates"] == 0
     assert set(written_ids(plan).values()) == {1}
     assert len(m["actors"]) >= 2  # the replacement actor is a new process with a new identity
+
+
+def _files_under(folder):
+    """Every file under `folder`: relative path -> (size, modification time, SHA-256 of its bytes)."""
+    fs, path = io.filesystem(folder)
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path[len(path):].lstrip("/")] = (info.size, info.mtime, hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+def _switch_back_and_forth(tiny_generator, root, out, capsys):
+    """Plan versions A -> B -> A -> B under `root`: each is made once, nothing is moved or deleted,
+    the third and fourth runs reuse them, and exporting the plan folder gives the last run's version."""
+    _copy_finished(tiny_generator[0], root, ("prepare", "train_classifier", "score", "pretrain_generator"))
+    a, b = (load_config(TINY, [f"run.root={root}", SMALL.format(ratio=r)]) for r in (0.03, 0.06))
+    folder, version_a, version_b = synthesize.plan_folder(a, "few"), synthesize.plan_dir(a, "few"), synthesize.plan_dir(b, "few")
+    assert version_a != version_b and {os.path.dirname(version_a), os.path.dirname(version_b)} == {folder}
+
+    first = synthesize.run(a)
+    after_a = _files_under(folder)
+    assert first["generated"] == first["planned"] > 0 and not first["plans"]["few"]["reused"]
+    assert first["plans"]["few"]["path"] == version_a and latest_version(folder) == version_a
+    second = synthesize.run(b)
+    after_b = _files_under(folder)
+    assert second["generated"] == second["planned"] > first["planned"]
+    assert latest_version(folder) == version_b and second["plans"]["few"]["path"] == version_b
+    kept = {k: v for k, v in after_b.items() if k in after_a and k != "latest.json"}
+    assert kept == {k: v for k, v in after_a.items() if k != "latest.json"}  # A's parts as they were
+    assert len([k for k in after_b if k.endswith(".parquet")]) > len([k for k in after_a if k.endswith(".parquet")])
+
+    capsys.readouterr()
+    for cfg, made, version in ((a, first, version_a), (b, second, version_b)):
+        again = synthesize.run(cfg)
+        assert again["generated"] == 0 and again["written"] == again["planned"] == made["planned"]
+        assert again["plans"]["few"]["reused"] and again["plans"]["few"]["already_written"] == made["planned"]
+        assert again["plans"]["few"]["path"] == version and latest_version(folder) == version
+        assert f"version {os.path.basename(version)} (finished, reused)" in capsys.readouterr().out
+        now = _files_under(folder)
+        assert {k: v for k, v in now.items() if k != "latest.json"} == {k: v for k, v in after_b.items()
+                                                                         if k != "latest.json"}
+    assert io.read_json(io.join(version_b, "_plan.json"))["digest"] == os.path.basename(version_b)
+    assert export_images(folder, str(out)) == second["kept"]
+    with open(os.path.join(out, "labels.csv"), newline="") as f:
+        exported = {row["sample_id"] for row in csv.DictReader(f)}
+    assert exported == set(read_plan(version_b)["sample_id"].to_pylist())
+
+
+def test_switching_plan_versions_back_and_forth_keeps_and_reuses_each(tiny_generator, tmp_path, capsys):
+    _switch_back_and_forth(tiny_generator, tmp_path / "run", tmp_path / "out", capsys)
+
+
+def test_switching_plan_versions_on_an_s3_root(tiny_generator, s3_bucket, tmp_path, capsys, ray_session):
+    _switch_back_and_forth(tiny_generator, io.join(s3_bucket, "run"), tmp_path / "out", capsys)

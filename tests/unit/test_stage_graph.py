@@ -136,3 +136,4 @@ def test_a_prompts_file_plan_digest_follows_the_file_content(tmp_path):
     assert edited[0] != before[0] and edited[1] != before[1]
     prompts.write_text("zero: [a round zero]\none: [a thin one]\n")
     assert digests() == before
+    assert synthesize.plan_dir(cfg, "f") == f"{synthesize.plan_folder(cfg, 'f')}/{before[0]}"  # its version's folder
