@@ -299,7 +299,7 @@ class PlanConfig:
     """One synthetic set: which model, how many images, which classes, which s / λ, which prompts."""
 
     name: str = "difficulty"
-    """Name of the set: its rows are written under <root>/synthesize/<name>/ (letters, digits, -, _)."""
+    """Name of the set: its rows are written under <root>/synthesize/<name>/<digest>/, a folder per version (letters, digits, -, _)."""
     model: str = "difficulty"
     """Generator: difficulty (LoRA + difficulty encoder), plain (LoRA only) or base (no fine-tune)."""
     kind: str = "text"
