@@ -3,9 +3,10 @@ and `raysys random-generator LAYOUT OUT`.
 
 The stage commands come from the registry (`raysys.stages.STAGES`); `run` runs every stage that
 applies to the config, each after the stages it reads; `tune` is run on its own. Complete stages
-are skipped. `export` writes a manifest (a Parquet file, or a synthesis plan's folder of parts) to
-an image folder: OUT/<class folder>/<sample_id>.png and OUT/labels.csv. Config errors and unusable
-data exit with status 2 and one line naming the problem; an interrupted sweep exits with 130.
+are skipped. `export` writes a manifest (a Parquet file, a folder of parts, or a synthesis plan's
+folder, read through its latest.json) to an image folder: OUT/<class folder>/<sample_id>.png and
+OUT/labels.csv. Config errors and unusable data exit with status 2 and one line naming the
+problem; an interrupted sweep exits with 130.
 `random-generator` writes a released Stable Diffusion layout (sd15, sd21-base, sdxl-refiner) at
 full size with random weights: a folder that `generator.base` accepts, for trying a config or
 measuring without downloading weights.
@@ -38,7 +39,9 @@ def _start_ray(stage: Stage, cfg: RaysysConfig) -> None:
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="raysys export", description="Export a manifest to an image folder.")
-    parser.add_argument("source", help="manifest .parquet file, or a folder of part-*.parquet (a synthesis plan)")
+    parser.add_argument("source", help="manifest .parquet file, a folder of part-*.parquet (a synthesis plan's version, "
+                        "<output>/<plan>/<digest>), or a synthesis plan's folder <output>/<plan> (the version its "
+                        "latest.json names: the last synthesize run's)")
     parser.add_argument("out", help="output folder: <out>/<class folder>/<sample_id>.<ext> and <out>/labels.csv")
     parser.add_argument("--all", action="store_true", help="also rows a filter rejected (those without image bytes are skipped)")
     parser.add_argument("--split", default=None, help="only rows of this split (train, val, test, ...)")
