@@ -3,6 +3,7 @@ nothing, a killed driver, a killed generation actor or a corrupt part still ends
 plan, and switching between two versions of a plan keeps both and reuses each (local and S3 roots)."""
 
 import csv
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -35,11 +36,6 @@ BIG = ["synthesis.plans=[{name: many, model: plain, ratio: 1.2}]", "synthesis.ba
 def tiny_synthesis(tiny_generator):
     cfg = tiny_generator[0]
     return cfg, synthesize.run(cfg)
-
-
-# Two versions of one small plan of the base model, which differ only in what synthesis makes:
-# the upstream stages they read are copied as they are, never rerun.
-SMALL = "synthesis.plans=[{{name: few, model: base, ratio: {ratio}}}]"
 
 
 def _copy_finished(cfg, root, stages=("prepare", "train_classifier", "score", "pretrain_generator", "finetune")):
@@ -190,57 +186,65 @@ def test_killed_generation_actor_is_replaced_and_nothing_is_lost(tiny_generator,
     assert len(m["actors"]) >= 2  # the replacement actor is a new process with a new identity
 
 
-def _files_under(folder):
-    """Every file under `folder`: relative path -> (size, modification time, SHA-256 of its bytes)."""
-    fs, path = io.filesystem(folder)
+def _plan_files(output):
+    """Every file of every plan folder under `output` but latest.json (the stage's own metrics and
+    plot lie beside the plan folders): relative path -> (size, modification time, SHA-256)."""
+    fs, path = io.filesystem(output)
     out = {}
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type == pafs.FileType.File:
+        name = info.path[len(path):].lstrip("/")
+        if info.type == pafs.FileType.File and "/" in name and not name.endswith("/latest.json"):
             with fs.open_input_stream(info.path) as f:
-                out[info.path[len(path):].lstrip("/")] = (info.size, info.mtime, hashlib.sha256(f.read()).hexdigest())
+                out[name] = (info.size, info.mtime, hashlib.sha256(f.read()).hexdigest())
     return out
 
 
-def _switch_back_and_forth(tiny_generator, root, out, capsys):
-    """Plan versions A -> B -> A -> B under `root`: each is made once, nothing is moved or deleted,
-    the third and fourth runs reuse them, and exporting the plan folder gives the last run's version."""
-    _copy_finished(tiny_generator[0], root, ("prepare", "train_classifier", "score", "pretrain_generator"))
-    a, b = (load_config(TINY, [f"run.root={root}", SMALL.format(ratio=r)]) for r in (0.03, 0.06))
-    folder, version_a, version_b = synthesize.plan_folder(a, "few"), synthesize.plan_dir(a, "few"), synthesize.plan_dir(b, "few")
+def _switch_back_and_forth(tiny_synthesis, root, out, capsys):
+    """Config A (the tiny plans, copied under `root` as `tiny_synthesis` made them, with the
+    stages they read) -> B (the `plain` plan changed) -> A -> B: B makes a new version of `plain`
+    only, nothing is moved or deleted, the third and fourth runs generate nothing, and exporting
+    the plan folder gives the version the last run used."""
+    a, first = tiny_synthesis
+    _copy_finished(a, root, ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "synthesize"))
+    a = load_config(TINY, [f"run.root={root}"])
+    b = dataclasses.replace(a, synthesis=dataclasses.replace(a.synthesis, plans=[
+        dataclasses.replace(p, ratio=p.ratio / 2) if p.name == "plain" else p for p in a.synthesis.plans]))
+    folder, version_a, version_b = (synthesize.plan_folder(a, "plain"), synthesize.plan_dir(a, "plain"),
+                                    synthesize.plan_dir(b, "plain"))
     assert version_a != version_b and {os.path.dirname(version_a), os.path.dirname(version_b)} == {folder}
+    assert [synthesize.plan_dir(b, n) for n in ("difficulty", "discl")] == [
+        synthesize.plan_dir(a, n) for n in ("difficulty", "discl")]
+    output = synthesize.output_root(a)
+    after_a = _plan_files(output)
+    assert any(k.startswith(f"plain/{os.path.basename(version_a)}/part-") for k in after_a)
 
-    first = synthesize.run(a)
-    after_a = _files_under(folder)
-    assert first["generated"] == first["planned"] > 0 and not first["plans"]["few"]["reused"]
-    assert first["plans"]["few"]["path"] == version_a and latest_version(folder) == version_a
     second = synthesize.run(b)
-    after_b = _files_under(folder)
-    assert second["generated"] == second["planned"] > first["planned"]
-    assert latest_version(folder) == version_b and second["plans"]["few"]["path"] == version_b
-    kept = {k: v for k, v in after_b.items() if k in after_a and k != "latest.json"}
-    assert kept == {k: v for k, v in after_a.items() if k != "latest.json"}  # A's parts as they were
-    assert len([k for k in after_b if k.endswith(".parquet")]) > len([k for k in after_a if k.endswith(".parquet")])
+    after_b = _plan_files(output)
+    plain = second["plans"]["plain"]
+    assert second["generated"] == plain["planned"] and 0 < plain["planned"] < first["plans"]["plain"]["planned"]
+    assert plain["path"] == version_b and not plain["reused"] and latest_version(folder) == version_b
+    assert second["plans"]["discl"]["reused"] and second["plans"]["difficulty"]["reused"]
+    assert {k: v for k, v in after_b.items() if k in after_a} == after_a  # A's files as they were
+    assert any(k.startswith(f"plain/{os.path.basename(version_b)}/part-") for k in after_b)
 
     capsys.readouterr()
     for cfg, made, version in ((a, first, version_a), (b, second, version_b)):
         again = synthesize.run(cfg)
         assert again["generated"] == 0 and again["written"] == again["planned"] == made["planned"]
-        assert again["plans"]["few"]["reused"] and again["plans"]["few"]["already_written"] == made["planned"]
-        assert again["plans"]["few"]["path"] == version and latest_version(folder) == version
+        assert all(p["reused"] and p["already_written"] == p["planned"] for p in again["plans"].values())
+        assert again["plans"]["plain"]["path"] == version and latest_version(folder) == version
         assert f"version {os.path.basename(version)} (finished, reused)" in capsys.readouterr().out
-        now = _files_under(folder)
-        assert {k: v for k, v in now.items() if k != "latest.json"} == {k: v for k, v in after_b.items()
-                                                                         if k != "latest.json"}
+        assert _plan_files(output) == after_b
     assert io.read_json(io.join(version_b, "_plan.json"))["digest"] == os.path.basename(version_b)
-    assert export_images(folder, str(out)) == second["kept"]
+    assert export_images(folder, str(out)) == second["plans"]["plain"]["kept"]
     with open(os.path.join(out, "labels.csv"), newline="") as f:
         exported = {row["sample_id"] for row in csv.DictReader(f)}
     assert exported == set(read_plan(version_b)["sample_id"].to_pylist())
 
 
-def test_switching_plan_versions_back_and_forth_keeps_and_reuses_each(tiny_generator, tmp_path, capsys):
-    _switch_back_and_forth(tiny_generator, tmp_path / "run", tmp_path / "out", capsys)
+def test_switching_plan_versions_back_and_forth_keeps_and_reuses_each(tiny_synthesis, tmp_path, capsys):
+    _switch_back_and_forth(tiny_synthesis, tmp_path / "run", tmp_path / "out", capsys)
 
 
-def test_switching_plan_versions_on_an_s3_root(tiny_generator, s3_bucket, tmp_path, capsys, ray_session):
-    _switch_back_and_forth(tiny_generator, io.join(s3_bucket, "run"), tmp_path / "out", capsys)
+def test_switching_plan_versions_on_an_s3_root(tiny_synthesis, s3_bucket, tmp_path, capsys):
+    _switch_back_and_forth(tiny_synthesis, io.join(s3_bucket, "run"), tmp_path / "out", capsys)
