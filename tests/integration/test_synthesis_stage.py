@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -109,13 +110,14 @@ def test_a_corrupt_part_is_moved_aside_and_regenerated(tiny_synthesis, tmp_path)
     _copy_finished(cfg, root)
     shutil.copytree(os.path.join(cfg.run.root, "synthesize"), root / "synthesize")
     os.remove(root / "synthesize" / "metrics.json")  # the stage reruns: done, then a part went bad
-    plan = root / "synthesize" / "plain"
+    again = load_config(TINY, [f"run.root={root}"])
+    plan = Path(synthesize.plan_dir(again, "plain"))  # the version folder the first run wrote
     part = list_parts(str(plan))[0]
     lost = len(read_manifest(part, columns=["sample_id"]))  # the rows to generate again
     data = open(part, "rb").read()
     with open(part, "wb") as f:
         f.write(data[: len(data) // 2])
-    m = synthesize.run(load_config(TINY, [f"run.root={root}"]))
+    m = synthesize.run(again)
     p = m["plans"]["plain"]
     assert m["generated"] == lost > 0 and p["already_written"] == p["planned"] - lost
     assert p["written"] == p["planned"] == first["plans"]["plain"]["planned"] and p["duplicates"] == 0
