@@ -237,9 +237,13 @@ class PretrainConfig:
     condition_dropout: float = 0.1
     """Share of rows trained with an empty prompt (for classifier-free guidance)."""
     cpus: int = 2
-    """CPUs reserved for the pretraining task (its torch threads)."""
+    """CPUs reserved for the pretraining Ray Train worker (its torch threads)."""
     use_gpu: bool = False
     """Train on one GPU."""
+    checkpoint_every: int = 100
+    """Report a checkpoint every N steps (and after the last): a killed run resumes from the last one."""
+    max_failures: int = 0
+    """Worker failures tolerated within one run (resume on rerun regardless)."""
 
 
 @dataclass

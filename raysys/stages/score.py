@@ -73,7 +73,8 @@ def _fit_fold_models(cfg: RaysysConfig, stage: Context, prep: dict) -> tuple[dic
     fold_metrics = []
     for fold, state in enumerate(fits):
         summary = history_summary(state["history"])
-        fold_metrics.append({"fold": fold, **{m: summary[m] for m in ("acc", "acc_few", "macro_f1")}})
+        fold_metrics.append({"fold": fold, **{m: summary[m] for m in ("acc", "acc_few", "macro_f1")},
+                             "resumed_at_epochs": state.get("resumes", [])})
     return model_dirs, fold_metrics
 
 

@@ -1,12 +1,14 @@
 """pretrain-generator -> finetune on the tiny config, on the session-wide local Ray; a killed
-fine-tune resumes from its checkpoint."""
+pretraining and a killed fine-tune resume from their checkpoints."""
 
+import glob
 import json
 import os
 import shutil
 import time
 
 import pytest
+import torch
 
 from raysys.stages import load_config
 from raysys.generation.pipeline import LORA_WEIGHTS
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def test_pretrained_base_is_a_pipeline_and_recognition_is_measured(tiny_generator):
     cfg, pre, _, ctl = tiny_generator
-    assert pre["status"] == "done" and pre["steps"] == cfg.pretrain.steps
+    assert pre["status"] == "done" and pre["steps"] == cfg.pretrain.steps and pre["resumed_at_steps"] == []
     assert pre["loss_end"] < pre["loss_start"]
     assert pre["pretrain_images"] == 10 * cfg.data.pretrain_per_class
     assert 0.0 <= ctl["recognition"] <= 1.0 and len(ctl["recognition_per_class"]) == 10
@@ -81,3 +83,29 @@ def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, 
     resumed = metrics["variants"]["plain"]["resumed_at_steps"]
     assert len(resumed) == 1 and 5 <= resumed[0] < 60 and resumed[0] % 5 == 0
     assert metrics["variants"]["plain"]["losses_logged"] == 60  # one loss per step, none repeated or lost
+
+
+def test_killed_pretraining_resumes_and_ends_with_the_uninterrupted_weights(tiny_generator, tmp_path, ray_session):
+    from safetensors.torch import load_file
+
+    cfg, pre = tiny_generator[0], tiny_generator[1]
+    root = tmp_path / "run"
+    shutil.copytree(os.path.join(cfg.run.root, "prepare"), root / "prepare")
+    overrides = [f"run.root={root}", "pretrain.checkpoint_every=4"]  # not in the digest: the same run as tiny's
+    again = load_config(TINY, overrides)
+    assert pretrain_generator.stage_dir(again).digest == pretrain_generator.stage_dir(cfg).digest
+    proc = start_driver(ray_session, ["pretrain-generator", str(TINY), *overrides])
+    kill_after_checkpoints(proc, ray_session, str(root / "pretrain_generator" / "ray" / "pretrain-*"))
+    assert not pretrain_generator.stage_dir(again).is_complete()
+    metrics = pretrain_generator.run(again)  # the same command again, on the test session's Ray
+    resumed = metrics["resumed_at_steps"]
+    assert len(resumed) == 1 and 4 <= resumed[0] < cfg.pretrain.steps and resumed[0] % 4 == 0
+    assert metrics["steps"] == cfg.pretrain.steps
+    # The resumed run drew the batches and noise of the uninterrupted one: the same losses, the same weights.
+    assert (metrics["loss_start"], metrics["loss_end"]) == (pre["loss_start"], pre["loss_end"])
+    files = sorted(glob.glob("*/*.safetensors", root_dir=pretrain_generator.pipeline_dir(cfg)))
+    assert len(files) == 2  # the UNet and the text encoder
+    assert sorted(glob.glob("*/*.safetensors", root_dir=pretrain_generator.pipeline_dir(again))) == files
+    for name in files:
+        a, b = (load_file(os.path.join(pretrain_generator.pipeline_dir(c), name)) for c in (cfg, again))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

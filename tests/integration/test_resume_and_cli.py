@@ -1,4 +1,5 @@
-"""A killed classifier run resumes from its checkpoint; config mistakes fail before any work."""
+"""A killed classifier run and a killed score resume from their checkpoints, a finished Ray Train run
+is restored without training again; config mistakes fail before any work."""
 
 import os
 import re
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from raysys.stages import prepare, train_classifier
+from raysys.stages import prepare, score, train_classifier
 from tests.conftest import REPO, TINY, kill_after_checkpoints, start_driver
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,64 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, ray_session):
     resumed = metrics["resumed_at_epochs"]
     assert len(resumed) == 1 and 1 <= resumed[0] < 40
     assert [r["epoch"] for r in metrics["epochs"]] == list(range(1, 41))
+
+
+def test_killed_score_resumes_its_fold_models_and_scores_as_the_uninterrupted_run(tiny_run, tmp_path, ray_session):
+    from raysys.core.schema import read_manifest
+    from raysys.stages import load_config
+
+    cfg, _, _, whole = tiny_run
+    root = tmp_path / "run"
+    for stage in ("prepare", "train_classifier"):  # reuse the finished stages
+        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+    again = load_config(TINY, [f"run.root={root}"])
+    proc = start_driver(ray_session, ["score", str(TINY), f"run.root={root}"])
+    kill_after_checkpoints(proc, ray_session, str(root / "score" / "folds" / "ray" / "oof-k2-fold*"))
+    assert not score.stage_dir(again).is_complete()
+
+    metrics = score.run(again)  # the same command again, on the test session's Ray
+    resumed = [fold["resumed_at_epochs"] for fold in metrics["fold_models"]]
+    assert any(resumed) and all(len(r) <= 1 for r in resumed)
+    assert all(1 <= r[0] < cfg.train.epochs for r in resumed if r)
+    # Each fold model continued as the uninterrupted one: the same models, the same rows, ids and scores.
+    assert [{k: v for k, v in fold.items() if k != "resumed_at_epochs"} for fold in metrics["fold_models"]] == \
+        [{k: v for k, v in fold.items() if k != "resumed_at_epochs"} for fold in whole["fold_models"]]
+    a, b = (read_manifest(score.manifest_path(c)) for c in (cfg, again))
+    assert b.num_rows == a.num_rows and b["difficulty"].null_count == a["difficulty"].null_count
+    assert b.num_rows - b["difficulty"].null_count == whole["rows_scored"]  # the pretrain rows are not scored
+    assert b["sample_id"].to_pylist() == a["sample_id"].to_pylist()
+    assert b.equals(a)  # every column: split, label, score_mode, difficulty, full_difficulty, ...
+
+
+def test_a_finished_train_run_is_restored_without_training_again(tiny_run, tmp_path, ray_session):
+    # Killed after Ray Train finished but before the stage wrote its done mark: the rerun restores the
+    # finished run (its last checkpoint is at the last epoch) and trains nothing.
+    import json
+
+    from raysys.stages import load_config
+
+    cfg, _, trained, _ = tiny_run
+    root = tmp_path / "run"
+    for stage in ("prepare", "train_classifier"):
+        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+    os.remove(root / "train_classifier" / "metrics.json")
+    again = load_config(TINY, [f"run.root={root}"])
+    assert not train_classifier.stage_dir(again).is_complete()
+    run_dir = str(root / "train_classifier" / "ray" / f"classifier-{train_classifier.stage_dir(again).digest}")
+    before = sorted(os.listdir(run_dir))
+    with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+        reports = json.load(f)["current_report_index"]
+    assert reports == cfg.train.epochs
+    os.remove(root / "train_classifier" / "model" / "model.safetensors")  # written again from the last checkpoint
+
+    metrics = train_classifier.run(again)
+    assert metrics["status"] == "done" and metrics["resumed_at_epochs"] == []
+    assert metrics["epochs"] == trained["epochs"]  # the history, each epoch's seconds included: none ran again
+    assert sorted(os.listdir(run_dir)) == before  # no new checkpoint
+    with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+        assert json.load(f)["current_report_index"] == reports  # no new report
+    with open(os.path.join(cfg.run.root, "train_classifier", "model", "model.safetensors"), "rb") as f:
+        assert (root / "train_classifier" / "model" / "model.safetensors").read_bytes() == f.read()
 
 
 # The CLI and the job entrypoint run in this process (on the test session's Ray): a fresh

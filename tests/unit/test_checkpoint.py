@@ -1,6 +1,7 @@
 """The one checkpoint format of every training loop: tensors loaded with weights_only (a pickled
 object is refused), JSON state beside them, and a loop on a LocalContext that resumes exactly."""
 
+import glob
 import os
 import pickle
 
@@ -73,3 +74,41 @@ def test_a_classifier_loop_killed_and_resumed_continues_as_the_uninterrupted_one
     assert [h["train_loss"] for h in b["history"]] == [h["train_loss"] for h in a["history"]]
     assert b["history"][-1]["test"]["acc"] == a["history"][-1]["test"]["acc"]
     assert os.path.isfile(os.path.join(resumed.directory, "model", "model.safetensors"))
+
+
+def test_pretraining_killed_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
+    # Model, moving average, optimiser, LR schedule and the random generator's state are restored:
+    # the resumed run draws the same batches and noise and ends with the same weights, bit for bit.
+    from safetensors.torch import load_file
+
+    from raysys.core.config import PretrainConfig
+    from raysys.data.images import decode_batch
+    from raysys.data.sources import load_builtin_digits
+    from raysys.generation.pretrain import PIPELINE_DIR, PretrainJob, pretrain_base, pretrain_loop
+
+    src = load_builtin_digits()
+    cfg = PretrainConfig(image_size=8, block_out_channels=[16, 32], cross_attention_levels=[False, True],
+                         cross_attention_dim=32, steps=12, batch_size=8, lr=0.003, checkpoint_every=4)
+    job = PretrainJob(images=decode_batch(src.images[:100], 8, 1), labels=src.labels[:100],
+                      class_names=src.class_names, cfg=cfg, prompt_template="a photo of the digit {name}", log=None)
+    whole = LocalContext(str(tmp_path / "whole"))
+    pretrain_loop(whole, job)
+    with pytest.raises(Killed):
+        pretrain_loop(KilledAfter(str(tmp_path / "killed"), 2), job)
+    assert read_checkpoint(str(tmp_path / "killed"))[1]["step"] == 8
+    resumed = LocalContext(str(tmp_path / "killed"))
+    pretrain_loop(resumed, job)
+    assert [r["step"] for r in whole.reports] == [4, 8, 12] and [r["step"] for r in resumed.reports] == [12]
+    _, a = read_checkpoint(whole.directory)
+    _, b = read_checkpoint(resumed.directory)
+    assert a["resumes"] == [] and b["resumes"] == [8] and b["losses"] == a["losses"] and len(a["losses"]) == 12
+    files = sorted(glob.glob("*/*.safetensors", root_dir=os.path.join(whole.directory, PIPELINE_DIR)))
+    assert len(files) == 2  # the UNet and the text encoder
+    for name in files:
+        wa, wb = (load_file(os.path.join(c.directory, PIPELINE_DIR, name)) for c in (whole, resumed))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    # pretrain_base with the same checkpoint folder resumes too: a finished run trains no more.
+    metrics = pretrain_base(job.images, job.labels, job.class_names, cfg, job.prompt_template, str(tmp_path / "out"),
+                            log=None, checkpoint_dir=resumed.directory)
+    assert metrics["resumed_at_steps"] == [8] and metrics["steps"] == 12
+    assert sorted(glob.glob("*/*.safetensors", root_dir=tmp_path / "out")) == files
