@@ -13,7 +13,7 @@ import torch
 from raysys.stages import load_config
 from raysys.generation.pipeline import LORA_WEIGHTS
 from raysys.stages import control, finetune, pretrain_generator
-from tests.conftest import TINY, kill_after_checkpoints, start_driver
+from tests.conftest import TINY, kill_after_checkpoints, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +109,42 @@ def test_killed_pretraining_resumes_and_ends_with_the_uninterrupted_weights(tiny
     for name in files:
         a, b = (load_file(os.path.join(pretrain_generator.pipeline_dir(c), name)) for c in (cfg, again))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def _without_timings(value):
+    """`value` with every wall-time entry dropped (they differ between runs), floats compared closely."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+
+
+def test_killed_control_reruns_to_the_uninterrupted_measurements(tiny_generator, tmp_path, ray_session):
+    """control holds no resumable work (one Ray task): killed while its task generates, it is not
+    done, and the same command measures what the uninterrupted run measured."""
+    from ray.util.state import list_tasks
+
+    cfg, ctl = tiny_generator[0], tiny_generator[3]
+    root = tmp_path / "run"
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune"):
+        shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
+    overrides = [f"run.root={root}"]
+    proc = start_driver(ray_session, ["control", str(TINY), *overrides])
+    address = ray_session.get_runtime_context().gcs_address
+    measuring = [("name", "=", "_measure"), ("state", "=", "RUNNING")]
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not list_tasks(address, filters=measuring):
+            time.sleep(0.2)
+        time.sleep(0.3)  # part-way through its grids
+        assert proc.poll() is None, "control ended before it was killed"
+    finally:
+        kill_driver(proc, ray_session)
+    again = load_config(TINY, overrides)
+    assert not control.stage_dir(again).is_complete()
+    m = control.run(again)
+    assert m["recognition_images"] > 0 and set(m["control"]) == set(ctl["control"])
+    assert _without_timings(m) == _without_timings(ctl)
+    assert {p.name for p in (root / "control").glob("*.png")} == {
+        os.path.basename(p) for p in glob.glob(os.path.join(cfg.run.root, "control", "*.png"))}
