@@ -89,6 +89,7 @@ def run_case(layout: str, kind: str, px: int, batch: int) -> dict:
         f.write("5")  # the peak RSS mark starts again from what is resident now
     t0 = time.time()
     prompts = ["a photo of a tabby cat on a sofa"] * batch
+    memory.GPU_ACTIVATIONS = 1.0  # a CPU holds the profile's tensors as measured (no GPU intermediates)
     meter = memory.LiveTensorBytes()  # the live tensor bytes too, to tell the model's error from the allocator's
     meter.__enter__()
     if kind == "generation":
@@ -150,24 +151,24 @@ def check(layouts: list[str], max_px: int = 10**6) -> bool:
 
 
 def tables() -> None:
-    print("\npredicted peak GPU memory, GiB (weights + activations + 1.0 runtime allowance; "
-          "fp16 and bf16 are the same size)")
+    print("\npredicted peak GPU memory, GiB (weights + activations x GPU_ACTIVATIONS + 1.0 runtime allowance; "
+          "generation in bf16: fp16 runs the VAE in fp32)")
     for layout, pxs in (("sd15", (512,)), ("sd21-base", (512,)), ("sdxl-refiner", (1024, 512))):
         if layout not in memory.PROFILES:
             print(f"  {layout}: not profiled (python -m raysys.generation.memory {layout})")
             continue
         for px in pxs:
-            gen = [predict_generation(layout, px, b, "fp16") for b in (1, 8, 16)]
+            gen = [predict_generation(layout, px, b, "bf16") for b in (1, 8, 16)]
             tune = [predict_finetune(layout, px, b, "bf16", gradient_checkpointing=True) for b in (1, 4, 8)]
             mixed = [predict_finetune(layout, px, b, "bf16", weight_dtype="fp32") for b in (1, 4, 8)]
-            print(f"  {layout} {px} px: generation fp16, guidance, batch 1/8/16: "
+            print(f"  {layout} {px} px: generation bf16, guidance, batch 1/8/16: "
                   + " / ".join(f"{e.total / GiB:.1f}" for e in gen)
                   + f" (weights {gen[0].weights / GiB:.1f}; largest phase at 16: {gen[2].phase})")
             print(f"  {'':{len(layout)}} {px} px: LoRA r4 fine-tuning bf16, checkpointed, batch 1/4/8: "
                   + " / ".join(f"{e.total / GiB:.1f}" for e in tune)
                   + "; fp32 weights + bf16 autocast (raysys today): "
                   + " / ".join(f"{e.total / GiB:.1f}" for e in mixed))
-    print(f"\nlargest batch that fits ({memory.HEADROOM:.0%} headroom), generation fp16 with guidance / "
+    print(f"\nlargest batch that fits ({memory.HEADROOM:.0%} headroom), generation bf16 with guidance / "
           "LoRA fine-tuning bf16 checkpointed / fp32 weights + bf16 autocast")
     gpus = ["A10G", "A100-40", "A100-80", "H100"]
     print(f"  {'':22}" + "".join(f"{g + f' ({GPUS[g]} GiB)':>22}" for g in gpus))
@@ -176,7 +177,7 @@ def tables() -> None:
             continue
         cells = []
         for g in gpus:
-            a = largest_batch(layout, px, "fp16", g)
+            a = largest_batch(layout, px, "bf16", g)
             b = largest_batch(layout, px, "bf16", g, kind="finetune")
             c = largest_batch(layout, px, "bf16", g, kind="finetune", weight_dtype="fp32")
             cells.append(f"{a} / {b} / {c}")

@@ -345,6 +345,24 @@ class FilterConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How a generation actor runs its generator on a GPU (raysys/generation/speed.py). None of these changes which images are generated, rounding aside; on a CPU only encode_threads applies."""
+
+    channels_last: bool = False
+    """UNet and VAE weights in the channels_last (NHWC) memory format (off: it measured slower in eager mode; docs/PERFORMANCE.md)."""
+    fuse_qkv: bool = False
+    """One matmul for the Q, K, V projections of each attention (diffusers' fuse_qkv_projections); a LoRA adapter is merged into the weights first (off: it measured no faster; docs/PERFORMANCE.md)."""
+    compile: bool = False
+    """torch.compile the UNet and the VAE decoder, shapes static (a short batch is padded to the full one); each actor's first batch pays the compile unless compile_cache holds it. Best for text plans: image-guided rows of several guidance levels in one batch give the UNet several shapes, each compiled."""
+    compile_cache: Optional[str] = None
+    """Folder for torch's compile cache (TORCHINDUCTOR_CACHE_DIR), shared by the actors of a machine so a restarted actor does not compile again; None: torch's default under /tmp."""
+    encode_threads: int = 4
+    """Threads encoding the images (PNG / WebP) while the GPU generates the next micro-batch."""
+    micro_batch: Optional[int] = None
+    """Images per pipeline call inside one actor batch (None: the whole batch at once); smaller ones let encoding overlap generation within a batch."""
+
+
+@dataclass
 class SynthesisConfig:
     """Mass synthesis on Ray Data: plans -> generate -> filter -> re-score -> Parquet shards."""
 
@@ -378,6 +396,8 @@ class SynthesisConfig:
     """Plan rows per Ray Data input block (and at most per written Parquet part)."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     """Filter stage."""
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    """How the generation actors run the generator fast on a GPU."""
 
 
 @dataclass

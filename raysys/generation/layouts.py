@@ -119,11 +119,12 @@ def parameter_counts(layout: str) -> dict[str, int]:
 
 
 def write_random_pipeline(layout: str, directory: str, seed: int = 0, dtype: torch.dtype = torch.float32,
-                          progress=print) -> str:
+                          progress=print, device: Optional[str] = None) -> str:
     """Write `directory` as the released `layout` repository is laid out, every model component
     built from its config with random weights (seeded), the tokenizer the real CLIP BPE one.
 
-    Components are built and saved one at a time, so the peak memory is the largest component.
+    Components are built and saved one at a time, so the peak memory is the largest component;
+    `device` builds them there (a GPU initialises the weights in seconds).
     Returns `directory`.
     """
     from raysys.generation.tokenizer import write_clip_tokenizer
@@ -138,7 +139,7 @@ def write_random_pipeline(layout: str, directory: str, seed: int = 0, dtype: tor
         elif folder in ("scheduler", "feature_extractor"):
             shutil.copytree(os.path.join(source, folder), target, dirs_exist_ok=True)
         else:
-            model = build_component(layout, folder, seed=seed + i, dtype=dtype)
+            model = build_component(layout, folder, seed=seed + i, dtype=dtype, device=device)
             model.save_pretrained(target)
             progress(f"[{layout}] {folder}: {class_name}, {sum(p.numel() for p in model.parameters()):,} parameters")
             del model

@@ -55,6 +55,10 @@ RUNTIME_BYTES = 1 * GiB
 """CUDA context + cuBLAS / cuDNN workspaces on a GPU: an assumed allowance, not measured here."""
 HEADROOM = 0.10
 """Share of the GPU kept free by `largest_batch` / `check_fits` (allocator fragmentation)."""
+GPU_ACTIVATIONS = 1.19
+"""The profile's activation bytes (tensors measured on a CPU) times this is what a GPU holds: its
+kernels keep intermediates the CPU's do not (measured on an H100 for SD 1.5's VAE decode in bf16,
+batches 8 to 32, the phase that sets generation's peak; docs/PERFORMANCE.md)."""
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 """The UNet modules `finetune.add_lora` adapts (its LORA_TARGETS)."""
@@ -136,9 +140,16 @@ def latent_side(resolution: int) -> float:
 
 
 def activation_bytes(layout: str, phase: str, resolution: int, rows: int, dtype="fp32") -> int:
-    """Peak live activation bytes of one phase for `rows` image rows at `resolution` pixels."""
+    """Peak live activation bytes of one phase for `rows` image rows at `resolution` pixels, on a
+    GPU (the profile x GPU_ACTIVATIONS)."""
     c, a = profile(layout)["phases"][phase]
-    return int(rows * max(0.0, c + a * latent_side(resolution) ** 2) * dtype_bytes(dtype) / 4)
+    return int(GPU_ACTIVATIONS * rows * max(0.0, c + a * latent_side(resolution) ** 2) * dtype_bytes(dtype) / 4)
+
+
+def vae_dtype(dtype) -> str:
+    """What the VAE runs in: float32 when the rest is float16, since every released layout's VAE
+    says `force_upcast` (DifficultyDiffusionPipeline._upcast_vae_if_needed), else `dtype`."""
+    return "fp32" if str(dtype).replace("torch.", "").lower() in ("fp16", "float16") else str(dtype)
 
 
 DIFFICULTY_ENCODER_PARAMS = {768: 940_288, 1024: 1_204_480, 1280: 1_468_672}
@@ -194,15 +205,18 @@ def predict_generation(layout: str, resolution: Optional[int] = None, batch_size
 
     resolution = resolution or get_layout(layout).resolution
     rows = (branches or (2 if guidance else 1)) * batch_size
+    vae = vae_dtype(dtype)
     parts = {
         "text": activation_bytes(layout, "text", resolution, rows, dtype),
         "unet": activation_bytes(layout, "unet", resolution, rows, dtype),
-        "vae_decode": activation_bytes(layout, "vae_decode", resolution, batch_size, dtype),
+        "vae_decode": activation_bytes(layout, "vae_decode", resolution, batch_size, vae),
     }
     if img2img:
-        parts["vae_encode"] = activation_bytes(layout, "vae_encode", resolution, batch_size, dtype)
+        parts["vae_encode"] = activation_bytes(layout, "vae_encode", resolution, batch_size, vae)
     phase = max(parts, key=parts.get)
-    weights = weight_bytes(layout, dtype) + _encoder_params(layout) * dtype_bytes(dtype)
+    loaded = [f for f in profile(layout)["params"] if f not in ("safety_checker", "vae")]
+    weights = (weight_bytes(layout, dtype, loaded) + weight_bytes(layout, vae, ["vae"])
+               + _encoder_params(layout) * dtype_bytes(dtype))
     return MemoryEstimate(f"{layout} generation {resolution} px batch {batch_size} {dtype}, "
                           f"{rows // batch_size} UNet branch{'es' if rows > batch_size else ''}",
                           weights, parts[phase], phase, runtime=runtime, parts=parts)

@@ -34,6 +34,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,9 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysys.core import io
-from raysys.core.config import SamplingConfig
+from raysys.core.config import SamplingConfig, SpeedConfig
 from raysys.core.schema import (MANIFEST_SCHEMA, CorruptPart, conform, list_parts, quarantine, read_part,
                                 to_table, write_manifest)
+from raysys.generation.speed import pad_rows
 
 # Columns that travel with each row between the stages but are not manifest columns.
 TRACE_COLUMNS = ("plan", "model", "actor_id", "busy_s", "generated_at")
@@ -79,19 +81,21 @@ class GenerateBatch:
     """Plan rows in, generated rows (with encoded `image` and `generator`) out."""
 
     def __init__(self, generators: dict[str, GeneratorSpec], sampling: SamplingConfig,
-                 image_format: str = "png", use_gpu: bool = False, micro_batch: Optional[int] = None):
+                 image_format: str = "png", use_gpu: bool = False, speed: Optional[SpeedConfig] = None):
         self.generators = generators
         self.sampling = sampling
         self.image_format = image_format
         self.device = _torch_device(use_gpu)
-        self.micro_batch = micro_batch
+        self.speed = speed or SpeedConfig()
         self.pipes: dict = {}
         self.actor_id = actor_identity()
+        self._encoder: Optional[ThreadPoolExecutor] = None
 
     def pipeline(self, model: str):
         if model not in self.pipes:
             from raysys.generation.components import load_pipeline
             from raysys.generation.finetune import load_finetuned
+            from raysys.generation.speed import prepare_for_gpu
 
             if model not in self.generators:
                 raise KeyError(f"plan row asks for generator '{model}'; configured: {sorted(self.generators)}")
@@ -102,8 +106,14 @@ class GenerateBatch:
             pipe = (load_finetuned(spec.base, spec.adapters, dtype=dtype) if spec.adapters
                     else load_pipeline(spec.base, dtype=dtype))
             pipe.set_progress_bar_config(disable=True)
-            self.pipes[model] = pipe.to(self.device)
+            self.pipes[model] = prepare_for_gpu(pipe.to(self.device), self.speed)
         return self.pipes[model]
+
+    def encoder(self) -> ThreadPoolExecutor:
+        """Threads that encode images while the caller generates the next micro-batch."""
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(max(1, self.speed.encode_threads), thread_name_prefix="encode")
+        return self._encoder
 
     def _generate(self, pipe, rows: pa.Table) -> np.ndarray:
         import torch
@@ -136,16 +146,22 @@ class GenerateBatch:
         images: list[Optional[bytes]] = [None] * len(batch)
         labels: list[str] = [""] * len(batch)
         models = batch["model"].to_pylist()
-        step = self.micro_batch or max(1, len(batch))
+        step = self.speed.micro_batch or max(1, len(batch))
+        pending = []  # (row, future of its encoded image), encoded while the next chunk generates
         for model in sorted(set(models)):
             pipe = self.pipeline(model)
             rows = np.flatnonzero(np.asarray(models) == model)
             for start in range(0, len(rows), step):
                 chunk = rows[start:start + step]
-                arrays = self._generate(pipe, batch.take(pa.array(chunk)))
+                plan_rows = batch.take(pa.array(chunk))
+                if self.speed.compile and self.device.type == "cuda":
+                    plan_rows = pad_rows(plan_rows, step)  # the compiled UNet's fixed batch shape
+                arrays = self._generate(pipe, plan_rows)[:len(chunk)]
                 for i, array in zip(chunk, arrays):
-                    images[i] = encode_image(array, self.image_format)
+                    pending.append((i, self.encoder().submit(encode_image, array, self.image_format)))
                     labels[i] = self.generators[model].label
+        for i, future in pending:
+            images[i] = future.result()
         seconds = time.perf_counter() - t0
         out = batch.append_column("image", pa.array(images, pa.binary()))
         out = out.append_column("generator", pa.array(labels, pa.string()))

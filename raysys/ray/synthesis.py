@@ -8,6 +8,7 @@ autoscaler, GPU nodes are added for it); Ray Data restarts a dead actor and retr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -62,11 +63,13 @@ def run_synthesis(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar below, in images, with images/s and ETA
     use_gpu = cfg.num_gpus > 0
+    # micro-batches of the actor batch size: a compiled UNet sees one shape (short batches padded)
+    speed = dataclasses.replace(cfg.speed, micro_batch=cfg.speed.micro_batch or cfg.batch_size)
     ds = ray.data.from_arrow(_blocks(plan, cfg.rows_per_block, cfg.max_actors))
     ds = ds.map_batches(
         on_assigned_cpus(GenerateBatch),
         fn_constructor_kwargs={"generators": generators, "sampling": sampling, "image_format": cfg.image_format,
-                               "use_gpu": use_gpu},
+                               "use_gpu": use_gpu, "speed": speed},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors,
                                            initial_size=cfg.initial_actors or cfg.min_actors),
         num_gpus=cfg.num_gpus, num_cpus=cfg.cpus_per_actor, batch_size=cfg.batch_size, batch_format="pyarrow",

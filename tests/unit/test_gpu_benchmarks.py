@@ -20,6 +20,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_common  # noqa: E402
 import gpu_scoring  # noqa: E402
+import gpu_suite  # noqa: E402
 import gpu_synthesis  # noqa: E402
 
 TINY = ["--device", "cpu", "--dtype", "fp32", "--resolution", "32", "--images", "4", "--batch-size", "2"]
@@ -209,10 +210,46 @@ def test_scripts_do_not_import_ray():
     import it. A fresh interpreter, since this test process has Ray imported by conftest."""
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import gpu_synthesis, gpu_scoring; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import gpu_synthesis, gpu_scoring, gpu_suite; "
+            "import raysys.generation.speed, raysys.generation.memory, raysys.training.classifier; "
             "from raysys.generation.finetune import load_finetuned; "  # what GenerateBatch.pipeline imports
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True,
                          cwd=BENCHMARKS.parent, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_suite_records_every_phase_and_skips_what_does_not_fit(tmp_path):
+    """gpu_suite.py at tiny size without torch.compile: one JSON line per measurement, each rate
+    its images over its seconds; the phases past the budget recorded as skipped, not lost."""
+    gpu_suite.main(["--out", str(tmp_path), "--tiny", "--no-compile", "--budget", "600"])
+    rows = [json.loads(line) for line in (tmp_path / "suite.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+    synthesis = [r for r in rows if r["phase"] == "synthesis"]
+    assert {(r["path"], r["mode"], r["batch"]) for r in synthesis} == {
+        (p, m, b) for p in ("plain_fp16", "raysys_bf16") for m in ("text", "img2img") for b in (2, 4)}
+    for r in synthesis + [r for r in rows if r["phase"] == "speed_ladder"]:
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["seconds"], rel=1e-9)
+    img2img = {r["path"]: r["unet_gflop_per_image"] for r in synthesis if r["mode"] == "img2img" and r["batch"] == 2}
+    text = {r["path"]: r["unet_gflop_per_image"] for r in synthesis if r["mode"] == "text" and r["batch"] == 2}
+    assert img2img["plain_fp16"] == pytest.approx(text["plain_fp16"] / 2)  # strength 0.5: half the UNet calls
+    ladder = [r["step"] for r in rows if r["phase"] == "speed_ladder"]
+    assert ladder == ["float32", "+channels_last", "+fused_qkv", "+encode_threads_4",
+                      "dpm++_20_steps (changes the images)"]
+    fused = next(r for r in rows if r.get("step") == "+fused_qkv")
+    assert fused["attention"] == {"FusedAttnProcessor2_0": fused["attention"]["FusedAttnProcessor2_0"]}
+    scoring = [r for r in rows if r["phase"] == "scoring" and "ratio" in r]
+    assert len(scoring) == 1 and scoring[0]["p_true_max_abs_diff"] <= 1e-6
+    step = next(r for r in rows if r["phase"] == "finetune_step")
+    assert step["images_per_s"] == pytest.approx(step["steps"] * step["batch"] / step["seconds"], rel=1e-9)
+    assert step["trainable_params"] > 0
+    assert next(r for r in rows if r["phase"] == "classifier_step")["gflop_per_image"] > 0
+
+    cut = tmp_path / "cut"
+    gpu_suite.main(["--out", str(cut), "--tiny", "--no-compile", "--budget", "1"])
+    cut_rows = [json.loads(line) for line in (cut / "suite.jsonl").read_text().splitlines()]
+    assert cut_rows[0]["phase"] == "environment"
+    assert [r["phase"] for r in cut_rows[1:]] == ["build tiny", "synthesis tiny", "speed_ladder tiny", "scoring",
+                                                 "finetune_step tiny", "classifier_step"]
+    assert all("skipped" in r for r in cut_rows[1:])

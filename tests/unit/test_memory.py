@@ -31,7 +31,15 @@ def test_weights_are_parameter_counts_times_dtype_size(layout):
     for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2), (torch.bfloat16, 2), (torch.float32, 4)):
         assert weight_bytes(layout, dtype) == loaded * size
     encoder = memory.DIFFICULTY_ENCODER_PARAMS[memory.PROFILES[layout]["cross_attention_dim"]]
-    assert predict_generation(layout, 512, 1, "fp16").weights == (loaded + encoder) * 2
+    assert predict_generation(layout, 512, 1, "bf16").weights == (loaded + encoder) * 2
+    # float16: the VAE runs in float32 (force_upcast), its weights and its phases
+    vae = RELEASED_PARAMETERS[layout]["vae"]
+    half = predict_generation(layout, 512, 2, "fp16", img2img=True)
+    bf16 = predict_generation(layout, 512, 2, "bf16", img2img=True)
+    assert half.weights == (loaded - vae + encoder) * 2 + vae * 4
+    assert half.parts["vae_decode"] == pytest.approx(2 * bf16.parts["vae_decode"], rel=1e-6)
+    assert half.parts["vae_encode"] == pytest.approx(2 * bf16.parts["vae_encode"], rel=1e-6)
+    assert half.parts["unet"] == bf16.parts["unet"]
     tune = predict_finetune(layout, 512, 1, "bf16", lora_rank=8, weight_dtype="fp32")
     assert tune.weights == loaded * 4
     # LoRA + encoder in float32 with gradients and AdamW's two states: 16 bytes a parameter.
