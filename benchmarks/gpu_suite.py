@@ -32,7 +32,6 @@ import tempfile
 import time
 import traceback
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +143,7 @@ def synthesis_arch(suite: Suite, arch: str, folder: str, batch_sizes: list[int],
                          seconds=seconds, images_per_s=bs / seconds, unet_gflop_per_image=per_image / 1e9,
                          mfu=mfu(per_image * bs, seconds, peak), peak_allocated_mib=peak_mib,
                          peak_reserved_mib=reserved)
-    del text_pipe, pipes
+    text_pipe = pipes = None  # freed before the raysys actor loads
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -296,7 +295,7 @@ def where_time_goes(suite: Suite, arch: str, folder: str, resolution: int, bs: i
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
     figures["plain_unet_dtype"] = str(plain.unet.dtype)
     figures["plain_attention"] = next(iter(set(type(p).__name__ for p in plain.unet.attn_processors.values())))
-    del plain
+    plain = None  # freed before the raysys pipeline loads
     gc.collect()
     gen = GenerateBatch({"base": GeneratorSpec(folder, dtype="float16" if dev.type == "cuda" else "float32")},
                         SamplingConfig(guidance_scale=GUIDANCE, num_inference_steps=steps, scheduler="ddim"),

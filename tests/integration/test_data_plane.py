@@ -200,3 +200,41 @@ def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(tmp
     ev = evaluate.stage_dir(cfg).metrics()
     assert set(ev["variants"]["dts"]["test_splits"]) == {"test"}
     assert (tmp_path / "run" / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_the_camera_digits_run_end_to_end_with_domain_metrics(tmp_path, ray_session):
+    """`raysys run` on builtin:mnist-cameras (issue 20's task, tiny fits): the given splits with
+    their cameras, OOD and ID macro-F1 and worst-camera accuracy per variant, their paired
+    comparison per split, hard sources above a measured-difficulty threshold, and the report's
+    camera x λ grid."""
+    from raysys.data.cameras import OOD_CAMERAS, TRAIN_CAMERAS
+    from raysys.stages import curriculum, evaluate
+    from raysys.stages.curriculum import variant_config
+
+    overrides = [f"run.root={tmp_path / 'run'}", "data.source=builtin:mnist-cameras", "data.splits=given",
+                 "data.test_splits=[ood_test, id_test]", "score.mode=full", "curriculum.epochs=3",
+                 "compare.seeds=[0]", "train.epochs=6", "pretrain.steps=30",
+                 "synthesis.plans=[{name: discl, model: base, kind: discl, sources: threshold, "
+                 "source_threshold: 0.6, guidance_levels: [0.3, 0.7], seeds_per_source: 1}]",
+                 "curriculum.guidance_val_sources=6",
+                 "compare.variants={real_only: {schedule: real_only}, "
+                 "adaptive: {schedule: adaptive, plans: [discl], curriculum_epochs: 2}}"]
+    assert main(["run", str(TINY), *overrides]) == 0
+    cfg = load_config(TINY, overrides)
+    prep = prepare.stage_dir(cfg).metrics()
+    assert prep["has_domains"] and sum(prep["counts"]["ood_test"]) == 450 and sum(prep["counts"]["pretrain"]) == 1000
+    run = curriculum.stage_dir(variant_config(cfg, "adaptive", 0)).metrics()
+    tests = run["epochs"][-1]["tests"]
+    assert set(tests["ood_test"]["domain_acc"]) == {c.name for c in OOD_CAMERAS}
+    assert set(tests["id_test"]["domain_acc"]) == {c.name for c in TRAIN_CAMERAS}
+    for split in ("ood_test", "id_test"):
+        assert tests[split]["worst_domain_acc"] == min(tests[split]["domain_acc"].values())
+    ev = evaluate.stage_dir(cfg).metrics()
+    comp = ev["comparisons"]["adaptive"]["test_splits"]
+    assert set(comp) == {"ood_test", "id_test"}
+    f1 = [ev["variants"][v]["test_splits"]["ood_test"]["macro_f1"]["per_seed"][0] for v in ("adaptive", "real_only")]
+    assert comp["ood_test"]["macro_f1"]["mean_diff"] == pytest.approx(f1[0] - f1[1])
+    report = (tmp_path / "run" / "report" / "index.md").read_text()
+    assert "domain_x_lambda_grid.png" in report and "worst domain %" in report
+    assert "adaptive on ood_test: macro-F1" in report

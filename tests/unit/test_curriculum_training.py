@@ -80,6 +80,18 @@ def test_guidance_val_holds_out_sources_with_every_level():
         split_guidance_val(real, syn, 5, seed=0)
 
 
+def test_guidance_val_takes_sources_from_every_domain():
+    real, syn = tables()
+    domain_of = {"r30": "camA", "r31": "camA", "r32": "camA", "r33": "camB"}  # camB has one source
+    domains = [domain_of.get(sid, "camA") for sid in real["sample_id"].to_pylist()]
+    real = real.append_column("domain", pa.array(domains, pa.string()))
+    for seed in range(6):  # whatever the hash order: two sources, one of them camB's only one
+        _, _, held_real, _ = split_guidance_val(real, syn, 2, seed=seed)
+        assert sorted(held_real["domain"].to_pylist()) == ["camA", "camB"]
+    without = split_guidance_val(real.drop_columns(["domain"]), syn, 2, seed=0)[2]["sample_id"].to_pylist()
+    assert len(without) == 2
+
+
 def test_balanced_softmax_prior_and_worst_k():
     prior = log_prior(torch.tensor([0, 0, 0, 1]), 3)
     assert torch.allclose(prior.exp().sum(), torch.tensor(1.0))
