@@ -90,7 +90,7 @@ def _run(ctx: Context) -> dict:
         "schedule": c.schedule, "variant": name,
         **{k: final[k] for k in keys},
         "val_acc": history[-1]["val"]["acc"], "val_acc_few": history[-1]["val"]["acc_few"],
-        "test_splits": {split: {k: m[k] for k in ("acc", "acc_few", "macro_f1")}
+        "test_splits": {split: {k: m.get(k) for k in ("acc", "acc_few", "macro_f1", "worst_domain_acc")}
                         for split, m in history[-1].get("tests", {}).items()},
         "trace": [h["selection"] for h in history],
         "adaptive_choices": {str(k): v for k, v in state["schedule"].get("chosen", {}).items()},

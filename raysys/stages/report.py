@@ -260,13 +260,10 @@ def _verdicts(ev: dict) -> list[str]:
         a, f = comp["acc"], comp["acc_few"]
         if a["mean_diff"] is None or f["mean_diff"] is None:
             out.append(f"{name}: no few-class accuracy to compare with {base}.")
-            continue
-        how = (f"{_signed(a['mean_diff'])} points overall and {_signed(f['mean_diff'])} points on the few classes "
-               f"(won {f['seeds_won']} of {f['seeds']} seeds on few)")
-        if comp["verdict"] == "beats":
-            out.append(f"{name} beats {base}: {how}.")
         else:
-            out.append(f"{name} does NOT beat {base}: {how}.")
+            how = (f"{_signed(a['mean_diff'])} points overall and {_signed(f['mean_diff'])} points on the few "
+                   f"classes (won {f['seeds_won']} of {f['seeds']} seeds on few)")
+            out.append(f"{name} {'beats' if comp['verdict'] == 'beats' else 'does NOT beat'} {base}: {how}.")
         for split, c in comp.get("test_splits", {}).items():
             f1 = c["macro_f1"]
             if f1["mean_diff"] is not None:

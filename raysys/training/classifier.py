@@ -276,6 +276,6 @@ def history_summary(history: list[dict]) -> dict:
             for key in ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", "worst_class_acc"):
                 out[f"{split}_{key}" if split == "val" else key] = m[key]
             out[f"{split}_per_class_acc"] = m["per_class_acc"]
-    out["test_splits"] = {name: {k: m[k] for k in ("acc", "acc_few", "macro_f1")}
+    out["test_splits"] = {name: {k: m.get(k) for k in ("acc", "acc_few", "macro_f1", "worst_domain_acc")}
                           for name, m in final.get("tests", {}).items()}
     return out

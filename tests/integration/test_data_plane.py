@@ -235,6 +235,8 @@ def test_the_camera_digits_run_end_to_end_with_domain_metrics(tmp_path, ray_sess
     assert set(comp) == {"ood_test", "id_test"}
     f1 = [ev["variants"][v]["test_splits"]["ood_test"]["macro_f1"]["per_seed"][0] for v in ("adaptive", "real_only")]
     assert comp["ood_test"]["macro_f1"]["mean_diff"] == pytest.approx(f1[0] - f1[1])
+    worst = ev["variants"]["adaptive"]["test_splits"]["ood_test"]["worst_domain_acc"]["per_seed"]
+    assert worst == [pytest.approx(tests["ood_test"]["worst_domain_acc"])]
     report = (tmp_path / "run" / "report" / "index.md").read_text()
     assert "domain_x_lambda_grid.png" in report and "worst domain %" in report
     assert "adaptive on ood_test: macro-F1" in report
