@@ -215,6 +215,7 @@ def test_the_camera_digits_run_end_to_end_with_domain_metrics(tmp_path, ray_sess
     overrides = [f"run.root={tmp_path / 'run'}", "data.source=builtin:mnist-cameras", "data.splits=given",
                  "data.test_splits=[ood_test, id_test]", "score.mode=full", "curriculum.epochs=3",
                  "compare.seeds=[0]", "train.epochs=6", "pretrain.steps=30",
+                 "finetune.variants=[plain]", "finetune.steps=5",  # no plan uses it; the stage still runs
                  "synthesis.plans=[{name: discl, model: base, kind: discl, sources: threshold, "
                  "source_threshold: 0.6, guidance_levels: [0.3, 0.7], seeds_per_source: 1}]",
                  "curriculum.guidance_val_sources=6",
