@@ -86,10 +86,6 @@ class Suite:
 
 # ---- synthesis --------------------------------------------------------------------------------
 
-def unet_flops(suite: Suite, unet, rows: int, latent: int, tokens: int) -> int:
-    return syn.unet_forward_flops(unet, rows, latent, tokens)
-
-
 def plan(n: int, mode: str, resolution: int, tag: str):
     return syn.make_plan(n, mode, STRENGTH, resolution, tag=tag)
 
@@ -131,7 +127,7 @@ def synthesis_arch(suite: Suite, arch: str, folder: str, batch_sizes: list[int],
     pipes = {"text": text_pipe, "img2img": StableDiffusionImg2ImgPipeline.from_pipe(text_pipe)}
     pipes["img2img"].set_progress_bar_config(disable=True)
     for bs in batch_sizes:
-        flops[bs] = unet_flops(suite, text_pipe.unet, branches * bs, latent, tokens)
+        flops[bs] = syn.unet_forward_flops(text_pipe.unet, branches * bs, latent, tokens)
     for mode in ("text", "img2img"):
         for bs in batch_sizes:
             args = Args(mode, resolution)

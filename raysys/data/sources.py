@@ -120,7 +120,8 @@ def _list_builtin(name: str) -> Listing:
     if name == "mnist-cameras":
         from raysys.data.cameras import camera_digits
 
-        splits, domains = camera_digits().splits, camera_digits().domains
+        cameras = camera_digits()
+        splits, domains = cameras.splits, cameras.domains
     table = _listing(paths=refs, uris=[None] * n, refs=refs, labels=labels.tolist(),
                      names=[DIGIT_NAMES[c] for c in labels], splits=splits, domains=domains)
     return Listing(table, list(DIGIT_NAMES))
