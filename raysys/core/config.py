@@ -433,7 +433,18 @@ class CurriculumConfig:
     measured_difficulty: Optional[list[float]] = None
     """[lo, hi]: keep only synthetic rows whose re-scored difficulty lies in [lo, hi]. None: every kept row."""
     loss: Literal["ce", "balanced_softmax"] = "ce"
-    """ce (cross-entropy) or balanced_softmax (logits + log class prior of the epoch's mix)."""
+    """ce (cross-entropy) or balanced_softmax (logits + log class prior, see balanced_softmax_prior)."""
+    balanced_softmax_prior: Literal["mix", "real"] = "mix"
+    """Class counts of Balanced Softmax's prior: the epoch's whole mix, or its real rows only (the
+    synthetic rows then train against the real data's long tail)."""
+    synthetic_loss_weight: float = 1.0
+    """Weight of a synthetic row's loss against a real row's 1.0 (each batch's loss is the mean of the weighted rows)."""
+    synthetic_pool_share: Optional[float] = None
+    """Keep a random subset of the synthetic pool, this share of the real train count (0.1: +10% images), drawn by
+    the run's seed. None: the whole pool. The image budget, apart from how often the images are drawn."""
+    extra_real_splits: list[str] = field(default_factory=list)
+    """Manifest splits whose images join the real train rows, e.g. [pretrain] (the built-in generator's own
+    training images: compare.reference's run)."""
     guidance_val_sources: int = 0
     """Hard real images held out with their synthetic images (guidance validation; adaptive needs >= 1)."""
     probe_steps: int = 5
@@ -458,6 +469,10 @@ class CompareConfig:
     """Curriculum seeds (curriculum.seed) every variant is trained with."""
     concurrent: int = 1
     """Curriculum runs trained at once (each is its own Ray Train run)."""
+    reference: bool = True
+    """When the generator's training images are known (generator.base: builtin, pretrained on the `pretrain`
+    split), add the variant `reference`: real-only Balanced Softmax on train + those images, over the same seeds.
+    `evaluate` measures every variant's headroom recovery against it."""
 
 
 @dataclass

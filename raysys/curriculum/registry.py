@@ -70,6 +70,15 @@ def check_curriculum(cfg) -> list[str]:
                 dist == "uniform" and not 0 <= params[0] < params[1] <= 1):
             problems.append(f"curriculum.difficulty_params {params} do not define a {dist} distribution on "
                             "[0, 1] (sigma, alpha, beta > 0; 0 <= lo < hi <= 1)")
+    if c.synthetic_loss_weight < 0 or (c.synthetic_pool_share is not None and c.synthetic_pool_share <= 0):
+        problems.append("curriculum.synthetic_loss_weight must be >= 0 and curriculum.synthetic_pool_share > 0 (or null)")
+    if c.synthetic_loss_weight != 1.0 and (cfg.train.mixup > 0 or cfg.train.cutmix > 0):
+        problems.append("curriculum.synthetic_loss_weight != 1 needs train.mixup = train.cutmix = 0 (a mixed image "
+                        "has two rows' weights)")
+    bad = [s for s in c.extra_real_splits if s in ("train", cfg.data.val_split, *cfg.data.test_splits)]
+    if bad:
+        problems.append(f"curriculum.extra_real_splits {bad}: train, the validation and the test splits cannot be "
+                        "added to the training rows")
     m = c.measured_difficulty
     if m is not None and not (len(m) == 2 and 0 <= m[0] < m[1] <= 1):
         problems.append(f"curriculum.measured_difficulty must be [lo, hi] with 0 <= lo < hi <= 1, got {m}")

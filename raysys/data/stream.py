@@ -152,8 +152,9 @@ def read_images(files: Sequence[str], file_index: np.ndarray, row_index: np.ndar
 
 @dataclass
 class Decode:
-    """Block of rows -> {"image": uint8 (N, C, H, W), "label": int64 (N,)}: read, decode, resize,
-    and augment with the names in `augment` (each row by its own `seed`)."""
+    """Block of rows -> {"image": uint8 (N, C, H, W), "label": int64 (N,)}, and "weight" float32 (N,)
+    when the rows carry one: read, decode, resize, and augment with the names in `augment` (each
+    row by its own `seed`)."""
 
     files: list[str]
     """The Parquet files the blocks' `file` column indexes."""
@@ -184,7 +185,10 @@ class Decode:
             from raysys.data.augment import augment_batch
 
             images = augment_batch(images, self.augment, block["seed"].to_numpy())
-        return {"image": images, "label": block["label"].to_numpy().astype(np.int64)}
+        out = {"image": images, "label": block["label"].to_numpy().astype(np.int64)}
+        if "weight" in block.column_names:
+            out["weight"] = block["weight"].to_numpy().astype(np.float32)
+        return out
 
 
 def row_seeds(n: int, *parts: int) -> np.ndarray:
@@ -192,13 +196,17 @@ def row_seeds(n: int, *parts: int) -> np.ndarray:
     return np.random.default_rng([int(p) for p in parts]).integers(0, 2**62, size=n, dtype=np.int64)
 
 
-def stream_refs(rows: pa.Table, indices: Optional[np.ndarray] = None, seeds: Optional[np.ndarray] = None) -> pa.Table:
-    """`rows` (all, or `indices` of them, in that order) cut to what `Decode` reads, with `seeds`."""
+def stream_refs(rows: pa.Table, indices: Optional[np.ndarray] = None, seeds: Optional[np.ndarray] = None,
+                weights: Optional[np.ndarray] = None) -> pa.Table:
+    """`rows` (all, or `indices` of them, in that order) cut to what `Decode` reads, with `seeds`
+    and a loss `weight` per row (None: every row weighs 1)."""
     refs = rows.select(list(REF_COLUMNS))
     if indices is not None:
         refs = refs.take(pa.array(np.asarray(indices, dtype=np.int64)))
     if seeds is not None:
         refs = refs.append_column("seed", pa.array(seeds, pa.int64()))
+    if weights is not None:
+        refs = refs.append_column("weight", pa.array(np.asarray(weights, dtype=np.float32), pa.float32()))
     return refs
 
 

@@ -38,10 +38,31 @@ def plan_names(cfg: RaysysConfig) -> list[str]:
     return cfg.curriculum.plans or [p.name for p in cfg.synthesis.plans]
 
 
+REFERENCE = "reference"
+"""The headroom reference's variant name (compare.reference)."""
+REFERENCE_FIELDS = {"schedule": "real_only", "loss": "balanced_softmax", "extra_real_splits": ["pretrain"]}
+"""Real-only Balanced Softmax on train + the images the built-in generator was pretrained on."""
+
+
+def generator_training_split(cfg: RaysysConfig) -> str | None:
+    """The manifest split the generator learned from, when it is known: `pretrain` for the built-in
+    base model (raysys pretrain-generator); None for a downloaded one."""
+    return "pretrain" if cfg.generator.base == "builtin" else None
+
+
+def compare_variants(cfg: RaysysConfig) -> dict[str, dict]:
+    """compare.variants, with the headroom reference added when compare.reference asks for it and
+    the generator's training images are known (a variant of that name in the config wins)."""
+    out = dict(cfg.compare.variants)
+    if out and cfg.compare.reference and generator_training_split(cfg) and REFERENCE not in out:
+        out[REFERENCE] = {**REFERENCE_FIELDS, "extra_real_splits": [generator_training_split(cfg)]}
+    return out
+
+
 def variant_config(cfg: RaysysConfig, variant: str, seed: int) -> RaysysConfig:
     """The config of one curriculum run of the comparison: `curriculum` with the variant's fields
     set, named `<variant>-seed<seed>`."""
-    overrides = cfg.compare.variants[variant]
+    overrides = compare_variants(cfg)[variant]
     return replace(cfg, curriculum=replace(cfg.curriculum, **overrides, name=f"{variant}-seed{seed}", seed=seed))
 
 
@@ -50,7 +71,7 @@ def variants(cfg: RaysysConfig) -> dict[str, list[RaysysConfig]]:
     cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))  # runs may train in Ray tasks
     if not cfg.compare.variants:
         return {variant_name(cfg): [cfg]}
-    return {name: [variant_config(cfg, name, seed) for seed in cfg.compare.seeds] for name in cfg.compare.variants}
+    return {name: [variant_config(cfg, name, seed) for seed in cfg.compare.seeds] for name in compare_variants(cfg)}
 
 
 def curriculum_configs(cfg: RaysysConfig) -> list[RaysysConfig]:
@@ -125,7 +146,7 @@ def check_compare(cfg: RaysysConfig) -> list[str]:
                 problems.append(f"compare.variants.{name}: '{key}' is not a curriculum field"
                                 + (f" (did you mean '{hint[0]}'?)" if hint else ""))
     if cm.variants and not problems:
-        for name in cm.variants:
+        for name in compare_variants(cfg):
             variant = variant_config(cfg, name, cm.seeds[0] if cm.seeds else 0)
             try:
                 OmegaConf.structured(variant.curriculum)  # the fields' types and Literal choices

@@ -6,8 +6,10 @@ the single `curriculum` run when no variants are configured) and writes <root>/e
 many/medium/few accuracy and macro-F1 and the per-seed values; and, per variant against the
 baseline variant, the mean paired difference in overall and few-class accuracy, the seeds it
 won, and a plain verdict ("beats" only if the mean difference is > 0 on both); with several
-test splits (data.test_splits, e.g. ID and OOD), accuracy and macro-F1 of each, side by side.
-Also `results.csv` (one row per variant) for other tools.
+test splits (data.test_splits, e.g. ID and OOD), accuracy and macro-F1 of each, side by side;
+and `headroom`: each variant's headroom recovery against the `reference` run (real-only Balanced
+Softmax on train + the generator's own training images; see `headroom`), or why it cannot be
+computed. Also `results.csv` (one row per variant, recovery included) for other tools.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.stages import curriculum, train_classifier
-from raysys.stages.curriculum import variants
+from raysys.stages.curriculum import REFERENCE, compare_variants, generator_training_split, variants
 
 METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 
@@ -87,7 +89,8 @@ def _run(stage: Context) -> dict:
         c0 = cfgs[0].curriculum
         row = {"schedule": c0.schedule, "loss": c0.loss, "plans": curriculum.plan_names(cfgs[0]) if c0.schedule != "real_only" else [],
                "seeds": [c.curriculum.seed if c.curriculum.seed is not None else c.run.seed for c in cfgs],
-               "per_seed": {k: [m.get(k) for m in per_seed] for k in METRICS},
+               "per_seed": {k: [m.get(k) for m in per_seed] for k in (*METRICS, "val_acc", "val_acc_few")},
+               "extra_real_splits": list(c0.extra_real_splits),
                "trace": per_seed[0]["trace"], "adaptive_choices": [m.get("adaptive_choices", {}) for m in per_seed],
                "synthetic_images_seen": per_seed[0].get("synthetic_images_seen", 0),
                "seconds": sum(m.get("seconds", 0.0) for m in per_seed)}
@@ -99,10 +102,13 @@ def _run(stage: Context) -> dict:
     comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
     for name, comparison in comparisons.items():
         comparison["test_splits"] = compare_splits(table[base]["test_splits"], table[name]["test_splits"])
+    for row in table.values():
+        row["val_acc"], row["val_acc_std"] = mean_std(row["per_seed"]["val_acc"])
     reference = train_classifier.stage_dir(cfg)
     metrics = {
         "baseline": base, "variants": table, "comparisons": comparisons,
         "baseline_classifier": {k: reference.metrics().get(k) for k in METRICS} if reference.is_complete() else None,
+        "headroom": headroom(table, REFERENCE if REFERENCE in table else None, why_no_reference(cfg)),
     }
     io.write_text(stage.file("results.csv"), results_csv(metrics))
     for name, row in table.items():
@@ -114,7 +120,80 @@ def _run(stage: Context) -> dict:
                          for split, m in row["test_splits"].items()) if len(row["test_splits"]) > 1 else ""
         print(f"[evaluate] {name:24s} acc {fmt(row['acc'], row['acc_std'])}  few {fmt(row['acc_few'], row['acc_few_std'])}"
               f"{splits}{verdict}")
+    h = metrics["headroom"]
+    if "unavailable" in h:
+        print(f"[evaluate] headroom recovery: cannot be computed: {h['unavailable']}")
+    else:
+        print(f"[evaluate] headroom: {REFERENCE} - {h['best_real_only']} (best real-only on validation) = "
+              f"overall {fmt(*_ms(h['headroom']['acc']))}, few {fmt(*_ms(h['headroom']['acc_few']))}")
+        for name, rec in h["recovery"].items():
+            print(f"[evaluate] {name:24s} headroom recovered: overall {pct(rec['acc'])}, few {pct(rec['acc_few'])}")
     return metrics
+
+
+def _ms(m: dict) -> tuple:
+    return m["mean"], m["std"]
+
+
+def pct(m: dict) -> str:
+    """A recovery figure as 'mean ± std % (k/n seeds >= 50%)'."""
+    if m["mean"] is None:
+        return "n/a"
+    spread = f" ± {100 * m['std']:.0f}" if m["std"] is not None else ""
+    return f"{100 * m['mean']:.0f}{spread}% ({m['seeds_at_half']}/{m['seeds']} seeds >= 50%)"
+
+
+def why_no_reference(cfg: RaysysConfig) -> str | None:
+    """Why the comparison has no headroom reference (None when it has one)."""
+    if REFERENCE in compare_variants(cfg):
+        return None
+    if not cfg.compare.variants:
+        return "a single curriculum run, no comparison (compare.variants is empty)"
+    if generator_training_split(cfg) is None:
+        return (f"the generator's training images are not known (generator.base: {cfg.generator.base}, a downloaded "
+                "model), so there is no reference classifier trained on them")
+    return "compare.reference is off"
+
+
+def best_real_only(table: dict) -> str | None:
+    """The real-only variant (cross-entropy or Balanced Softmax, train images only) with the higher mean
+    validation accuracy; ties go to the one listed first."""
+    candidates = [name for name, row in table.items()
+                  if row["schedule"] == "real_only" and not row.get("extra_real_splits")
+                  and row.get("val_acc") is not None]
+    return max(candidates, key=lambda name: table[name]["val_acc"], default=None)
+
+
+def headroom(table: dict, reference: str | None, why_not: str | None) -> dict:
+    """Headroom recovery: per variant and seed, (variant - best real-only) / (reference - best
+    real-only) for overall and few-class test accuracy, where the reference is real-only Balanced
+    Softmax on train + the generator's own training images (what the generator could at most pass
+    on) and best real-only is chosen on validation. A seed whose headroom is not positive has no
+    figure. Returns {"unavailable": why} when it cannot be computed."""
+    if reference is None:
+        return {"unavailable": why_not or "no reference variant"}
+    best = best_real_only(table)
+    if best is None:
+        return {"unavailable": "no real-only variant (schedule real_only) to measure against"}
+    out = {"best_real_only": best, "reference": reference, "headroom": {}, "recovery": {}}
+    for key in ("acc", "acc_few"):
+        room = [r - b if r is not None and b is not None else None
+                for r, b in zip(table[reference]["per_seed"][key], table[best]["per_seed"][key])]
+        mean, std = mean_std(room)
+        out["headroom"][key] = {"mean": mean, "std": std, "per_seed": room}
+    for name, row in table.items():
+        if name == reference:
+            continue
+        out["recovery"][name] = {}
+        for key in ("acc", "acc_few"):
+            values = [(v - b) / h if v is not None and b is not None and h is not None and h > 0 else None
+                      for v, b, h in zip(row["per_seed"][key], table[best]["per_seed"][key],
+                                         out["headroom"][key]["per_seed"])]
+            mean, std = mean_std(values)
+            out["recovery"][name][key] = {"mean": mean, "std": std, "per_seed": values,
+                                          "seeds_at_half": sum(v >= 0.5 for v in values if v is not None),
+                                          "seeds": sum(v is not None for v in values)}
+    return out
 
 
 def by_test_split(per_seed: list[dict]) -> dict:
@@ -141,13 +220,17 @@ def results_csv(metrics: dict) -> str:
     writer = csv.writer(buf)
     splits = list(dict.fromkeys(s for row in metrics["variants"].values() for s in row.get("test_splits", {})))
     split_cols = [(s, k) for s in splits for k in ("acc", "macro_f1", "worst_domain_acc")] if len(splits) > 1 else []
+    recovery = metrics["headroom"].get("recovery", {})
     writer.writerow(["variant", "schedule", "loss", "plans", "seeds", *[c for k in METRICS for c in (k, f"{k}_std")],
-                     *[c for s, k in split_cols for c in (f"{s}_{k}", f"{s}_{k}_std")]])
+                     *[c for s, k in split_cols for c in (f"{s}_{k}", f"{s}_{k}_std")],
+                     *[c for k in ("acc", "acc_few") for c in (f"recovery_{k}", f"recovery_{k}_std")]])
     for name, row in metrics["variants"].items():
         per_split = [row["test_splits"].get(s, {}).get(k, {}) for s, k in split_cols]
+        rec = recovery.get(name, {})
         writer.writerow([name, row["schedule"], row["loss"], " ".join(row["plans"]), len(row["seeds"]),
                          *[row[c] for k in METRICS for c in (k, f"{k}_std")],
-                         *[v for m in per_split for v in (m.get("mean"), m.get("std"))]])
+                         *[v for m in per_split for v in (m.get("mean"), m.get("std"))],
+                         *[v for k in ("acc", "acc_few") for v in (rec.get(k, {}).get("mean"), rec.get(k, {}).get("std"))]])
     return buf.getvalue()
 
 

@@ -4,6 +4,8 @@ Writes <root>/report/index.html (static, opens from disk: every image is a PNG b
 the same content as <root>/report/index.md:
 - the results table of `evaluate` (every variant: overall, many/medium/few, macro-F1, mean ±
   std over seeds, and the paired difference to the baseline) with a plain verdict;
+- headroom recovery: how much of the reference's gain (real-only Balanced Softmax on train + the
+  generator's own training images) each variant recovers, or why it cannot be computed;
 - difficulty histograms (real vs synthetic; requested vs measured), the class x s control grid,
   the class x λ grid of the DisCL plan, the hard-factor visualisation;
 - the curriculum trace (the selection of every epoch, the adaptive choices);
@@ -224,6 +226,7 @@ def _run(stage: Context) -> dict:
                   "Δ is the mean paired (same seed) difference in percentage points. Groups: many > "
                   f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]
          + split_blocks),
+        ("Headroom recovery", _headroom_blocks(ev.get("headroom", {"unavailable": "not measured"}))),
         ("Difficulty and control", [("img", f, c) for f, c in figures]),
         ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
                                                                   "adaptive choices"], trace_rows)]),
@@ -238,7 +241,7 @@ def _run(stage: Context) -> dict:
         "stage_seconds": seconds, "total_seconds": round(total, 1), "baseline": base,
         "results": {name: {k: v[k] for k in [*GROUPS, *[f"{g}_std" for g in GROUPS], "seeds", "schedule", "loss",
                                              "plans"]} for name, v in ev["variants"].items()},
-        "comparisons": ev["comparisons"], "verdicts": verdicts,
+        "comparisons": ev["comparisons"], "verdicts": verdicts, "headroom": ev.get("headroom"),
         "synthesis": {k: syn[k] for k in ("planned", "written", "kept", "filtered", "duplicates", "images_per_s")}
         if syn else None,
         "difficulty_spearman": ft.get("difficulty_spearman") if ft else None,
@@ -250,6 +253,30 @@ def _run(stage: Context) -> dict:
     for line in verdicts:
         print(f"[report] {line}")
     return metrics
+
+
+def _headroom_blocks(h: dict) -> list:
+    """The headroom paragraph and table: how much of what the generator's own training images would
+    add (the reference) each variant recovers, over the best real-only classifier."""
+    if "unavailable" in h:
+        return [("p", f"Headroom recovery cannot be computed: {h['unavailable']}.")]
+    best, ref = h["best_real_only"], h["reference"]
+    room = h["headroom"]
+    text = (f"The reference '{ref}' is real-only Balanced Softmax trained on train + the images the generator was "
+            f"trained on. Its headroom over the best real-only classifier on validation, '{best}', is "
+            f"{_signed(room['acc']['mean'])} points overall and {_signed(room['acc_few']['mean'])} on the few classes "
+            "(mean over seeds). Recovery = (variant − best real-only) / (reference − best real-only), per seed: "
+            "100% would mean the synthetic images pass on all the generator learned from its images, 0% nothing, "
+            "below 0 they cost accuracy.")
+
+    def cell(m: dict) -> str:
+        if m["mean"] is None:
+            return "–"
+        return f"{100 * m['mean']:.0f}" + (f" ± {100 * m['std']:.0f}" if m["std"] is not None else "")
+
+    rows = [[name, cell(r["acc"]), cell(r["acc_few"]), f"{r['acc_few']['seeds_at_half']}/{r['acc_few']['seeds']}"]
+            for name, r in h["recovery"].items()]
+    return [("p", text), ("table", ["variant", "overall recovered %", "few recovered %", "seeds >= 50% (few)"], rows)]
 
 
 def _verdicts(ev: dict) -> list[str]:

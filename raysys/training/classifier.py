@@ -110,8 +110,12 @@ def train_epoch(
         logits = logits.float()
         if log_prior is not None:
             logits = logits + log_prior.to(logits.device)
+        weight = batch.get("weight")  # per-row loss weights (mixing is not allowed with them: check_curriculum)
         if targets is not None:
             loss = soft_cross_entropy(logits, targets.to(device))
+        elif weight is not None:  # a row's weight scales its share of the batch's mean
+            per_row = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing, reduction="none")
+            loss = (per_row * weight.to(device)).mean()
         else:
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         opt.zero_grad(set_to_none=True)

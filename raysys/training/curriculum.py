@@ -209,6 +209,23 @@ def check_selections_match(schedule: Schedule, pool: Pool, epochs: int, weights:
                          f"guidance_levels and difficulty_distribution")
 
 
+def subsample_pool(synthetic: pa.Table, keep: int, seed: int) -> pa.Table:
+    """`keep` synthetic rows drawn without replacement by `seed` (all of them when there are fewer):
+    an image budget. Every class keeps its share of the pool, up to rounding."""
+    if keep >= len(synthetic):
+        return synthetic
+    order = _rng("pool", seed).permutation(len(synthetic))
+    labels = synthetic["label"].to_numpy()[order]
+    # round-robin over the classes in the pool's proportions: rank each row within its class, then
+    # take rows by their rank relative to the class size
+    rank = np.zeros(len(order))
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank[where] = (np.arange(len(where)) + 0.5) / len(where)
+    chosen = np.sort(order[np.argsort(rank, kind="stable")[:keep]])
+    return synthetic.take(pa.array(chosen))
+
+
 def log_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """log of the class frequencies of `labels` (Balanced Softmax adds it to the logits)."""
     counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64), minlength=num_classes).float().clamp_min(1.0)
@@ -403,8 +420,11 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     size, chans = cfg.data.image_size, cfg.data.channels
     plan_names = list(job.plan_dirs)
 
-    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)], extra=["domain"])
-    real_train = split_rows(rows, "train")
+    files, rows = manifest_rows(job.manifest, ["train", *c.extra_real_splits, *eval_split_names(cfg)], extra=["domain"])
+    real_train = pa.concat_tables([split_rows(rows, split) for split in ["train", *c.extra_real_splits]])
+    missing = [split for split in c.extra_real_splits if not len(split_rows(rows, split))]
+    if missing:
+        raise ValueError(f"curriculum.extra_real_splits: the manifest {job.manifest} has no rows of split(s) {missing}")
     evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
     plan_folders = list(job.plan_dirs.values()) if c.schedule != "real_only" else []
     plan_files, synthetic = synthetic_rows(plan_folders, len(files))
@@ -412,6 +432,8 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     if c.measured_difficulty is not None:
         synthetic = select_measured(synthetic, *c.measured_difficulty)
     real_train, synthetic, held_real, held_syn = split_guidance_val(real_train, synthetic, c.guidance_val_sources, seed)
+    if c.synthetic_pool_share is not None:
+        synthetic = subsample_pool(synthetic, int(round(c.synthetic_pool_share * len(real_train))), seed)
     gval = build_guidance_val(held_real, held_syn) if len(held_real) else None
     pool = build_pool(real_train, synthetic, job.groups["few"], c.difficulty_bins)
     decode_train, decode_eval = Decode(files, size, chans, tuple(cfg.train.augment)), Decode(files, size, chans)
@@ -454,10 +476,13 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
                   f"plans {plan_names} matches it: a real-only epoch", flush=True)
         per_rank = len(mix.indices) // world
         shard = mix.indices[rank * per_rank:(rank + 1) * per_rank]
-        refs = stream_refs(pool.rows, shard, row_seeds(len(shard), seed, epoch, rank, 2))
+        weights_of_rows = np.where(shard >= pool.n_real, c.synthetic_loss_weight, 1.0) \
+            if c.synthetic_loss_weight != 1.0 else None
+        refs = stream_refs(pool.rows, shard, row_seeds(len(shard), seed, epoch, rank, 2), weights_of_rows)
         torch.manual_seed(step_seed(seed, epoch, rank))
         gen = torch.Generator().manual_seed(step_seed(seed, epoch, rank, 2))
-        prior = log_prior(pool.labels[mix.indices], job.num_classes) if c.loss == "balanced_softmax" else None
+        prior_rows = mix.indices if c.balanced_softmax_prior == "mix" else mix.indices[mix.indices < pool.n_real]
+        prior = log_prior(pool.labels[prior_rows], job.num_classes) if c.loss == "balanced_softmax" else None
         loss = train_epoch(model, ctx, refs, decode_train, opt, sched, recipe=cfg.train, num_classes=job.num_classes,
                            generator=gen, device=ctx.device, log_prior=prior)
         val_m = evaluate(bare, ctx, evals[cfg.data.val_split], decode_eval, job.num_classes, job.groups, ctx.device)

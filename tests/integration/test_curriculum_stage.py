@@ -82,7 +82,7 @@ def test_two_data_parallel_workers_share_the_adaptive_choice(tiny_synthetic, tmp
     assert m["trace"][4] == "real only" and 0.0 <= m["acc"] <= 1.0
 
 
-COMPARE = ["curriculum.epochs=3", "compare.seeds=[0, 1]", "compare.concurrent=2",
+COMPARE = ["curriculum.epochs=3", "compare.seeds=[0, 1]", "compare.concurrent=2", "compare.reference=true",
            "compare.variants={real_only: {schedule: real_only}, "
            "dts: {schedule: diverse_to_specific, plans: [discl], curriculum_epochs: 2}}"]
 
@@ -99,7 +99,21 @@ def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synth
     assert main(["run", str(TINY), *overrides]) == 0
     cfg = load_config(TINY, overrides)
     ev = evaluate.stage_dir(cfg).metrics()
-    assert ev["baseline"] == "real_only" and list(ev["variants"]) == ["real_only", "dts"]
+    assert ev["baseline"] == "real_only" and list(ev["variants"]) == ["real_only", "dts", "reference"]
+    # The reference trains on train + the generator's pretrain images, real only, with Balanced Softmax.
+    prep = io.read_json(str(root / "prepare" / "metrics.json"))
+    reference = curriculum.stage_dir(variant_config(cfg, "reference", 0)).metrics()
+    plain = curriculum.stage_dir(variant_config(cfg, "real_only", 0)).metrics()
+    assert reference["epochs"][0]["real"] == plain["epochs"][0]["real"] + sum(prep["counts"]["pretrain"])
+    assert ev["variants"]["reference"]["loss"] == "balanced_softmax"
+    # Headroom recovery by hand: the only real-only variant on train alone is the best real-only one.
+    h = ev["headroom"]
+    assert h["best_real_only"] == "real_only" and h["reference"] == "reference"
+    for key in ("acc", "acc_few"):
+        best, ref, dts = (ev["variants"][v]["per_seed"][key] for v in ("real_only", "reference", "dts"))
+        want = [(d - b) / (r - b) if r > b else None for d, b, r in zip(dts, best, ref)]
+        assert h["recovery"]["dts"][key]["per_seed"] == pytest.approx(want)
+        assert h["recovery"]["real_only"][key]["per_seed"] == [0.0 if r > b else None for b, r in zip(best, ref)]
     for name in ("real_only", "dts"):
         runs = [curriculum.stage_dir(variant_config(cfg, name, seed)).metrics() for seed in (0, 1)]
         row = ev["variants"][name]
@@ -130,15 +144,17 @@ def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synth
     assert all((root / "report" / name).stat().st_size > 1000 for name in images)
     markdown = (root / "report" / "index.md").read_text()
     assert "| dts | diverse_to_specific |" in markdown and "λ=0.3 ×1 → λ=0.7 ×1 → real only ×1" in markdown
+    assert "## Headroom recovery" in markdown and "| variant | overall recovered % | few recovered %" in markdown
     summary = io.read_json(str(root / "summary.json"))
     assert summary["results"]["dts"]["acc_few"] == ev["variants"]["dts"]["acc_few"]
     assert summary["synthesis"]["duplicates"] == 0 and summary["stage_seconds"]["evaluate"] is not None
-    assert summary["stage_seconds"]["curriculum"] > 0  # the wall time of the 4 runs, 2 at a time
-    assert summary["verdicts"] == [summary["verdicts"][0]] and summary["verdicts"][0].startswith(
+    assert summary["stage_seconds"]["curriculum"] > 0  # the wall time of the 6 runs, 2 at a time
+    assert len(summary["verdicts"]) == 2 and summary["verdicts"][1].startswith("reference ")
+    assert summary["verdicts"][0].startswith(
         "dts beats real_only:" if verdict == "beats" else "dts does NOT beat real_only:")
 
     done = {p: p.stat().st_mtime for p in (root / "curriculum").glob("*/metrics.json")}
-    assert len(done) == 4
+    assert len(done) == 6
     assert main(["run", str(TINY), *overrides]) == 0  # everything complete: nothing retrained
     assert {p: p.stat().st_mtime for p in done} == done
     assert report.stage_dir(cfg).is_complete()

@@ -15,6 +15,7 @@ from raysys.training.curriculum import (
     mix_size,
     select_measured,
     split_guidance_val,
+    subsample_pool,
     worst_k_accuracy,
 )
 
@@ -205,3 +206,63 @@ def test_the_adaptive_probe_does_not_depend_on_the_callers_random_state(tmp_path
     other_epoch, _ = probe_gains_inputs(model, ctx, gval, rows.slice(120), decode, steps=3, batch_size=32, lr=0.01,
                                         seed=0, epoch=9, device=torch.device("cpu"))
     assert not np.array_equal(other_epoch[0.3], a[0.3])
+
+
+def test_the_image_budget_keeps_each_class_share_and_depends_on_the_seed():
+    labels = [0] * 60 + [1] * 30 + [2] * 10
+    syn = pa.table({"sample_id": [f"s{i}" for i in range(100)], "label": pa.array(labels, pa.int32())})
+    kept = subsample_pool(syn, 20, seed=0)
+    counts = np.bincount(kept["label"].to_numpy(), minlength=3)
+    assert len(kept) == 20 and counts.tolist() == [12, 6, 2]  # 60 / 30 / 10 % of the pool, as in the pool
+    assert len(set(kept["sample_id"].to_pylist())) == 20  # without replacement
+    assert kept["sample_id"].to_pylist() != subsample_pool(syn, 20, seed=1)["sample_id"].to_pylist()
+    assert kept["sample_id"].to_pylist() == subsample_pool(syn, 20, seed=0)["sample_id"].to_pylist()
+    assert subsample_pool(syn, 500, seed=0) is syn  # a budget above the pool keeps it whole
+
+
+def test_a_synthetic_row_weight_scales_its_share_of_the_loss(tmp_path):
+    """train_epoch with a per-row weight: weight 0 on a row = the same step as without the row's
+    loss; weights 1 = the plain step."""
+    import pyarrow.parquet as pq
+
+    from raysys.core.config import TrainConfig
+    from raysys.core.context import LocalContext
+    from raysys.data.sources import load_builtin_digits
+    from raysys.data.stream import Decode, index_rows, stream_refs
+    from raysys.models.classifiers import create_classifier
+    from raysys.training.classifier import make_optimizer, train_epoch
+
+    src = load_builtin_digits()
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"image": src.images[:8], "label": pa.array(src.labels[:8], pa.int32())}), path)
+    rows = index_rows([path], ["label"])
+    recipe = TrainConfig(epochs=1, batch_size=8, lr=0.01, optimizer="sgd", momentum=0.0, weight_decay=0.0)
+
+    def one_step(weights, keep=slice(None)):
+        torch.manual_seed(0)
+        model = create_classifier("small_cnn", 10, 1, width=8)
+        model.eval()  # no dropout / batch statistics: the step depends on the loss alone
+        model.train = lambda mode=True: model  # train_epoch calls model.train(); keep eval behaviour
+        opt, sched = make_optimizer(model, recipe, 1)
+        refs = stream_refs(rows, np.arange(8)[keep], weights=weights)
+        train_epoch(model, LocalContext(str(tmp_path / "c")), refs, Decode([path], 8, 1), opt, sched, recipe=recipe,
+                    num_classes=10, generator=torch.Generator(), device=torch.device("cpu"))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = one_step(None)
+    assert torch.allclose(one_step(np.ones(8)), plain, atol=1e-6)
+    half = one_step(np.array([1.0] * 4 + [0.0] * 4))
+    only_first = one_step(None, slice(0, 4))  # the mean over 4 rows = 2 x (the sum over 4 rows / 8)
+    start = one_step(np.zeros(8))  # weight 0 everywhere: no step at all
+    assert torch.allclose(half - start, (only_first - start) / 2, atol=1e-5)
+    assert not torch.allclose(half, plain, atol=1e-4)
+
+
+def test_balanced_softmax_prior_on_the_real_rows_only():
+    real, syn = tables()
+    pool = build_pool(real, syn, few=[2], difficulty_bins=BINS)
+    mix = epoch_mix(pool, Selection((Level(guidance=0.7),)), epoch=0, seed=0, synthetic_per_epoch=0.5, undersample=1.0)
+    on_mix = log_prior(pool.labels[mix.indices], 3).exp()
+    on_real = log_prior(pool.labels[mix.indices[mix.indices < pool.n_real]], 3).exp()
+    assert on_real.tolist() == pytest.approx([20 / 34, 10 / 34, 4 / 34])  # the real long tail
+    assert on_mix[2] == pytest.approx((4 + 17) / 51)  # the synthetic tail rows make class 2 look common

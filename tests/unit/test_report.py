@@ -40,6 +40,52 @@ def test_verdicts_say_plainly_when_a_variant_does_not_beat_the_baseline():
                     "(won 1 of 3 seeds on few).")
 
 
+def _row(schedule, loss, acc, few, val, extra=()):
+    return {"schedule": schedule, "loss": loss, "extra_real_splits": list(extra), "val_acc": sum(val) / len(val),
+            "per_seed": {"acc": acc, "acc_few": few, "val_acc": val}}
+
+
+def test_headroom_recovery_is_measured_against_the_best_real_only_on_validation():
+    table = {
+        "ce": _row("real_only", "ce", [0.80, 0.82, 0.81], [0.40, 0.50, 0.45], [0.85, 0.86, 0.85]),
+        "bs": _row("real_only", "balanced_softmax", [0.90, 0.91, 0.90], [0.80, 0.84, 0.82], [0.92, 0.93, 0.92]),
+        "dts": _row("diverse_to_specific", "balanced_softmax", [0.92, 0.90, 0.95], [0.86, 0.84, 0.81],
+                    [0.95, 0.95, 0.95]),
+        "reference": _row("real_only", "balanced_softmax", [0.94, 0.95, 0.90], [0.90, 0.94, 0.92],
+                          [0.99, 0.99, 0.99], extra=["pretrain"]),
+    }
+    h = evaluate.headroom(table, "reference", None)
+    # bs wins on validation; the reference (higher validation, but trained on more) is never a candidate
+    assert h["best_real_only"] == "bs"
+    assert h["headroom"]["acc_few"]["per_seed"] == pytest.approx([0.10, 0.10, 0.10])
+    few = h["recovery"]["dts"]["acc_few"]
+    assert few["per_seed"] == pytest.approx([0.6, 0.0, -0.1])
+    assert few["seeds_at_half"] == 1 and few["seeds"] == 3 and few["mean"] == pytest.approx(0.5 / 3)
+    overall = h["recovery"]["dts"]["acc"]  # seed 2 has no headroom (the reference is not better): no figure
+    assert overall["per_seed"] == pytest.approx([0.5, -0.25, None]) and overall["seeds"] == 2
+    assert h["recovery"]["bs"]["acc_few"]["per_seed"] == [0.0, 0.0, 0.0] and "reference" not in h["recovery"]
+    assert evaluate.headroom(table, None, "the generator's training images are not known") == {
+        "unavailable": "the generator's training images are not known"}
+    no_real_only = {k: v for k, v in table.items() if k in ("dts", "reference")}
+    assert "no real-only variant" in evaluate.headroom(no_real_only, "reference", None)["unavailable"]
+
+
+def test_the_reference_is_added_only_when_the_generators_training_images_are_known():
+    from raysys.stages.curriculum import compare_variants
+
+    cfg = load_config(TINY, [VARIANTS, "compare.reference=true"])
+    assert compare_variants(cfg)["reference"] == {"schedule": "real_only", "loss": "balanced_softmax",
+                                                  "extra_real_splits": ["pretrain"]}
+    assert evaluate.why_no_reference(cfg) is None
+    assert [c.curriculum.name for c in curriculum_configs(cfg)][-1] == "reference-seed0"
+    downloaded = load_config(TINY, [VARIANTS, "compare.reference=true", "generator.base=runwayml/stable-diffusion-v1-5"])
+    assert "reference" not in compare_variants(downloaded)
+    assert "not known" in evaluate.why_no_reference(downloaded)
+    blocks = report._headroom_blocks(evaluate.headroom({}, None, evaluate.why_no_reference(downloaded)))
+    assert blocks[0][1].startswith("Headroom recovery cannot be computed: the generator's training images are not known")
+    assert "reference" not in compare_variants(load_config(TINY, [VARIANTS]))  # tiny.yaml turns it off
+
+
 def test_trace_is_run_length_encoded():
     assert report._trace(["λ=0.9", "λ=0.9", "λ=0.5", "real only"]) == "λ=0.9 ×2 → λ=0.5 ×1 → real only ×1"
 
@@ -70,6 +116,8 @@ def test_variant_config_sets_the_variant_fields_seed_and_name():
     ("compare.variants={ro: {schedul: real_only}}", "'schedul' is not a curriculum field (did you mean 'schedule'?)"),
     ("compare.variants={ro: {schedule: sideways}}", "compare.variants.ro: curriculum.schedule must be one of"),
     ("compare.baseline=nope", "compare.baseline 'nope' is not one of compare.variants"),
+    ("compare.variants={ro: {schedule: real_only, extra_real_splits: [test]}}", "extra_real_splits ['test']: train,"),
+    ("compare.variants={ro: {schedule: real_only, synthetic_loss_weight: -1}}", "synthetic_loss_weight must be >= 0"),
     ("compare.seeds=[1, 1]", "compare.seeds must be a non-empty list of distinct seeds"),
     ("compare.variants={ro: {seed: 3}}", "'seed' is not a curriculum field"),
 ])
