@@ -20,13 +20,13 @@ quickstart: $(STAMP)
 	$(BIN)/raysys run configs/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-slow: $(STAMP)
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) \
 		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium)
 	$(BIN)/python -m pip install --quiet -e ".[test,browser]"
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q --durations=15
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/data_plane_scaling.py

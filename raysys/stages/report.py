@@ -262,7 +262,7 @@ def _headroom_blocks(h: dict) -> list:
         return [("p", f"Headroom recovery cannot be computed: {h['unavailable']}.")]
     best, ref = h["best_real_only"], h["reference"]
     room = h["headroom"]
-    text = (f"The reference '{ref}' is real-only Balanced Softmax trained on train + the images the generator was "
+    text = (f"The reference variant '{ref}' is real-only Balanced Softmax trained on train + the images the generator was "
             f"trained on. Its headroom over the best real-only classifier on validation, '{best}', is "
             f"{_signed(room['acc']['mean'])} points overall and {_signed(room['acc_few']['mean'])} on the few classes "
             "(mean over seeds). Recovery = (variant − best real-only) / (reference − best real-only), per seed: "
