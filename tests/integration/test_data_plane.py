@@ -179,7 +179,7 @@ def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(tmp
         (folder / f"{i}.png").write_bytes(data)
     overrides = [f"run.root={tmp_path / 'run'}", f"data.source=folder:{root}", "data.splits=given",
                  "finetune.variants=[plain]", "curriculum.epochs=3", "compare.seeds=[0]",
-                 "train.epochs=10", "pretrain.steps=30", "finetune.steps=10",  # the splits are tested, not the fits
+                 "train.epochs=3", "pretrain.steps=30", "finetune.steps=10",  # the splits are tested, not the fits
                  "synthesis.plans=[{name: discl, model: plain, kind: discl, sources: top_k, source_k: 6, "
                  "guidance_levels: [0.3, 0.7], seeds_per_source: 2}]",
                  "compare.variants={real_only: {schedule: real_only}, "
