@@ -40,8 +40,8 @@ def plan_names(cfg: RaysysConfig) -> list[str]:
 
 REFERENCE = "reference"
 """The headroom reference's variant name (compare.reference)."""
-REFERENCE_FIELDS = {"schedule": "real_only", "loss": "balanced_softmax", "extra_real_splits": ["pretrain"]}
-"""Real-only Balanced Softmax on train + the images the built-in generator was pretrained on."""
+REFERENCE_FIELDS = {"schedule": "real_only", "loss": "balanced_softmax"}
+"""Real-only Balanced Softmax (on train + the generator's training split: compare_variants)."""
 
 
 def generator_training_split(cfg: RaysysConfig) -> str | None:
