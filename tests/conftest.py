@@ -123,6 +123,35 @@ def tiny_generator(tiny_run):
     return cfg, pretrain_generator.run(cfg), finetune.run(cfg), control.run(cfg)
 
 
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory, ray_session):
+    """`raysys run` on a folder of the 1,797 8x8 digits with its own splits, root/train/<class>/ and
+    root/test/<class>/ (15 test images per class), tiny fits: (cfg, run root). Slow; shared by the
+    folder end-to-end test and the report's browser test."""
+    from raysys.cli import main
+    from raysys.data.sources import load_builtin_digits
+
+    base = tmp_path_factory.mktemp("folder_run")
+    digits = load_builtin_digits()
+    root = base / "digits"
+    seen: dict[int, int] = {}
+    for data, label in zip(digits.images, digits.labels.tolist()):
+        i = seen[label] = seen.get(label, -1) + 1
+        split = "test" if i < 15 else "train"
+        folder = root / split / digits.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(data)
+    overrides = [f"run.root={base / 'run'}", f"data.source=folder:{root}", "data.splits=given",
+                 "finetune.variants=[plain]", "curriculum.epochs=3", "compare.seeds=[0]",
+                 "train.epochs=3", "pretrain.steps=30", "finetune.steps=10",  # the splits are tested, not the fits
+                 "synthesis.plans=[{name: discl, model: plain, kind: discl, sources: top_k, source_k: 6, "
+                 "guidance_levels: [0.3, 0.7], seeds_per_source: 2}]",
+                 "compare.variants={real_only: {schedule: real_only}, "
+                 "dts: {schedule: diverse_to_specific, plans: [discl], curriculum_epochs: 2}}"]
+    assert main(["run", str(TINY), *overrides]) == 0
+    return load_config(TINY, overrides), base / "run"
+
+
 def recorded_checkpoints(run_glob: str) -> int:
     """How many checkpoints Ray Train has recorded for the runs matching `run_glob` (a Train run's
     folder, `<storage>/<name>`). A rerun resumes only from a checkpoint its

@@ -145,10 +145,28 @@ def difficulty_weights(requested: np.ndarray, distribution: str, params: Sequenc
 
 
 def mix_size(pool: Pool, synthetic_per_epoch: float, undersample: float, equal_steps: bool) -> int:
-    """Rows of a curriculum epoch's mix (what the LR schedule counts steps by)."""
+    """Rows of a curriculum epoch's mix (what steps_per_epoch counts the LR schedule's steps by)."""
     n_tail = int(pool.tail[: pool.n_real].sum())
     real = n_tail + int(round(undersample * (pool.n_real - n_tail)))
     return real if equal_steps else real + int(round(synthetic_per_epoch * real))
+
+
+def epoch_is_real_only(schedule: Schedule, epoch: int) -> bool:
+    """Whether `epoch` draws no synthetic row, known before training: the adaptive schedule chooses
+    its levels as it goes, but its real-only epochs are fixed (those after its stages)."""
+    return schedule.stage(epoch) is None if schedule.adaptive else schedule.selection(epoch).real_only
+
+
+def steps_per_epoch(pool: Pool, schedule: Schedule, epochs: int, synthetic_per_epoch: float, undersample: float,
+                    equal_steps: bool, world: int, batch_size: int) -> int:
+    """Optimizer steps per epoch that the LR schedule is sized by: the mean over the run's epochs
+    (rounded up), a real-only epoch counting its real rows only. So a real-only run, or a curriculum's
+    real-only tail, ends its decay where the run ends."""
+    total = 0
+    for epoch in range(epochs):
+        share = 0.0 if epoch_is_real_only(schedule, epoch) else synthetic_per_epoch
+        total += -(-(mix_size(pool, share, undersample, equal_steps) // world) // batch_size)
+    return -(-total // max(epochs, 1))
 
 
 @dataclass
@@ -451,7 +469,8 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
                               weights=cfg.classifier.weights, image_size=size)
     model = ctx.prepare_model(for_device(model, ctx.device))
     bare = getattr(model, "module", model)
-    steps = -(-(mix_size(pool, c.synthetic_per_epoch, c.undersample, c.equal_steps) // world) // cfg.train.batch_size)
+    steps = steps_per_epoch(pool, schedule, epochs, c.synthetic_per_epoch, c.undersample, c.equal_steps, world,
+                            cfg.train.batch_size)
     opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
     start, history, resumes = restore_training(ctx, bare, opt, sched, job.name, epochs, schedule)
     if start >= epochs and history:  # a finished run restored: its caller (a Tune trial) may have missed the

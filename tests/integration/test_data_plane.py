@@ -161,31 +161,13 @@ def test_a_killed_prepare_run_again_gives_the_same_manifest(tmp_path, ray_sessio
 
 
 @pytest.mark.slow
-def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(tmp_path, ray_session):
-    """`raysys run` on root/train/<class>/ and root/test/<class>/: val and pretrain are drawn from
-    train, and every evaluation is on the folder's own test images."""
-    from raysys.data.sources import load_builtin_digits
+def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(folder_run):
+    """`raysys run` on root/train/<class>/ and root/test/<class>/ (conftest's folder_run): val and
+    pretrain are drawn from train, and every evaluation is on the folder's own test images."""
     from raysys.stages import curriculum, evaluate
     from raysys.stages.curriculum import variant_config
 
-    digits = load_builtin_digits()
-    root = tmp_path / "digits"
-    seen: dict[int, int] = {}
-    for data, label in zip(digits.images, digits.labels.tolist()):
-        i = seen[label] = seen.get(label, -1) + 1
-        split = "test" if i < 15 else "train"
-        folder = root / split / digits.class_names[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{i}.png").write_bytes(data)
-    overrides = [f"run.root={tmp_path / 'run'}", f"data.source=folder:{root}", "data.splits=given",
-                 "finetune.variants=[plain]", "curriculum.epochs=3", "compare.seeds=[0]",
-                 "train.epochs=3", "pretrain.steps=30", "finetune.steps=10",  # the splits are tested, not the fits
-                 "synthesis.plans=[{name: discl, model: plain, kind: discl, sources: top_k, source_k: 6, "
-                 "guidance_levels: [0.3, 0.7], seeds_per_source: 2}]",
-                 "compare.variants={real_only: {schedule: real_only}, "
-                 "dts: {schedule: diverse_to_specific, plans: [discl], curriculum_epochs: 2}}"]
-    assert main(["run", str(TINY), *overrides]) == 0
-    cfg = load_config(TINY, overrides)
+    cfg, root = folder_run
     prep = prepare.stage_dir(cfg).metrics()
     assert prep["counts"]["test"] == [15] * 10 and prep["counts"]["val"] == [10] * 10
     assert prep["counts"]["pretrain"] == [20] * 10
@@ -199,7 +181,7 @@ def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(tmp
         assert final["images"] == 150 and final["acc"] == run["acc"]
     ev = evaluate.stage_dir(cfg).metrics()
     assert set(ev["variants"]["dts"]["test_splits"]) == {"test"}
-    assert (tmp_path / "run" / "report" / "index.html").is_file()
+    assert (root / "report" / "index.html").is_file()
 
 
 @pytest.mark.slow

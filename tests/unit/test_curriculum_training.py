@@ -13,6 +13,7 @@ from raysys.training.curriculum import (
     epoch_mix,
     log_prior,
     mix_size,
+    steps_per_epoch,
     select_measured,
     split_guidance_val,
     subsample_pool,
@@ -136,6 +137,25 @@ def test_weighted_draws_and_equal_steps_in_the_epoch_mix():
     assert len(equal.indices) == equal.real + equal.synthetic == 34  # as many rows as a real-only epoch
     assert 8 <= equal.synthetic <= 26  # about half of them synthetic
     assert mix_size(pool, 1.0, 1.0, equal_steps=True) == 34 and mix_size(pool, 0.5, 0.5, False) == 19 + 10
+
+
+def test_the_lr_schedule_counts_the_steps_a_run_takes():
+    """A real-only epoch takes only its real rows' steps, so the LR schedule is sized without synthetic
+    rows there: a real-only run's cosine ends at zero where the run ends."""
+    from raysys.curriculum.registry import create_schedule
+
+    real, syn = tables()
+    pool = build_pool(real, syn, few=[2], difficulty_bins=BINS)  # 34 real rows
+    kw = dict(synthetic_per_epoch=1.0, undersample=1.0, equal_steps=False, world=1, batch_size=4)
+    real_only = create_schedule("real_only", epochs=4, curriculum_epochs=4, guidance_levels=[0.5])
+    assert steps_per_epoch(pool, real_only, 4, **kw) == 9  # ceil(34 / 4), not ceil(68 / 4)
+    every = create_schedule("all_levels", epochs=4, curriculum_epochs=4, guidance_levels=[0.5])
+    assert steps_per_epoch(pool, every, 4, **kw) == 17
+    tail = create_schedule("all_levels", epochs=4, curriculum_epochs=3, guidance_levels=[0.5])
+    assert steps_per_epoch(pool, tail, 4, **kw) == 15  # ceil((3 x 17 + 9) / 4)
+    adaptive = create_schedule("adaptive", epochs=4, curriculum_epochs=2, guidance_levels=[0.5])
+    assert steps_per_epoch(pool, adaptive, 4, **kw) == 13  # its levels are not chosen yet; its tail is known
+    assert steps_per_epoch(pool, every, 4, **{**kw, "equal_steps": True}) == 9
 
 
 def test_select_measured_keeps_rows_in_the_range():
