@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,15 +103,63 @@ def kill_driver(proc, ray_session, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+# The tiny run's upstream stages are kept between pytest sessions (`make test`, then `make test-slow`)
+# under a digest of everything they are made from: raysys's code, the tiny config and the versions of
+# the packages that compute them. Another digest, another folder: a change to any of them rebuilds.
+TINY_CACHE = REPO / ".pytest_cache" / "raysys-tiny-run"
+
+
+def _tiny_digest() -> str:
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "raysys").rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".json", ".yaml", ".txt"):
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    digest.update(TINY.read_bytes())
+    for package in ("torch", "numpy", "ray", "diffusers", "transformers", "pyarrow", "peft"):
+        digest.update(f"{package}={version(package)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _restore_cached(root: Path) -> None:
+    cache = TINY_CACHE / _tiny_digest()
+    for stage in sorted(cache.iterdir()) if cache.is_dir() else []:
+        if not stage.name.startswith(".") and not (root / stage.name).exists():
+            shutil.copytree(stage, root / stage.name)
+
+
+def _save_cached(cfg, *stages) -> None:
+    """Copy each complete stage (a raysys.stages module) of the tiny run into the cache (atomically: a copy, then a rename)."""
+    cache = TINY_CACHE / _tiny_digest()
+    cache.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        name = stage.__name__.rsplit(".", 1)[1]  # raysys.stages.train_classifier: its folder, train_classifier
+        if (cache / name).exists() or not stage.stage_dir(cfg).is_complete():
+            continue
+        part = cache / f".{name}.{os.getpid()}"
+        shutil.copytree(os.path.join(cfg.run.root, name), part)
+        try:
+            part.rename(cache / name)
+        except OSError:  # another session saved it first
+            shutil.rmtree(part, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, ray_session):
     """prepare -> train-classifier -> score on the tiny config, once for every integration test
-    that needs finished classifier stages: (cfg, prepare, train_classifier, score metrics)."""
+    that needs finished classifier stages: (cfg, prepare, train_classifier, score metrics). Stages an
+    earlier session of the same code made are copied in (TINY_CACHE) and skipped as complete."""
     from raysys.stages import prepare, score, train_classifier
 
     root = tmp_path_factory.mktemp("tiny") / "run"
+    root.mkdir()
+    _restore_cached(root)
     cfg = load_config(TINY, [f"run.root={root}"])
-    return cfg, prepare.run(cfg), train_classifier.run(cfg), score.run(cfg)
+    done = cfg, prepare.run(cfg), train_classifier.run(cfg), score.run(cfg)
+    _save_cached(cfg, prepare, train_classifier, score)
+    return done
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +169,20 @@ def tiny_generator(tiny_run):
     from raysys.stages import control, finetune, pretrain_generator
 
     cfg = tiny_run[0]
-    return cfg, pretrain_generator.run(cfg), finetune.run(cfg), control.run(cfg)
+    done = cfg, pretrain_generator.run(cfg), finetune.run(cfg), control.run(cfg)
+    _save_cached(cfg, pretrain_generator, finetune, control)
+    return done
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tiny_generator):
+    """synthesize on top of `tiny_generator`: the tiny run's config."""
+    from raysys.stages import synthesize
+
+    cfg = tiny_generator[0]
+    synthesize.run(cfg)
+    _save_cached(cfg, synthesize)
+    return cfg
 
 
 @pytest.fixture(scope="session")

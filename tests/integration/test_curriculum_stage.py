@@ -8,17 +8,10 @@ import shutil
 import pytest
 
 from raysys.stages import load_config
-from raysys.stages import curriculum, synthesize
+from raysys.stages import curriculum
 from tests.conftest import TINY, kill_after_checkpoints, start_driver
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tiny_synthetic(tiny_generator):
-    cfg = tiny_generator[0]
-    synthesize.run(cfg)
-    return cfg
 
 
 def _copy(cfg, root):

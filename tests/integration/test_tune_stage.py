@@ -14,7 +14,7 @@ import pytest
 
 from raysys.stages import load_config
 from raysys.core.stage import missing_inputs
-from raysys.stages import curriculum, synthesize
+from raysys.stages import curriculum
 from raysys.stages import tune as tune_stage
 from tests.conftest import REPO, TINY, kill_driver, start_driver
 
@@ -29,13 +29,6 @@ SWEEP = ["curriculum.epochs=6", "curriculum.plans=[difficulty]", "curriculum.equ
          "curriculum.difficulty_params.0: {uniform: [0.2, 0.8]}, curriculum.synthetic_per_epoch: {uniform: [0.2, 1.0]}}",
          "curriculum.difficulty_distribution=normal", "tune.num_samples=2", "tune.metric=val_acc",
          "tune.grace_period=2", "tune.reduction_factor=2", "tune.max_concurrent_trials=1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_synthetic(tiny_generator):
-    cfg = tiny_generator[0]
-    synthesize.run(cfg)
-    return cfg
 
 
 @pytest.mark.slow
