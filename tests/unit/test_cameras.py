@@ -93,6 +93,9 @@ def test_domain_accuracy_and_worst_domain_by_hand():
     assert m["worst_domain_acc"] == 0.0
     assert classification_metrics(y, p, 2, {})["worst_domain_acc"] is None
     assert classification_metrics(y, p, 2, {}, domains=[None] * 6)["domain_acc"] is None
+    # metrics.json keeps 6 decimals per domain; the worst domain is the exact accuracy (1/3 here)
+    thirds = classification_metrics(np.zeros(6, int), np.array([0, 1, 1, 0, 0, 0]), 2, {}, domains=list("aaabbb"))
+    assert thirds["domain_acc"] == {"a": 0.333333, "b": 1.0} and thirds["worst_domain_acc"] == 1 / 3
 
 
 def test_paired_comparison_per_test_split():
