@@ -258,7 +258,7 @@ torch.cuda.synchronize(); print("FIRST_CALL_S", time.perf_counter() - t)
 def where_time_goes(suite: Suite, arch: str, folder: str, resolution: int, bs: int = 8, steps: int = 10) -> None:
     """Plain diffusers fp16 against the raysys pipeline in fp16 with no speed option: the same
     UNet called alone, each pipeline to latents (no VAE decode), to decoded images, to PIL; and the
-    top CUDA kernels of one plain call."""
+    top CUDA kernels of one call of each."""
     dev = suite.device
     half = torch.float16 if dev.type == "cuda" else torch.float32
     prompts = [f"a photo of a {syn.CLASS_NAMES[i % 10]}" for i in range(bs)]
@@ -306,6 +306,12 @@ def where_time_goes(suite: Suite, arch: str, folder: str, resolution: int, bs: i
     raysys_call("latent")
     for output_type in ("latent", "np"):
         figures[f"raysys_to_{output_type}"] = timed(lambda: raysys_call(output_type), dev)[1]
+    if dev.type == "cuda":  # the same table for raysys: which attention and conv kernels each one runs
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            raysys_call("latent")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
     suite.record(phase="where_time_goes", arch=arch, batch=bs, steps=steps, **figures)
 
 

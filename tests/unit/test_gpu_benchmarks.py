@@ -253,3 +253,21 @@ def test_suite_records_every_phase_and_skips_what_does_not_fit(tmp_path):
     assert [r["phase"] for r in cut_rows[1:]] == ["build tiny", "synthesis tiny", "speed_ladder tiny", "scoring",
                                                  "finetune_step tiny", "classifier_step"]
     assert all("skipped" in r for r in cut_rows[1:])
+
+
+def test_second_run_measures_what_the_first_left_out(tmp_path):
+    """`gpu_suite.py --second` (the call that the first GPU run could not make) at tiny size:
+    where plain diffusers' time goes, scoring, the fine-tune step, each recorded, none skipped."""
+    gpu_suite.main(["--out", str(tmp_path), "--tiny", "--no-compile", "--second", "--budget", "600"])
+    rows = [json.loads(line) for line in (tmp_path / "suite.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+    assert [r["phase"] for r in rows] == ["environment", "build", "where_time_goes", "scoring", "scoring", "scoring",
+                                          "finetune_step"]
+    where = rows[2]
+    for key in ("plain_unet_alone", "plain_to_latent", "plain_to_pt", "plain_to_pil", "raysys_unet_alone",
+                "raysys_to_latent", "raysys_to_np"):
+        assert where[key] > 0, key
+    assert where["plain_unet_dtype"] == "torch.float32"  # half precision only on a GPU
+    assert where["plain_attention"] == "AttnProcessor2_0"
+    assert rows[5]["p_true_max_abs_diff"] <= 1e-6
+    assert rows[6]["trainable_params"] > 0
