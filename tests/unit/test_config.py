@@ -124,3 +124,32 @@ def test_a_prompt_template_is_filled_with_the_class_name_alone():
     assert "is not a format string" in problem and "{{" in problem
     assert check_prompt_template("a photo") == ["generator.prompt_template must contain {name} (the class name), "
                                                 "got 'a photo'"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in TINY.parent.glob("*.yaml")))
+def test_digests_see_configs_as_omegaconf_does(config):
+    """A digest's plain form of a config is OmegaConf's, without its cost: every shipped config,
+    and compare variants that put ints in float fields (which OmegaConf reads as floats, so
+    `synthetic_per_epoch: 1` and `1.0` are one run)."""
+    import dataclasses
+    import json
+
+    from omegaconf import OmegaConf
+
+    from raysys.core.loading import _plain
+    from raysys.stages.curriculum import variant_config
+
+    cfg = load_config(TINY.parent / config)
+    runs = [cfg]
+    if config == TINY.name:
+        cfg = load_config(TINY, ["compare.variants={a: {schedule: real_only, synthetic_per_epoch: 1, "
+                                 "guidance_levels: [1, 0.5], undersample: 1}}"])
+        runs.append(variant_config(cfg, "a", 0))
+        assert runs[-1].curriculum.synthetic_per_epoch == 1 and type(runs[-1].curriculum.synthetic_per_epoch) is int
+    for c in runs:
+        for section in dataclasses.fields(c):
+            value = getattr(c, section.name)
+            want = OmegaConf.to_container(OmegaConf.structured(value))
+            assert json.dumps(_plain(value), sort_keys=True) == json.dumps(want, sort_keys=True), section.name
+    if len(runs) > 1:  # 1 == 1.0 in Python, not in a digest's JSON
+        assert json.dumps(_plain(runs[-1].curriculum)["guidance_levels"]) == "[1.0, 0.5]"

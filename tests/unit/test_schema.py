@@ -69,6 +69,7 @@ def test_write_is_atomic_when_the_write_or_the_rename_fails(tmp_path, monkeypatc
     old = (folder / "manifest.parquet").read_bytes()
 
     local = io.filesystem
+    monkeypatch.setattr(io, "RETRY", io.RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.001))  # no 7.5 s of backoff
     monkeypatch.setattr(io, "filesystem", lambda location: (_FailingFilesystem(local(location)[0], fault),
                                                             local(location)[1]))
     with pytest.raises(OSError, match="injected"):

@@ -230,8 +230,14 @@ def test_missing_clip_model_is_a_clear_error(tmp_path):
         ClipFilter(str(tmp_path / "no-such-clip"), 0.25, 0.0)
 
 
-def test_an_unusable_clip_model_is_refused_before_the_actors_start(tiny_clip, tmp_path):
+def test_an_unusable_clip_model_is_refused_before_the_actors_start(tiny_clip, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     from raysys.core.loading import ConfigError
+
+    # Offline, as the CI machine is in effect: the hub's client answers at once instead of
+    # spending about 20 s on timeouts and retries, and the error is the same one.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     from raysys.generation.synthesis import check_clip_model
 
     check_clip_model(tiny_clip)  # a local CLIP model: fine
