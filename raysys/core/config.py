@@ -282,6 +282,8 @@ class FinetuneConfig:
     """One GPU per worker; enables bf16 autocast and gradient checkpointing below."""
     cpus_per_worker: int = 2
     """CPUs reserved per worker (its torch threads), and for the control grid's task."""
+    concurrent_variants: int = 1
+    """Variants fine-tuned at once, each its own Ray Train run of num_workers workers (1: in turn)."""
     mixed_precision: Literal["bf16", "no"] = "bf16"
     """bf16 or no: autocast on GPU (CPU runs in fp32)."""
     gpu: Optional[str] = None

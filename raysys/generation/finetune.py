@@ -212,8 +212,10 @@ def check_finetune(f, generator) -> list[str]:
     problems = []
     if not f.variants or any(v not in VARIANTS for v in f.variants):
         problems.append(f"finetune.variants must be a non-empty subset of {list(VARIANTS)}, got {f.variants}")
-    if f.steps < 1 or f.batch_size < 1 or f.num_workers < 1 or f.checkpoint_every < 1 or f.lora_rank < 1:
-        problems.append("finetune.steps, batch_size, num_workers, checkpoint_every and lora_rank must be >= 1")
+    if (f.steps < 1 or f.batch_size < 1 or f.num_workers < 1 or f.checkpoint_every < 1 or f.lora_rank < 1
+            or f.concurrent_variants < 1):
+        problems.append("finetune.steps, batch_size, num_workers, checkpoint_every, lora_rank and concurrent_variants "
+                        "must be >= 1")
     if not 0 <= f.condition_dropout < 1:
         problems.append(f"finetune.condition_dropout is a share of rows, in [0, 1) (e.g. 0.1), "
                         f"got {f.condition_dropout}")

@@ -10,6 +10,7 @@ sampling setting re-renders it and never retrains a LoRA.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Iterator
 
@@ -20,7 +21,7 @@ from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop
 from raysys.generation.memory import finetune_problems
-from raysys.ray.train import Workers, fit
+from raysys.ray.train import Workers, fit, run_concurrently
 from raysys.stages import prepare, pretrain_generator, score
 
 
@@ -55,20 +56,26 @@ def _run(ctx: Context) -> dict:
 
         check_base(cfg.generator.base)
     class_names = prepare.stage_dir(cfg).metrics()["class_names"]
+    if f.concurrent_variants > 1 and len(f.variants) > 1:
+        print(f"[finetune] {len(f.variants)} variants, {min(f.concurrent_variants, len(f.variants))} at a time",
+              flush=True)
     with local_base(cfg) as base:  # Train workers (and a restarted one) load the base from it
-        return {"variants": {variant: _finetune(ctx, variant, base, class_names) for variant in f.variants}}
+        calls = [functools.partial(_finetune, cfg, variant, base, class_names, f"finetune-{variant}-{ctx.digest}",
+                                   ctx.file("ray"), ctx.file(variant, "adapters")) for variant in f.variants]
+        metrics = run_concurrently(calls, f.concurrent_variants, [f"finetune {v}" for v in f.variants])
+    return {"variants": dict(zip(f.variants, metrics))}
 
 
-def _finetune(ctx: Context, variant: str, base: str, class_names: list[str]) -> dict:
+def _finetune(cfg: RaysysConfig, variant: str, base: str, class_names: list[str], run_name: str, ray_dir: str,
+              adapters: str) -> dict:
     """Fine-tune one variant on Ray Train (resuming from its last checkpoint); returns its metrics."""
-    cfg, f = ctx.cfg, ctx.cfg.finetune
+    f = cfg.finetune
     t0 = time.time()
     workers = Workers(f.num_workers, f.use_gpu, f.cpus_per_worker, f.max_failures)
     job = FinetuneJob(variant=variant, base=base, manifest=score.manifest_path(cfg), class_names=class_names,
                       prompt_template=cfg.generator.prompt_template, cfg=f, seed=cfg.run.seed,
                       name=f"finetune {variant}")
-    state = fit(finetune_loop, job, workers, f"finetune-{variant}-{ctx.digest}", ctx.file("ray"),
-                outputs={"adapters": ctx.file(variant, "adapters")})
+    state = fit(finetune_loop, job, workers, run_name, ray_dir, outputs={"adapters": adapters})
     if state["step"] != f.steps:
         raise RuntimeError(f"finetune {variant}: last checkpoint is at step {state['step']}, expected {f.steps}")
     losses = state["losses"]

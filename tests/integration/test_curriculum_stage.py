@@ -31,9 +31,7 @@ def test_diverse_to_specific_walks_the_guidance_levels(tiny_synthetic):
         assert m[key] is not None and 0.0 <= m[key] <= 1.0, key
     assert len(m["per_class_acc"]) == 10
     assert os.path.isfile(os.path.join(curriculum.stage_dir(cfg).path, "model", "model.safetensors"))
-    real_only = curriculum.run(load_config(TINY, [f"run.root={tiny_synthetic.run.root}", "curriculum.epochs=5",
-                                                  "curriculum.schedule=real_only"]))
-    assert real_only["synthetic_images_seen"] == 0 and real_only["trace"] == ["real only"] * 5
+    # (A real-only run's trace and its count of synthetic images: the comparison test below.)
     assert curriculum.stage_dir(cfg).path != curriculum.stage_dir(load_config(
         TINY, [f"run.root={tiny_synthetic.run.root}", "curriculum.schedule=real_only"])).path
 
@@ -115,6 +113,8 @@ def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synth
         assert row["acc_std"] == pytest.approx(abs(runs[0]["acc"] - runs[1]["acc"]) / 2 ** 0.5)
     assert ev["variants"]["dts"]["trace"] == ["λ=0.3", "λ=0.7", "real only"]
     assert ev["variants"]["real_only"]["trace"] == ["real only"] * 3
+    assert [curriculum.stage_dir(variant_config(cfg, "real_only", s)).metrics()["synthetic_images_seen"]
+            for s in (0, 1)] == [0, 0]
     # The verdict follows from the per-seed numbers by evaluate's rule: "beats" only if the mean
     # paired (seed by seed) difference is above 0 in both overall and few-class accuracy.
     mean_diff = {}

@@ -50,7 +50,7 @@ def test_resource_and_concurrency_knobs_change_no_stage():
     assert _changed("score.max_actors=2", "synthesis.max_actors=1", "compare.concurrent=1",
                     "train.cpus_per_worker=2", "score.concurrent_folds=1", "score.batch_size=17",
                     "synthesis.batch_size=7", "synthesis.cpus_per_actor=2", "finetune.cpus_per_worker=1",
-                    "finetune.checkpoint_every=7", "pretrain.cpus=1", "pretrain.checkpoint_every=5",
+                    "finetune.checkpoint_every=7", "finetune.concurrent_variants=1", "pretrain.cpus=1", "pretrain.checkpoint_every=5",
                     "pretrain.max_failures=1", "train.checkpoint_every=3",
                     "tune.max_concurrent_trials=1", "train.max_failures=2") == set()
 
