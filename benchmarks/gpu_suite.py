@@ -449,7 +449,16 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     suite = Suite(args.out, args.budget, args.tiny)
     suite.compile = not args.no_compile
-    work = args.work or tempfile.mkdtemp(prefix="gpu_suite_")
+    temporary = None if args.work else tempfile.TemporaryDirectory(prefix="gpu_suite_")
+    try:
+        run_phases(args, suite, args.work or temporary.name)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+
+
+def run_phases(args, suite: Suite, work: str) -> None:
+    """Every phase of the first or (--second) the second run, generators and caches under `work`."""
     suite.out_cache = os.path.join(work, "compile_cache")
     info = {"device": suite.name, "versions": versions(), "peak_bf16_tflops": (peak_flops(suite.name, "bf16") or 0) / 1e12}
     if suite.device.type == "cuda":

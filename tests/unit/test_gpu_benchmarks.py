@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -257,8 +258,14 @@ def test_suite_records_every_phase_and_skips_what_does_not_fit(tmp_path):
 
 def test_second_run_measures_what_the_first_left_out(tmp_path):
     """`gpu_suite.py --second` (the call that the first GPU run could not make) at tiny size:
-    where plain diffusers' time goes, scoring, the fine-tune step, each recorded, none skipped."""
+    where plain diffusers' time goes, scoring, the fine-tune step, each recorded, none skipped; its
+    temporary folder (no --work) removed afterwards."""
+    import glob
+    import tempfile
+
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu_suite_*")))
     gpu_suite.main(["--out", str(tmp_path), "--tiny", "--no-compile", "--second", "--budget", "600"])
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu_suite_*"))) == before
     rows = [json.loads(line) for line in (tmp_path / "suite.jsonl").read_text().splitlines()]
     assert not [r for r in rows if "error" in r or "skipped" in r], rows
     assert [r["phase"] for r in rows] == ["environment", "build", "where_time_goes", "scoring", "scoring", "scoring",
