@@ -33,6 +33,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/synthesis_throughput.py
 	$(BIN)/python benchmarks/train_ingest.py
 	$(BIN)/python benchmarks/memory_plan.py
+	$(BIN)/python benchmarks/stage_digests.py
 
 clean:
 	rm -rf runs/ .pytest_cache
