@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
@@ -111,10 +112,10 @@ def _plain(obj: Any, hint: Any = Any) -> Any:
     (a variant's `synthetic_per_epoch: 1` is 1.0), without OmegaConf's cost (a digest of every
     stage of a 70-unit comparison took 30 s through it)."""
     if is_dataclass(obj) and not isinstance(obj, type):
-        types = _field_types(type(obj))
-        return {f.name: _plain(getattr(obj, f.name), types.get(f.name, Any)) for f in fields(obj)}
+        hints = _field_types(type(obj))
+        return {f.name: _plain(getattr(obj, f.name), hints.get(f.name, Any)) for f in fields(obj)}
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is typing.Union and len(args) == 1:  # Optional[X]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:  # Optional[X], X | None
         hint, args = args[0], list(typing.get_args(args[0]))
     if isinstance(obj, (list, tuple)):
         item = args[0] if typing.get_origin(hint) in (list, tuple) and args else Any
