@@ -34,6 +34,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/train_ingest.py
 	$(BIN)/python benchmarks/memory_plan.py
 	$(BIN)/python benchmarks/stage_digests.py
+	$(BIN)/python benchmarks/feature_extraction.py
 
 clean:
 	rm -rf runs/ .pytest_cache

@@ -176,12 +176,13 @@ def tiny_generator(tiny_run):
 
 @pytest.fixture(scope="session")
 def tiny_synthetic(tiny_generator):
-    """synthesize on top of `tiny_generator`: the tiny run's config."""
-    from raysys.stages import synthesize
+    """synthesize and quality on top of `tiny_generator`: the tiny run's config."""
+    from raysys.stages import quality, synthesize
 
     cfg = tiny_generator[0]
     synthesize.run(cfg)
-    _save_cached(cfg, synthesize)
+    quality.run(cfg)
+    _save_cached(cfg, synthesize, quality)
     return cfg
 
 

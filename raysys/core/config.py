@@ -403,6 +403,36 @@ class SynthesisConfig:
 
 
 @dataclass
+class QualityConfig:
+    """The `quality` stage: each synthetic set measured against the real images before any classifier trains on it."""
+
+    extractor: str = "classifier"
+    """Feature space: classifier (the run's baseline classifier, penultimate layer), inception (torch-fidelity's
+    InceptionV3, FID's own space) or a timm model name (its pooled features)."""
+    weights: Optional[str] = None
+    """Local weights file for inception or a timm extractor (None: the package's own download cache)."""
+    pretrained: bool = True
+    """timm extractors: load pretrained weights (False: random weights, for tests)."""
+    k: int = 5
+    """Nearest neighbours of precision, recall, density and coverage (Naeem et al.: 5)."""
+    copy_threshold: float = 0.5
+    """A synthetic image is a copy when its distance to the nearest train image is below this share of the
+    median distance between a train image and its nearest other train image."""
+    min_images: int = 50
+    """A figure computed on fewer images than this, on either side, is marked unreliable."""
+    batch_size: int = 256
+    """Images per extractor forward pass."""
+    min_actors: int = 1
+    """Smallest feature-extraction actor pool."""
+    max_actors: int = 1
+    """Largest feature-extraction actor pool."""
+    num_gpus: float = 0.0
+    """GPUs per feature-extraction actor (fractions allowed)."""
+    cpus_per_actor: float = 1.0
+    """CPUs reserved per feature-extraction actor."""
+
+
+@dataclass
 class CurriculumConfig:
     """Classifier training on real + synthetic images with a curriculum (raysys curriculum)."""
 
@@ -514,6 +544,7 @@ class RaysysConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

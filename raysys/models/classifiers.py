@@ -83,6 +83,15 @@ def normalize(images_uint8: torch.Tensor, model: Optional[nn.Module] = None) -> 
     return x.sub_(m).div_(s)
 
 
+def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features a classifier's head reads (N, d): SmallCNN's pooled features, a timm model's
+    pre-logits."""
+    model = getattr(model, "module", model)
+    if isinstance(model, SmallCNN):
+        return model.features(x)
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
 def registered_names() -> list[str]:
     return sorted(_REGISTRY)
 

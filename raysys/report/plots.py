@@ -84,3 +84,34 @@ def requested_vs_measured(levels: list[float], measured_by_model: dict[str, list
     fig.savefig(buf, format="png")
     plt.close(fig)
     io.write_bytes(location, buf.getvalue())
+
+
+def quality_curves(curves: dict[str, tuple[list[float], dict[str, list]]], location: str, xlabel: str,
+                   title: str) -> None:
+    """Set-quality figures against one axis (λ or requested s): one panel per figure (FID, precision,
+    recall, copies), one line per set and reference (`curves`: line label -> (x, figure -> values;
+    None where not measured)); unreliable points (a `reliable` list of False) hollow."""
+    panels = [("fid", "FID (lower: closer)"), ("precision", "precision"), ("recall", "recall"),
+              ("copies", "copies (share)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), dpi=100)
+    for ax, (key, label) in zip(axes, panels):
+        for name, (xs, figures) in curves.items():
+            ys = figures.get(key)
+            if ys is None:
+                continue
+            reliable = figures.get("reliable", [True] * len(xs))
+            pts = [(x, y, r) for x, y, r in zip(xs, ys, reliable) if y is not None]
+            if not pts:
+                continue
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", label=name)
+            for x, y, r in pts:
+                ax.plot([x], [y], "o", color=line.get_color(), markerfacecolor=line.get_color() if r else "white")
+        ax.set_xlabel(xlabel)
+        ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title + " (hollow: fewer images than quality.min_images)", fontsize=9)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    io.write_bytes(location, buf.getvalue())

@@ -12,12 +12,12 @@ from pathlib import Path
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import read_config
 from raysys.core.stage import Stage, check_chain
-from raysys.stages import (control, curriculum, evaluate, finetune, prepare, pretrain_generator, report, score,
-                           synthesize, train_classifier, tune)
+from raysys.stages import (control, curriculum, evaluate, finetune, prepare, pretrain_generator, quality, report,
+                           score, synthesize, train_classifier, tune)
 
 STAGES: tuple[Stage, ...] = (prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
-                             finetune.STAGE, control.STAGE, synthesize.STAGE, curriculum.STAGE, evaluate.STAGE,
-                             report.STAGE, tune.STAGE)
+                             finetune.STAGE, control.STAGE, synthesize.STAGE, quality.STAGE, curriculum.STAGE,
+                             evaluate.STAGE, report.STAGE, tune.STAGE)
 """Every stage, in the order `raysys run` takes them where the graph leaves a choice."""
 BY_COMMAND = {s.command: s for s in STAGES}
 

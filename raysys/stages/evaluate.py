@@ -9,7 +9,9 @@ won, and a plain verdict ("beats" only if the mean difference is > 0 on both); w
 test splits (data.test_splits, e.g. ID and OOD), accuracy and macro-F1 of each, side by side;
 and `headroom`: each variant's headroom recovery against the `reference` run (real-only Balanced
 Softmax on train + the generator's own training images; see `headroom`), or why it cannot be
-computed. Also `results.csv` (one row per variant, recovery included) for other tools.
+computed; and, per variant that trains on synthetic images, `quality`: the overall figures of each of its
+plans from the `quality` stage (FID, precision, recall, copies, ...), beside its accuracy and recovery.
+Also `results.csv` (one row per variant, recovery and its plan's quality included) for other tools.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import math
 from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.stages import curriculum, train_classifier
+from raysys.stages import curriculum, quality, train_classifier
 from raysys.stages.curriculum import REFERENCE, compare_variants, generator_training_split, variants
 
 METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
+QUALITY = ("train_fid", "test_fid", "train_kid", "train_precision", "train_recall", "train_density", "train_coverage",
+           "copies", "closer_than_source", "diversity")
+"""The quality stage's overall figures of a plan that evaluate puts beside a variant's accuracy."""
 
 
 def baseline_name(cfg: RaysysConfig) -> str:
@@ -97,6 +102,7 @@ def _run(stage: Context) -> dict:
         for k in METRICS:
             row[k], row[f"{k}_std"] = mean_std(row["per_seed"][k])
         row["test_splits"] = by_test_split(per_seed)
+        row["quality"] = plan_quality(cfg, row["plans"])
         table[name] = row
     base = baseline_name(cfg)
     comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
@@ -129,6 +135,14 @@ def _run(stage: Context) -> dict:
         for name, rec in h["recovery"].items():
             print(f"[evaluate] {name:24s} headroom recovered: overall {pct(rec['acc'])}, few {pct(rec['acc_few'])}")
     return metrics
+
+
+def plan_quality(cfg: RaysysConfig, plans: list[str]) -> dict[str, dict]:
+    """Plan -> its overall quality figures (QUALITY), for the plans the quality stage measured."""
+    if not plans or not quality.stage_dir(cfg).is_complete():
+        return {}
+    measured = quality.stage_dir(cfg).metrics()["plans"]
+    return {p: {k: measured[p]["overall"].get(k) for k in QUALITY} for p in plans if p in measured}
 
 
 def _ms(m: dict) -> tuple:
@@ -223,19 +237,25 @@ def results_csv(metrics: dict) -> str:
     recovery = metrics["headroom"].get("recovery", {})
     writer.writerow(["variant", "schedule", "loss", "plans", "seeds", *[c for k in METRICS for c in (k, f"{k}_std")],
                      *[c for s, k in split_cols for c in (f"{s}_{k}", f"{s}_{k}_std")],
-                     *[c for k in ("acc", "acc_few") for c in (f"recovery_{k}", f"recovery_{k}_std")]])
+                     *[c for k in ("acc", "acc_few") for c in (f"recovery_{k}", f"recovery_{k}_std")],
+                     *[f"quality_{k}" for k in QUALITY]])
     for name, row in metrics["variants"].items():
         per_split = [row["test_splits"].get(s, {}).get(k, {}) for s, k in split_cols]
         rec = recovery.get(name, {})
+        plan_figures = list(row.get("quality", {}).values())
+        single = plan_figures[0] if len(plan_figures) == 1 else {}  # several plans: see metrics.json
         writer.writerow([name, row["schedule"], row["loss"], " ".join(row["plans"]), len(row["seeds"]),
                          *[row[c] for k in METRICS for c in (k, f"{k}_std")],
                          *[v for m in per_split for v in (m.get("mean"), m.get("std"))],
-                         *[v for k in ("acc", "acc_few") for v in (rec.get(k, {}).get("mean"), rec.get(k, {}).get("std"))]])
+                         *[v for k in ("acc", "acc_few") for v in (rec.get(k, {}).get("mean"), rec.get(k, {}).get("std"))],
+                         *[single.get(k) for k in QUALITY]])
     return buf.getvalue()
 
 
 STAGE = Stage(
-    name="evaluate", reads=(curriculum.STAGE, train_classifier.STAGE), run=_run, needs_ray=False,
+    name="evaluate", reads=(curriculum.STAGE, train_classifier.STAGE, quality.STAGE), run=_run, needs_ray=False,
+    needs=lambda cfg: (curriculum.STAGE, train_classifier.STAGE) + (
+        (quality.STAGE,) if any(c.curriculum.schedule != "real_only" for c in curriculum.curriculum_configs(cfg)) else ()),
     fingerprint=baseline_name,
     describe="mean ± std over seeds per variant, paired comparisons and verdicts: results.csv",
 )

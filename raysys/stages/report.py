@@ -6,6 +6,9 @@ the same content as <root>/report/index.md:
   std over seeds, and the paired difference to the baseline) with a plain verdict;
 - headroom recovery: how much of the reference's gain (real-only Balanced Softmax on train + the
   generator's own training images) each variant recovers, or why it cannot be computed;
+- synthetic-set quality (the `quality` stage): per plan a table of FID, KID, precision, recall,
+  density, coverage, copies and diversity, as a whole and per λ, requested-s tenth, class group
+  and class, beside the real test images' level; the figures against λ and s; the closest pairs;
 - difficulty histograms (real vs synthetic; requested vs measured), the class x s control grid,
   the class x λ grid of the DisCL plan, the hard-factor visualisation;
 - the curriculum trace (the selection of every epoch, the adaptive choices);
@@ -26,7 +29,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_seconds, upstream
-from raysys.stages import control, evaluate, prepare, pretrain_generator, score, synthesize
+from raysys.stages import control, evaluate, prepare, pretrain_generator, quality, score, synthesize
 from raysys.stages.curriculum import curriculum_configs
 
 GROUPS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
@@ -227,6 +230,7 @@ def _run(stage: Context) -> dict:
                   f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]
          + split_blocks),
         ("Headroom recovery", _headroom_blocks(ev.get("headroom", {"unavailable": "not measured"}))),
+        ("Synthetic-set quality", _quality_blocks(cfg, stage)),
         ("Difficulty and control", [("img", f, c) for f, c in figures]),
         ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
                                                                   "adaptive choices"], trace_rows)]),
@@ -240,11 +244,13 @@ def _run(stage: Context) -> dict:
         "run_root": io.resolve(cfg.run.root), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "stage_seconds": seconds, "total_seconds": round(total, 1), "baseline": base,
         "results": {name: {k: v[k] for k in [*GROUPS, *[f"{g}_std" for g in GROUPS], "seeds", "schedule", "loss",
-                                             "plans"]} for name, v in ev["variants"].items()},
+                                             "plans", "quality"] if k in v} for name, v in ev["variants"].items()},
         "comparisons": ev["comparisons"], "verdicts": verdicts, "headroom": ev.get("headroom"),
         "synthesis": {k: syn[k] for k in ("planned", "written", "kept", "filtered", "duplicates", "images_per_s")}
         if syn else None,
         "difficulty_spearman": ft.get("difficulty_spearman") if ft else None,
+        "quality": ({name: p["overall"] for name, p in quality.stage_dir(cfg).metrics()["plans"].items()}
+                    if quality.stage_dir(cfg).is_complete() else None),
         "report": stage.file("index.html"),
     }
     io.write_json(summary_path(cfg), summary)
@@ -253,6 +259,53 @@ def _run(stage: Context) -> dict:
     for line in verdicts:
         print(f"[report] {line}")
     return metrics
+
+
+QUALITY_COLUMNS = [("images", "images", "n"), ("train_fid", "FID (train)", "f"), ("test_fid", "FID (test)", "f"),
+                   ("train_kid", "KID ×1000 (train)", "k"), ("train_precision", "precision", "r"),
+                   ("train_recall", "recall", "r"), ("train_density", "density", "r"),
+                   ("train_coverage", "coverage", "r"), ("copies", "copies", "r"),
+                   ("closer_than_source", "closer than source gap", "r"), ("diversity", "diversity (syn/real)", "r"),
+                   ("clip_text", "CLIP score", "r")]
+
+
+def _quality_cell(value, kind: str) -> str:
+    if value is None or value == "":
+        return "–"
+    return {"n": f"{value}", "f": f"{value:.1f}", "k": f"{1000 * value:.1f}", "r": f"{value:.2f}"}[kind]
+
+
+def _quality_blocks(cfg: RaysysConfig, stage: Context) -> list:
+    """The quality stage's tables (one per plan, the real test images first) and figures."""
+    q = quality.stage_dir(cfg)
+    if not q.is_complete():
+        return [("p", "Not measured: run `raysys quality CONFIG`.")]
+    m = q.metrics()
+    blocks: list = [("p", f"Each set's kept images against the real images of the same classes, in the {m['extractor']} "
+                          f"extractor's feature space ({m['feature_dim']}-d): FID and KID (lower: closer), precision "
+                          f"(fidelity) and recall (coverage of the real distribution) with k = {m['k']} neighbours, "
+                          "density and coverage; copies: the share of images nearer to a train image than "
+                          f"{m['copy_threshold']} × the median train-to-train nearest distance; closer than source gap: "
+                          "image-guided images nearer to their source than the source is to any other train image; "
+                          "diversity: within-class spread over the real images' (1: as varied). FID (test) is against "
+                          f"the held-out {m['test_split']} images. The 'real' table is the {m['test_split']} images "
+                          f"against train: the level real data reaches. * marks a figure on fewer than "
+                          f"{m['min_images']} images on either side (not reliable; KID is the one to read on small sets).")]
+    header = ["by", "group", *[label for _, label, _ in QUALITY_COLUMNS]]
+    for name, plan in m["plans"].items():
+        rows = [[r["by"], r["group"] + ("" if r["reliable"] else " *"),
+                 *[_quality_cell(r.get(key), kind) for key, _, kind in QUALITY_COLUMNS]] for r in plan["rows"]]
+        blocks += [("p", f"{'Real' if name == quality.REAL else 'Plan'} '{name}':"), ("table", header, rows)]
+    captions = {"quality_by_lambda.png": "FID, precision, recall and copies by image guidance λ (DisCL's spectrum: "
+                                         "low λ diverse and prototypical, high λ close to the source).",
+                "quality_by_s.png": "FID, precision, recall and copies by requested difficulty s."}
+    for figure in m["figures"]:
+        io.write_bytes(stage.file(figure), io.read_bytes(q.file(figure)))
+        caption = captions.get(figure) or (f"The synthetic images of plan '{figure[len('closest_'):-4]}' nearest to a "
+                                           "train image (top), each above that train image (bottom); the number is "
+                                           "their distance over the median train-to-train nearest distance.")
+        blocks.append(("img", figure, caption))
+    return blocks
 
 
 def _headroom_blocks(h: dict) -> list:
@@ -343,11 +396,12 @@ def _markdown(title: str, sections) -> str:
 def _needs(cfg: RaysysConfig) -> tuple:
     """The figures of synthesis and control, unless every run of the comparison is real-only."""
     real_only = all(c.curriculum.schedule == "real_only" for c in curriculum_configs(cfg))
-    return (evaluate.STAGE, score.STAGE, prepare.STAGE) + (() if real_only else (synthesize.STAGE, control.STAGE))
+    return (evaluate.STAGE, score.STAGE, prepare.STAGE) + (() if real_only else (synthesize.STAGE, control.STAGE,
+                                                                                quality.STAGE))
 
 
 STAGE = Stage(
-    name="report", reads=(evaluate.STAGE, synthesize.STAGE, control.STAGE, score.STAGE, prepare.STAGE),
+    name="report", reads=(evaluate.STAGE, synthesize.STAGE, control.STAGE, quality.STAGE, score.STAGE, prepare.STAGE),
     run=_run, needs_ray=False, fingerprint=lambda cfg: (cfg.data.many_threshold, cfg.data.few_threshold),
     needs=_needs,
     describe="index.html / index.md with the results, grids, histograms and costs; <root>/summary.json",

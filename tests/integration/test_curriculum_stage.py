@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 def _copy(cfg, root):
-    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "control", "synthesize"):
+    for stage in ("prepare", "train_classifier", "score", "pretrain_generator", "finetune", "control", "synthesize",
+                  "quality"):
         shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
 
 
@@ -138,6 +139,9 @@ def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synth
     markdown = (root / "report" / "index.md").read_text()
     assert "| dts | diverse_to_specific |" in markdown and "λ=0.3 ×1 → λ=0.7 ×1 → real only ×1" in markdown
     assert "## Headroom recovery" in markdown and "| variant | overall recovered % | few recovered %" in markdown
+    assert "## Synthetic-set quality" in markdown and "Plan 'discl':" in markdown and "quality_by_lambda.png" in images
+    assert ev["variants"]["dts"]["quality"]["discl"]["train_fid"] > 0 and ev["variants"]["real_only"]["quality"] == {}
+    assert "quality_train_fid" in (root / "evaluate" / "results.csv").read_text().splitlines()[0]
     summary = io.read_json(str(root / "summary.json"))
     assert summary["results"]["dts"]["acc_few"] == ev["variants"]["dts"]["acc_few"]
     assert summary["synthesis"]["duplicates"] == 0 and summary["stage_seconds"]["evaluate"] is not None

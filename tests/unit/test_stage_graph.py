@@ -34,7 +34,7 @@ def test_the_run_order_comes_from_what_stages_read():
     cfg = load_config(TINY)
     order = chain(STAGES, cfg)
     assert [s.name for s in order] == ["prepare", "train_classifier", "score", "pretrain_generator", "finetune",
-                                       "control", "synthesize", "curriculum", "evaluate", "report"]
+                                       "control", "synthesize", "quality", "curriculum", "evaluate", "report"]
     for i, stage in enumerate(order):
         assert all(r in order[:i] for r in stage.reads if r.applies(cfg))
     real_base = load_config(TINY, ["generator.base=some/hub-id", "data.pretrain_per_class=0"])
@@ -52,13 +52,14 @@ def test_resource_and_concurrency_knobs_change_no_stage():
                     "synthesis.batch_size=7", "synthesis.cpus_per_actor=2", "finetune.cpus_per_worker=1",
                     "finetune.checkpoint_every=7", "finetune.concurrent_variants=1", "pretrain.cpus=1", "pretrain.checkpoint_every=5",
                     "pretrain.max_failures=1", "train.checkpoint_every=3",
-                    "tune.max_concurrent_trials=1", "train.max_failures=2") == set()
+                    "tune.max_concurrent_trials=1", "train.max_failures=2", "quality.max_actors=2",
+                    "quality.batch_size=17", "quality.cpus_per_actor=2") == set()
 
 
 def test_a_sampling_knob_reruns_the_grid_synthesis_and_what_reads_them_never_a_model():
     changed = _changed("generator.guidance_scale=4")
-    assert changed == {"control", "synthesize", "curriculum/dts-seed0", "curriculum/dts-seed1", "evaluate", "report",
-                       "tune/sweep"}
+    assert changed == {"control", "synthesize", "quality", "curriculum/dts-seed0", "curriculum/dts-seed1", "evaluate",
+                       "report", "tune/sweep"}
     grid = _changed("finetune.grid_seeds=3")  # only the proof of control and the report that shows it
     assert grid == {"control", "report"}
 
@@ -68,8 +69,13 @@ def test_a_data_change_reruns_everything_and_a_curriculum_change_only_the_curric
     assert _changed("curriculum.synthetic_per_epoch=0.25") == {
         "curriculum/real_only-seed0", "curriculum/real_only-seed1", "curriculum/dts-seed0", "curriculum/dts-seed1",
         "evaluate", "report", "tune/sweep"}
-    assert _changed("finetune.lr=0.01") == {"finetune", "control", "synthesize", "curriculum/dts-seed0",
+    assert _changed("finetune.lr=0.01") == {"finetune", "control", "synthesize", "quality", "curriculum/dts-seed0",
                                             "curriculum/dts-seed1", "evaluate", "report", "tune/sweep"}
+
+
+def test_a_quality_setting_reruns_the_measures_and_what_shows_them_never_a_set_or_a_classifier():
+    assert _changed("quality.extractor=test_resnet") == {"quality", "evaluate", "report"}
+    assert _changed("quality.copy_threshold=0.3") == {"quality", "evaluate", "report"}
 
 
 def test_a_version_bump_reruns_the_stage_and_everything_downstream():
