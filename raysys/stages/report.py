@@ -230,7 +230,7 @@ def _run(stage: Context) -> dict:
                   f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]
          + split_blocks),
         ("Headroom recovery", _headroom_blocks(ev.get("headroom", {"unavailable": "not measured"}))),
-        ("Synthetic-set quality", _quality_blocks(cfg, stage)),
+        ("Synthetic-set quality", _quality_blocks(cfg, stage, ev)),
         ("Difficulty and control", [("img", f, c) for f, c in figures]),
         ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
                                                                   "adaptive choices"], trace_rows)]),
@@ -275,12 +275,23 @@ def _quality_cell(value, kind: str) -> str:
     return {"n": f"{value}", "f": f"{value:.1f}", "k": f"{1000 * value:.1f}", "r": f"{value:.2f}"}[kind]
 
 
-def _quality_blocks(cfg: RaysysConfig, stage: Context) -> list:
-    """The quality stage's tables (one per plan, the real test images first) and figures."""
+def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
+    """Each variant's set quality beside its result, then the quality stage's tables (one per plan, the
+    real test images first) and figures."""
     q = quality.stage_dir(cfg)
     if not q.is_complete():
         return [("p", "Not measured: run `raysys quality CONFIG`.")]
     m = q.metrics()
+    recovery = ev.get("headroom", {}).get("recovery", {})
+    beside = []
+    for name, v in ev["variants"].items():
+        for plan, figures in v.get("quality", {}).items():
+            rec = recovery.get(name, {}).get("acc_few", {}).get("mean")
+            beside.append([name, plan, _pct(v["acc"], v["acc_std"]), _pct(v["acc_few"], v["acc_few_std"]),
+                           "–" if rec is None else f"{100 * rec:.0f}",
+                           *[_quality_cell(figures.get(key), kind) for key, kind in
+                             (("train_fid", "f"), ("test_fid", "f"), ("train_precision", "r"), ("train_recall", "r"),
+                              ("copies", "r"), ("diversity", "r"))]])
     blocks: list = [("p", f"Each set's kept images against the real images of the same classes, in the {m['extractor']} "
                           f"extractor's feature space ({m['feature_dim']}-d): FID and KID (lower: closer), precision "
                           f"(fidelity) and recall (coverage of the real distribution) with k = {m['k']} neighbours, "
@@ -291,6 +302,10 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context) -> list:
                           f"the held-out {m['test_split']} images. The 'real' table is the {m['test_split']} images "
                           f"against train: the level real data reaches. * marks a figure on fewer than "
                           f"{m['min_images']} images on either side (not reliable; KID is the one to read on small sets).")]
+    if beside:
+        blocks += [("p", "Each variant that trains on synthetic images, its result beside its sets' quality (overall):"),
+                   ("table", ["variant", "plan", "overall %", "few %", "few recovered %", "FID (train)", "FID (test)",
+                              "precision", "recall", "copies", "diversity"], beside)]
     header = ["by", "group", *[label for _, label, _ in QUALITY_COLUMNS]]
     for name, plan in m["plans"].items():
         rows = [[r["by"], r["group"] + ("" if r["reliable"] else " *"),

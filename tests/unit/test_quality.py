@@ -113,3 +113,28 @@ def test_measure_compares_each_group_with_the_real_images_of_its_classes_and_mar
     assert overall["copies"] < 0.2 and overall["reliable"]  # fresh draws: a few sit as near as half the train gap
     small = measure(fake.take(np.arange(10)), train, None, {0: "many", 1: "few"}, ["zero", "one"], min_images=50)
     assert not small[0]["reliable"]
+
+
+def test_an_extractor_whose_weights_cannot_be_had_says_what_to_do_in_one_line(tmp_path):
+    from raysys.quality.features import ExtractorUnavailable, FeatureExtractor, extractor_problems
+
+    missing = tmp_path / "no-such-inception.pth"
+    with pytest.raises(ExtractorUnavailable) as found:
+        FeatureExtractor("inception", weights=str(missing))
+    message = str(found.value)
+    assert "\n" not in message and "torch-fidelity" in message and "quality.extractor=classifier" in message
+    assert extractor_problems("classifier") == [] and extractor_problems("test_resnet") == []
+    assert "neither classifier, inception nor a timm model" in extractor_problems("resnet_no_such")[0]
+
+
+def test_a_timm_extractor_gives_its_pooled_features_for_grey_and_colour_images():
+    from raysys.data.images import encode_png
+    from raysys.quality.features import FeatureExtractor
+
+    extract = FeatureExtractor("test_resnet", pretrained=False)
+    rng = np.random.default_rng(0)
+    grey = [encode_png(rng.integers(0, 256, (12, 12), dtype=np.uint8)) for _ in range(3)]
+    colour = [encode_png(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(2)]
+    features = extract(grey + colour)
+    assert features.shape == (5, 96) and features.dtype == np.float32 and np.isfinite(features).all()
+    assert not np.allclose(features[0], features[1])
