@@ -19,7 +19,9 @@
 - **Diversity**: within a class, the mean pairwise feature distance of the synthetic images over
   that of the real ones (1: as varied as the real images; below 1: more alike).
 
-Pairwise distances are computed a block of rows at a time, so memory is one block x N.
+Pairwise distances are computed a block of rows at a time, so memory is one block x N. Give them
+float64 features: `torch.cdist` computes through matrix products, whose float32 rounding puts an
+image at a distance of order 1e-1 from itself when feature norms are in the hundreds.
 """
 
 from __future__ import annotations
@@ -101,12 +103,14 @@ def kth_neighbour_distance(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, Optional[float]]:
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5,
+         real_radius: Optional[torch.Tensor] = None) -> dict[str, Optional[float]]:
     """Precision, recall, density and coverage of `fake` against `real` with k-NN balls (None when
-    either set has k rows or fewer)."""
+    either set has k rows or fewer). `real_radius`: `kth_neighbour_distance(real, k)`, when already known."""
     if len(real) <= k or len(fake) <= k:
         return {"precision": None, "recall": None, "density": None, "coverage": None}
-    real_radius, fake_radius = kth_neighbour_distance(real, k), kth_neighbour_distance(fake, k)
+    real_radius = kth_neighbour_distance(real, k) if real_radius is None else real_radius
+    fake_radius = kth_neighbour_distance(fake, k)
     in_some_real = torch.zeros(len(fake), dtype=torch.bool)
     real_balls_hit = torch.zeros(len(fake))
     real_in_some_fake = torch.zeros(len(real), dtype=torch.bool)
@@ -136,12 +140,15 @@ def nearest(query: torch.Tensor, ref: torch.Tensor, exclude_self: bool = False) 
     return dist, index
 
 
-def memorisation(train: torch.Tensor, fake: torch.Tensor, source: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+def memorisation(train: torch.Tensor, fake: torch.Tensor, source: Optional[np.ndarray] = None,
+                 train_gap_each: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
     """Per synthetic row: `nearest_train` (index of its nearest train row), `nearest_ratio` (its distance
     to it over the median nearest-other-train distance) and, where `source` (index of each row's guiding
     train row, -1 for none) is given, `closer_than_source_gap` (1.0: closer to its own source than that
-    source is to its nearest other train row; 0.0: not; NaN: no source). Also `train_gap`, the median."""
-    train_gap_each, _ = nearest(train, train, exclude_self=True)
+    source is to its nearest other train row; 0.0: not; NaN: no source). Also `train_gap`, the median.
+    `train_gap_each`: each train row's distance to its nearest other train row, when already known."""
+    if train_gap_each is None:
+        train_gap_each, _ = nearest(train, train, exclude_self=True)
     gap = float(train_gap_each.median()) if len(train) > 1 else float("nan")
     dist, index = nearest(fake, train)
     out = {"nearest_train": index.numpy(), "nearest_ratio": (dist / gap).double().numpy() if gap > 0 else

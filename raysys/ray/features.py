@@ -2,8 +2,8 @@
 
 Each actor loads its extractor once (in __init__), then for each part it is given reads the rows
 it is told to (the real splits named, or a synthetic plan's kept rows), decodes and embeds them
-`batch_size` at a time, and returns sample ids and features (a fixed-size list of float32). The
-driver holds ids and features, never an image.
+`batch_size` at a time, and returns sample ids and features (a list of float32 per row, with 64-bit
+offsets: a million 2048-d rows fit). The driver holds ids and features, never an image.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ class FeatureActor:
             block = with_image_bytes(table.slice(start, self.batch_size))
             chunks.append(self.extract(block["image"].to_pylist()))
         features = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-        offsets = pa.array(np.arange(len(features) + 1) * features.shape[1], pa.int32())
+        offsets = pa.array(np.arange(len(features) + 1, dtype=np.int64) * features.shape[1], pa.int64())
         flat = pa.array(features.reshape(-1), pa.float32())
         return pa.table({"part": pa.array([part] * len(table), pa.string()), "sample_id": table["sample_id"],
-                         "features": pa.ListArray.from_arrays(offsets, flat)})  # one type for every part, empty ones too
+                         "features": pa.LargeListArray.from_arrays(offsets, flat)})  # one type for every part, empty ones too
 
 
 def extract_features(parts: list[tuple[str, str]], cfg: QualityConfig, classifier_dir: Optional[str],

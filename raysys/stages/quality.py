@@ -31,15 +31,15 @@ from raysys.core.config import RaysysConfig
 from raysys.core.schema import list_parts, read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.quality.features import FeatureExtractor, extractor_problems
-from raysys.quality.groups import FIGURES, FeatureSet, closest_pairs, measure
+from raysys.quality.groups import FIGURES, FeatureSet, Reference, closest_pairs, measure
 from raysys.stages import prepare, score, synthesize, train_classifier
 
 REAL = "real"
 """The name of the real test set's rows in quality.csv (the real-versus-real level)."""
 CLOSEST_PAIRS = 8
 """Synthetic images in each plan's closest-pairs grid."""
-COLUMNS = ("plan", "by", "group", "images", "reliable",
-           *[f"{side}{f}" for side in ("train_", "test_") for f in ("images", *FIGURES, "kid_std")],
+COLUMNS = ("plan", "by", "group", "value", "images", "reliable",
+           *[f"{side}{f}" for side in ("train_", "test_") for f in ("images", *FIGURES, "kid_std", "reliable")],
            "copies", "nearest_ratio_median", "closer_than_source", "diversity", "clip_text")
 """quality.csv's columns."""
 
@@ -101,16 +101,19 @@ def _run(ctx: Context) -> dict:
     labels = real["label"].to_numpy().astype(np.int64)
     ids = np.asarray(real["sample_id"].to_pylist(), dtype=object)
     train_ids, test_ids = ids[split == "train"].tolist(), ids[split == test_split].tolist()
-    train = FeatureSet(_aligned(train_ids, found), labels[split == "train"])
-    test = FeatureSet(_aligned(test_ids, found), labels[split == test_split]) if test_ids else None
+    if len(train_ids) <= q.k:
+        raise RuntimeError(f"quality: the train split has {len(train_ids)} images; it needs more than quality.k = {q.k}")
+    train = Reference(FeatureSet(_aligned(train_ids, found), labels[split == "train"]), q.k)
+    test_images = FeatureSet(_aligned(test_ids, found), labels[split == test_split]) if test_ids else None
+    test = Reference(test_images, q.k) if test_images is not None else None
     train_index = {sid: i for i, sid in enumerate(train_ids)}
 
     # 2. Measures: the real-versus-real level, then every plan.
-    settings = dict(class_group=class_group, class_names=class_names, k=q.k, copy_threshold=q.copy_threshold,
+    settings = dict(class_group=class_group, class_names=class_names, copy_threshold=q.copy_threshold,
                     min_images=q.min_images)
     rows = {}
-    if test is not None:
-        rows[REAL] = measure(test, train, None, **settings)
+    if test_images is not None:
+        rows[REAL] = measure(test_images, train, None, **settings)
     sets, set_ids = {}, {}
     for name, table in plan_rows.items():
         if not len(table):
@@ -126,11 +129,12 @@ def _run(ctx: Context) -> dict:
     # 3. Files.
     _write_csv(ctx.file("quality.csv"), rows)
     figures = _plots(ctx, rows)
+    part_of = {sid: part for part, (ids_of_part, _) in extracted.items() for sid in ids_of_part}
     for name, fake in sets.items():
         pairs = closest_pairs(set_ids[name], train_ids, fake, train, CLOSEST_PAIRS)
-        _closest_grid(cfg, plans[name], pairs, ctx.file(f"closest_{name}.png"), name)
+        _closest_grid(cfg, pairs, part_of, ctx.file(f"closest_{name}.png"), name)
         figures.append(f"closest_{name}.png")
-    metrics = {"extractor": q.extractor, "feature_dim": int(train.features.shape[1]), "k": q.k,
+    metrics = {"extractor": q.extractor, "feature_dim": int(train.images.features.shape[1]), "k": q.k,
                "copy_threshold": q.copy_threshold, "min_images": q.min_images, "test_split": test_split,
                "real_images": {"train": len(train_ids), "test": len(test_ids)}, "figures": figures,
                "plans": {name: {"overall": r[0], "rows": r} for name, r in rows.items()}}
@@ -168,30 +172,30 @@ def _plots(ctx: Context, rows: dict[str, list[dict]]) -> list[str]:
             chosen = [r for r in plan_rows if r["by"] == by]
             if not chosen:
                 continue
-            xs = [float(r["group"].split("-")[0]) + (0.05 if by == "s" else 0.0) for r in chosen]
+            xs = [r["value"] for r in chosen]
             for side in ("train", "test"):
                 curves[f"{name} vs {side}"] = (xs, {"fid": [r.get(f"{side}_fid") for r in chosen],
                                                    "precision": [r.get(f"{side}_precision") for r in chosen],
                                                    "recall": [r.get(f"{side}_recall") for r in chosen],
                                                    "copies": [r["copies"] for r in chosen] if side == "train" else None,
-                                                   "reliable": [r["reliable"] for r in chosen]})
+                                                   "reliable": [r.get(f"{side}_reliable", False) for r in chosen]})
         if curves:
             quality_curves(curves, ctx.file(file), axis, f"synthetic-set quality by {axis}")
             written.append(file)
     return written
 
 
-def _closest_grid(cfg: RaysysConfig, plan_dir: str, pairs: list, location: str, name: str) -> None:
-    """Each of the closest synthetic images beside its nearest train image (reads just those images)."""
+def _closest_grid(cfg: RaysysConfig, pairs: list, part_of: dict[str, str], location: str, name: str) -> None:
+    """Each of the closest synthetic images beside its nearest train image: the driver reads just those
+    images, from the parts that hold them (`part_of`: sample id -> part)."""
     from raysys.data.images import decode
     from raysys.report.plots import image_grid
 
-    fake = read_manifest(plan_dir, columns=["sample_id", "image"],
-                         where=pc.field("sample_id").isin([p[0] for p in pairs]))
-    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"],
-                         where=pc.field("sample_id").isin([p[1] for p in pairs]))
-    images = {**dict(zip(fake["sample_id"].to_pylist(), fake["image"].to_pylist())),
-              **dict(zip(real["sample_id"].to_pylist(), real["image"].to_pylist()))}
+    wanted = {sid for pair in pairs for sid in pair[:2]}
+    images: dict[str, bytes] = {}
+    for part in sorted({part_of[sid] for sid in wanted}):
+        table = read_manifest(part, columns=["sample_id", "image"], where=pc.field("sample_id").isin(sorted(wanted)))
+        images.update(zip(table["sample_id"].to_pylist(), table["image"].to_pylist()))
     size, channels = cfg.data.image_size, cfg.data.channels
     grid = np.stack([np.stack([decode(images[f], size, channels).transpose(1, 2, 0),
                                decode(images[r], size, channels).transpose(1, 2, 0)]) for f, r, _ in pairs])

@@ -14,7 +14,7 @@ from raysys.core.loading import ConfigError
 from raysys.core.schema import read_manifest
 from raysys.data.images import encode_png
 from raysys.quality.features import FeatureExtractor
-from raysys.quality.groups import FeatureSet, measure
+from raysys.quality.groups import FeatureSet, Reference, measure
 from raysys.stages import load_config, quality, score, train_classifier
 from tests.conftest import TINY
 
@@ -73,7 +73,8 @@ def test_a_copying_generator_and_noise_through_the_run_classifier(tiny_run):
     labels = table["label"].to_numpy().astype(np.int64)
     images = table["image"].to_pylist()
     is_train = split == "train"
-    train = FeatureSet(torch.from_numpy(extract([im for im, t in zip(images, is_train) if t])), labels[is_train])
+    train = Reference(FeatureSet(torch.from_numpy(extract([im for im, t in zip(images, is_train) if t])),
+                                 labels[is_train]), k=5)
     groups = {c: "many" for c in range(10)}
     names = [str(c) for c in range(10)]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from raysys.quality.groups import FeatureSet, groups, measure, s_bin
+from raysys.quality.groups import FeatureSet, Reference, closest_pairs, groups, measure, s_bin
 from raysys.quality.measures import diversity_ratio, fid, kid, memorisation, prdc
 
 
@@ -93,7 +93,7 @@ def test_groups_cover_lambda_s_tenths_class_groups_and_classes():
     fake = FeatureSet(torch.zeros(6, 2), np.array([0, 0, 1, 1, 2, 2]),
                       guidance=np.array([0.1, 0.9, 0.1, 0.9, np.nan, np.nan]),
                       requested=np.array([np.nan, np.nan, np.nan, np.nan, 0.25, 0.75]))
-    found = {(by, g): rows.tolist() for by, g, rows in groups(fake, {0: "many", 1: "few", 2: "few"}, ["a", "b", "c"])}
+    found = {(by, g): rows.tolist() for by, g, _, rows in groups(fake, {0: "many", 1: "few", 2: "few"}, ["a", "b", "c"])}
     assert found == {("overall", "all"): [0, 1, 2, 3, 4, 5], ("lambda", "0.1"): [0, 2], ("lambda", "0.9"): [1, 3],
                      ("s", "0.2-0.3"): [4], ("s", "0.7-0.8"): [5], ("class_group", "many"): [0, 1],
                      ("class_group", "few"): [2, 3, 4, 5], ("class", "a"): [0, 1], ("class", "b"): [2, 3],
@@ -104,15 +104,20 @@ def test_measure_compares_each_group_with_the_real_images_of_its_classes_and_mar
     rng = np.random.default_rng(0)
     centres = np.array([[0.0] * 4, [20.0] * 4])
     train_labels = np.repeat([0, 1], 60)
-    train = FeatureSet(torch.from_numpy(centres[train_labels] + rng.normal(size=(120, 4))).float(), train_labels)
+    train = Reference(FeatureSet(torch.from_numpy(centres[train_labels] + rng.normal(size=(120, 4))).float(),
+                                 train_labels), k=5)
     # A faithful set of class 1 only: against class 1's train images it is close, though train holds class 0 too.
     fake = FeatureSet(torch.from_numpy(centres[[1] * 60] + rng.normal(size=(60, 4))).float(), np.ones(60, np.int64))
-    rows = measure(fake, train, None, {0: "many", 1: "few"}, ["zero", "one"], k=5, min_images=50)
+    rows = measure(fake, train, None, {0: "many", 1: "few"}, ["zero", "one"], min_images=50)
     overall = rows[0]
     assert overall["train_images"] == 60 and overall["train_precision"] > 0.8 and overall["train_fid"] < 2.0
     assert overall["copies"] < 0.2 and overall["reliable"]  # fresh draws: a few sit as near as half the train gap
     small = measure(fake.take(np.arange(10)), train, None, {0: "many", 1: "few"}, ["zero", "one"], min_images=50)
     assert not small[0]["reliable"]
+    # The closest pairs: a copy of a train image comes first, at distance 0, beside that image.
+    copy = FeatureSet(torch.cat([fake.features[:3], train.images.features[7:8].float()]), np.ones(4, np.int64))
+    pairs = closest_pairs(["a", "b", "c", "copy"], [f"t{i}" for i in range(120)], copy, train, 2)
+    assert pairs[0][:2] == ("copy", "t7") and pairs[0][2] == 0.0 and pairs[1][2] > 0.0
 
 
 def test_an_extractor_whose_weights_cannot_be_had_says_what_to_do_in_one_line(tmp_path):
