@@ -416,8 +416,8 @@ class QualityConfig:
     k: int = 5
     """Nearest neighbours of precision, recall, density and coverage (Naeem et al.: 5)."""
     copy_threshold: float = 0.5
-    """A synthetic image is a copy when its distance to the nearest train image is below this share of the
-    median distance between a train image and its nearest other train image."""
+    """A synthetic image is a copy when its distance to the nearest train image is below this share of that
+    train image's distance to its own nearest other train image."""
     min_images: int = 50
     """A figure computed on fewer images than this, on either side, is marked unreliable."""
     batch_size: int = 256

@@ -12,10 +12,12 @@
   share of real images inside some synthetic image's ball (how much of the real distribution the
   set covers); density: how many real balls a synthetic image lies in, over k (1 for a set drawn
   from the real distribution); coverage: the share of real balls that hold a synthetic image.
-- **Memorisation**: each synthetic image's distance to its nearest train image, over the median
-  distance between a train image and its nearest other train image (`nearest_ratio`); a copy is a
-  ratio below a threshold; for an image-guided row, whether it is closer to its own source than
-  that source is to any other train image (`closer_than_source_gap`).
+- **Memorisation**: each synthetic image's distance to its nearest train image, over that train
+  image's distance to *its* nearest other train image (`nearest_ratio`: the local spacing of the
+  real data, so dense classes are not flagged for being dense; below 1 is what Alaa et al. 2022,
+  "How faithful is your synthetic data?", call unauthentic); a copy is a ratio below a threshold;
+  for an image-guided row, whether it is closer to its own source than that source is to any other
+  train image (`closer_than_source_gap`).
 - **Diversity**: within a class, the mean pairwise feature distance of the synthetic images over
   that of the real ones (1: as varied as the real images; below 1: more alike).
 
@@ -143,16 +145,18 @@ def nearest(query: torch.Tensor, ref: torch.Tensor, exclude_self: bool = False) 
 def memorisation(train: torch.Tensor, fake: torch.Tensor, source: Optional[np.ndarray] = None,
                  train_gap_each: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
     """Per synthetic row: `nearest_train` (index of its nearest train row), `nearest_ratio` (its distance
-    to it over the median nearest-other-train distance) and, where `source` (index of each row's guiding
+    to it over that train row's distance to its nearest other train row; where a train row has an exact
+    duplicate, the median of the other gaps instead) and, where `source` (index of each row's guiding
     train row, -1 for none) is given, `closer_than_source_gap` (1.0: closer to its own source than that
-    source is to its nearest other train row; 0.0: not; NaN: no source). Also `train_gap`, the median.
-    `train_gap_each`: each train row's distance to its nearest other train row, when already known."""
+    source is to its nearest other train row; 0.0: not; NaN: no source). `train_gap_each`: each train
+    row's distance to its nearest other train row, when already known."""
     if train_gap_each is None:
         train_gap_each, _ = nearest(train, train, exclude_self=True)
-    gap = float(train_gap_each.median()) if len(train) > 1 else float("nan")
+    positive = train_gap_each[train_gap_each > 0]
+    fallback = positive.median() if len(positive) else torch.tensor(float("nan"), dtype=train_gap_each.dtype)
+    gap = torch.where(train_gap_each > 0, train_gap_each, fallback)
     dist, index = nearest(fake, train)
-    out = {"nearest_train": index.numpy(), "nearest_ratio": (dist / gap).double().numpy() if gap > 0 else
-           np.full(len(fake), np.nan), "train_gap": np.float64(gap)}
+    out = {"nearest_train": index.numpy(), "nearest_ratio": (dist / gap[index]).double().numpy()}
     closer = np.full(len(fake), np.nan)
     if source is not None:
         guided = np.flatnonzero(source >= 0)

@@ -69,14 +69,17 @@ def test_precision_recall_density_coverage_on_hand_worked_examples():
 
 
 def test_memorisation_counts_copies_and_rows_closer_than_their_source_gap():
-    train = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [10.0, 10.0]])  # nearest-other gaps 4, 4, 4, 8.49
-    fake = torch.tensor([[0.0, 0.0], [4.0, 1.0], [2.0, 2.0]])
-    memo = memorisation(train, fake, source=np.array([1, 1, -1]))
-    assert memo["train_gap"] == pytest.approx(4.0)
-    assert memo["nearest_train"].tolist() == [0, 1, 0]
-    assert memo["nearest_ratio"] == pytest.approx([0.0, 0.25, np.sqrt(8) / 4])
+    train = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [10.0, 10.0]])  # nearest-other gaps 4, 4, 4, 11.66
+    fake = torch.tensor([[0.0, 0.0], [4.0, 1.0], [2.0, 2.0], [9.0, 10.0]])
+    memo = memorisation(train, fake, source=np.array([1, 1, -1, -1]))
+    assert memo["nearest_train"].tolist() == [0, 1, 0, 3]
+    # Distance to the nearest train image over that image's own gap: the last row's neighbour lies apart.
+    assert memo["nearest_ratio"] == pytest.approx([0.0, 0.25, np.sqrt(8) / 4, 1 / np.sqrt(136)])
     closer = memo["closer_than_source_gap"]
     assert closer[0] == 0.0 and closer[1] == 1.0 and np.isnan(closer[2])  # row 0 is 4 from its source, the gap
+    # A train image with an exact duplicate (gap 0) is measured against the median of the other gaps.
+    doubled = memorisation(torch.cat([train, train[:1]]), torch.tensor([[1.0, 0.0]]))
+    assert doubled["nearest_ratio"] == pytest.approx([1 / 4])
 
 
 def test_diversity_ratio_is_the_spread_of_the_synthetic_images_over_the_real_ones():
