@@ -12,6 +12,11 @@ import pytest
 
 from raysys.stages import load_config
 
+# Ray Train V2's controller polls its workers every 2 s, so every Train run of the suites waited up to 2 s to be
+# seen finished. The drivers the tests start (in this process or as CLI subprocesses) pass this on to the
+# controllers they start. A test setting only: it changes when a run is seen to end, never what it computes.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io as _io
+from typing import Optional
 
 import matplotlib
 
@@ -87,10 +88,11 @@ def requested_vs_measured(levels: list[float], measured_by_model: dict[str, list
 
 
 def quality_curves(curves: dict[str, tuple[list[float], dict[str, list]]], location: str, xlabel: str,
-                   title: str) -> None:
+                   title: str, level: Optional[dict[str, float]] = None) -> None:
     """Set-quality figures against one axis (λ or requested s): one panel per figure (FID, precision,
     recall, copies), one line per set and reference (`curves`: line label -> (x, figure -> values;
-    None where not measured)); unreliable points (a `reliable` list of False) hollow."""
+    None where not measured)); unreliable points (a `reliable` list of False) hollow; `level` (figure ->
+    value), the real test images' own figures, as a dashed line."""
     panels = [("fid", "FID (lower: closer)"), ("precision", "precision"), ("recall", "recall"),
               ("copies", "copies (share)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), dpi=100)
@@ -106,6 +108,8 @@ def quality_curves(curves: dict[str, tuple[list[float], dict[str, list]]], locat
             line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", label=name)
             for x, y, r in pts:
                 ax.plot([x], [y], "o", color=line.get_color(), markerfacecolor=line.get_color() if r else "white")
+        if level and level.get(key) is not None:
+            ax.axhline(level[key], color="grey", linestyle="--", linewidth=1, label="real test vs train (all classes)")
         ax.set_xlabel(xlabel)
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)

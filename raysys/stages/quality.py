@@ -169,7 +169,7 @@ def _plots(ctx: Context, rows: dict[str, list[dict]]) -> list[str]:
                            ("s", "requested difficulty s (tenth)", "quality_by_s.png")):
         curves = {}
         for name, plan_rows in rows.items():
-            chosen = [r for r in plan_rows if r["by"] == by]
+            chosen = [r for r in plan_rows if r["by"] == by] if name != REAL else []
             if not chosen:
                 continue
             xs = [r["value"] for r in chosen]
@@ -180,7 +180,10 @@ def _plots(ctx: Context, rows: dict[str, list[dict]]) -> list[str]:
                                                    "copies": [r["copies"] for r in chosen] if side == "train" else None,
                                                    "reliable": [r.get(f"{side}_reliable", False) for r in chosen]})
         if curves:
-            quality_curves(curves, ctx.file(file), axis, f"synthetic-set quality by {axis}")
+            real = rows[REAL][0] if REAL in rows else {}
+            level = {"fid": real.get("train_fid"), "precision": real.get("train_precision"),
+                     "recall": real.get("train_recall"), "copies": real.get("copies")}
+            quality_curves(curves, ctx.file(file), axis, f"synthetic-set quality by {axis}", level)
             written.append(file)
     return written
 
