@@ -205,7 +205,7 @@ def _closest_grid(cfg: RaysysConfig, pairs: list, part_of: dict[str, str], locat
     image_grid(grid.transpose(1, 0, 2, 3, 4), location, row_labels=["synthetic", "nearest train"],
                col_labels=[f"{ratio:.2f}" for _, _, ratio in pairs],
                title=f"plan '{name}': the synthetic images nearest to a train image",
-               col_title="distance / median train-to-train nearest distance")
+               col_title="distance / that train image's distance to its nearest train neighbour")
 
 
 def _check(cfg: RaysysConfig) -> list[str]:

@@ -296,7 +296,7 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
                           f"extractor's feature space ({m['feature_dim']}-d): FID and KID (lower: closer), precision "
                           f"(fidelity) and recall (coverage of the real distribution) with k = {m['k']} neighbours, "
                           "density and coverage; copies: the share of images nearer to a train image than "
-                          f"{m['copy_threshold']} × the median train-to-train nearest distance; closer than source gap: "
+                          f"{m['copy_threshold']} × that train image's distance to its own nearest train neighbour; closer than source gap: "
                           "image-guided images nearer to their source than the source is to any other train image; "
                           "diversity: within-class spread over the real images' (1: as varied). FID (test) is against "
                           f"the held-out {m['test_split']} images. The 'real' table is the {m['test_split']} images "
@@ -310,7 +310,9 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
     for name, plan in m["plans"].items():
         rows = [[r["by"], r["group"] + ("" if r["reliable"] else " *"),
                  *[_quality_cell(r.get(key), kind) for key, _, kind in QUALITY_COLUMNS]] for r in plan["rows"]]
-        blocks += [("p", f"{'Real' if name == quality.REAL else 'Plan'} '{name}':"), ("table", header, rows)]
+        title = (f"The real {m['test_split']} images against train (the real-versus-real level):" if name == quality.REAL
+                 else f"Plan '{name}':")
+        blocks += [("p", title), ("table", header, rows)]
     captions = {"quality_by_lambda.png": "FID, precision, recall and copies by image guidance λ (DisCL's spectrum: "
                                          "low λ diverse and prototypical, high λ close to the source).",
                 "quality_by_s.png": "FID, precision, recall and copies by requested difficulty s."}
@@ -318,7 +320,7 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
         io.write_bytes(stage.file(figure), io.read_bytes(q.file(figure)))
         caption = captions.get(figure) or (f"The synthetic images of plan '{figure[len('closest_'):-4]}' nearest to a "
                                            "train image (top), each above that train image (bottom); the number is "
-                                           "their distance over the median train-to-train nearest distance.")
+                                           "their distance over that train image's distance to its own nearest train neighbour.")
         blocks.append(("img", figure, caption))
     return blocks
 
