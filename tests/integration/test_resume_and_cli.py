@@ -130,7 +130,7 @@ def test_job_entrypoint_takes_the_cli_arguments(tmp_path, monkeypatch, ray_sessi
 
 def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generator, capsys, ray_session):
     # The session's finished classifier and generator stages are copied in (each is tested on its
-    # own): `run` skips those six and runs synthesize -> curriculum -> evaluate -> report, in a
+    # own): `run` skips those six and runs synthesize -> quality -> curriculum -> evaluate -> report, in a
     # process of its own (a driver on the session's Ray); the two reruns run here.
     from raysys.cli import main
 
@@ -149,10 +149,10 @@ def test_cli_run_chains_the_stages_and_a_rerun_skips_them(tmp_path, tiny_generat
     table = read_manifest(str(root / "score" / "manifest"))
     train = [d for d, s in zip(table["difficulty"].to_pylist(), table["split"].to_pylist()) if s == "train"]
     assert len(train) == 246 and all(d is not None and 0 <= d <= 1 for d in train)
-    stages = (*copied, "synthesize", "curriculum/all_levels", "evaluate", "report")
+    stages = (*copied, "synthesize", "quality", "curriculum/all_levels", "evaluate", "report")
     for stage in stages:
         assert (root / stage / "config.yaml").is_file() and (root / stage / "metrics.json").is_file()
-    assert re.findall(r"^== stage (\d+)/10: \S+ finished in ", out, re.MULTILINE) == [str(i) for i in range(1, 11)]
+    assert re.findall(r"^== stage (\d+)/11: \S+ finished in ", out, re.MULTILINE) == [str(i) for i in range(1, 12)]
     assert (root / "report" / "index.html").is_file() and (root / "summary.json").is_file()
     assert (root / "finetune" / "plain" / "adapters" / "pytorch_lora_weights.safetensors").is_file()
     capsys.readouterr()
