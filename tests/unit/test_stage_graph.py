@@ -69,8 +69,10 @@ def test_a_data_change_reruns_everything_and_a_curriculum_change_only_the_curric
     assert _changed("curriculum.synthetic_per_epoch=0.25") == {
         "curriculum/real_only-seed0", "curriculum/real_only-seed1", "curriculum/dts-seed0", "curriculum/dts-seed1",
         "evaluate", "report", "tune/sweep"}
-    assert _changed("finetune.lr=0.01") == {"finetune", "control", "synthesize", "quality", "curriculum/dts-seed0",
-                                            "curriculum/dts-seed1", "evaluate", "report", "tune/sweep"}
+    retrain = {"finetune", "control", "synthesize", "quality", "curriculum/dts-seed0", "curriculum/dts-seed1",
+               "evaluate", "report", "tune/sweep"}
+    assert _changed("finetune.lr=0.01") == retrain
+    assert _changed("finetune.difficulty_dropout=0.3") == retrain
 
 
 def test_a_quality_setting_reruns_the_measures_and_what_shows_them_never_a_set_or_a_classifier():
