@@ -36,7 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from raysys.core.config import FinetuneConfig, SamplingConfig  # noqa: E402
+from raysys.core.config import ControlConfig, FinetuneConfig, SamplingConfig  # noqa: E402
 from raysys.core.context import LocalContext  # noqa: E402
 from raysys.core.schema import read_manifest  # noqa: E402
 from raysys.generation.control import control_grid, spearman, within_class_spearman  # noqa: E402
@@ -88,6 +88,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         f[key] = ast.literal_eval(value)
     cfg = FinetuneConfig(**{**f, "variants": ["difficulty"], "checkpoint_every": f.get("steps", 300)})
+    grid = ControlConfig(**saved.get("control", {}))
     generator = saved.get("generator", {})
     template = generator.get("prompt_template", "a photo of the digit {name}")
     names = json.loads((args.root / "prepare" / "metrics.json").read_text())["class_names"]
@@ -109,7 +110,7 @@ def main() -> None:
             opts = SamplingConfig(**{k: generator[k] for k in SamplingConfig.__dataclass_fields__ if k in generator})
             opts.difficulty_guidance_scale = None if scale == "none" else float(scale)
             row = {"seed": seed, "scale": scale, "set": args.set, "seconds": round(time.time() - t0)}
-            row.update(measure(pipe, scorer, prompts, cfg.grid_levels, cfg.grid_seeds, opts, train_counts))
+            row.update(measure(pipe, scorer, prompts, grid.grid_levels, grid.grid_seeds, opts, train_counts))
             print(json.dumps(row), flush=True)
             results.append(row)
             with open(args.out / "results.jsonl", "a") as out:

@@ -26,13 +26,24 @@ sys.path.insert(0, str(REPO))
 from omegaconf import OmegaConf  # noqa: E402
 
 from raysys.core import loading  # noqa: E402
+from raysys.core.config import RUNTIME  # noqa: E402
 from raysys.stages import STAGES, load_config  # noqa: E402
 
 
-def omegaconf_plain(obj: Any, hint: Any = None) -> Any:
-    """The conversion digests used before: OmegaConf's, for every dataclass."""
+def _without_runtime(obj: Any, plain: Any) -> Any:
+    """OmegaConf's container of `obj` less its `runtime` fields, as digests leave them out."""
     if dataclasses.is_dataclass(obj):
-        return OmegaConf.to_container(OmegaConf.structured(obj))
+        return {f.name: _without_runtime(getattr(obj, f.name), plain[f.name])
+                for f in dataclasses.fields(obj) if not f.metadata.get(RUNTIME)}
+    if isinstance(obj, list):
+        return [_without_runtime(v, p) for v, p in zip(obj, plain)]
+    return plain
+
+
+def omegaconf_plain(obj: Any, hint: Any = None) -> Any:
+    """The conversion digests used before: OmegaConf's, for every dataclass (less `runtime` fields)."""
+    if dataclasses.is_dataclass(obj):
+        return _without_runtime(obj, OmegaConf.to_container(OmegaConf.structured(obj)))
     if isinstance(obj, (list, tuple)):
         return [omegaconf_plain(v) for v in obj]
     if isinstance(obj, dict):

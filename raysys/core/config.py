@@ -1,24 +1,38 @@
-"""Configuration declarations, one dataclass per section (loading: raysys.core.loading; checks: beside components)."""
+"""Configuration declarations, one dataclass per section (loading: raysys.core.loading; checks: beside components).
+
+A field declared with `runtime(...)` changes how a stage runs (resources, concurrency, checkpoint
+frequency), never what it writes: no digest holds it, so changing it reruns nothing. Every other
+field is in the fingerprint of each stage that declares its section (raysys.core.stage), and a
+test checks that each of them changes some stage's digest.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+RUNTIME = "runtime"
+"""The field metadata key of `runtime` fields."""
+
+
+def runtime(default: Any) -> Any:
+    """A field that changes how a stage runs, never what it writes: it is in no fingerprint."""
+    return field(default=default, metadata={RUNTIME: True})
+
 
 @dataclass
 class RunSection:
     """Where a run writes and how it is seeded."""
 
-    root: str = "runs/default"
+    root: str = runtime("runs/default")
     """Run root: a local path or a pyarrow filesystem URI (s3://, gs://). Each stage writes under <root>/<stage>/."""
     seed: int = 0
     """Seed for every random choice in the run (splits, init, data order)."""
-    address: Optional[str] = None
+    address: Optional[str] = runtime(None)
     """Ray cluster address. None: use $RAY_ADDRESS if set, else start an embedded Ray."""
-    num_cpus: Optional[int] = None
+    num_cpus: Optional[int] = runtime(None)
     """CPUs for an embedded Ray (None: all of this machine's). Ignored on a cluster."""
-    hf_home: Optional[str] = None
+    hf_home: Optional[str] = runtime(None)
     """HF_HOME for this process and every Ray worker, so workers share one copy of the weights (None: as set)."""
 
 
@@ -137,23 +151,23 @@ class TrainConfig:
     """CutMix alpha (0: off)."""
     num_workers: int = 1
     """Ray Train data-parallel workers (each trains on its share of every epoch)."""
-    use_gpu: bool = False
+    use_gpu: bool = runtime(False)
     """One GPU per worker."""
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = runtime(1)
     """CPUs reserved per worker."""
     augment: list[str] = field(default_factory=lambda: ["shift"])
     """Augmentations of training images, in order: shift (+-2 px, digits), random_resized_crop, hflip, randaugment."""
-    input_tasks: int = 0
+    input_tasks: int = runtime(0)
     """Ray Data tasks decoding and augmenting each Train worker's input at once (a DataLoader's num_workers); 0: the
     worker decodes its own, a thread prefetch_batches ahead (no Ray Data start-up per epoch: small data, laptops)."""
-    input_cpus: float = 0.0
+    input_cpus: float = runtime(0.0)
     """CPUs each decoding task reserves; 0 shares the CPUs the Train workers hold (on one machine whose CPUs are all
     held by Train workers, a task that reserves a CPU would never start)."""
-    prefetch_batches: int = 2
+    prefetch_batches: int = runtime(2)
     """Batches decoded ahead of the one training."""
-    checkpoint_every: int = 1
+    checkpoint_every: int = runtime(1)
     """Report a checkpoint every N epochs (and always after the last)."""
-    max_failures: int = 0
+    max_failures: int = runtime(0)
     """Worker failures tolerated within one run before it fails (resume on rerun regardless)."""
 
 
@@ -167,17 +181,17 @@ class ScoreConfig:
     """k for oof mode."""
     fold_epochs: Optional[int] = None
     """Epochs per fold model (None: train.epochs)."""
-    concurrent_folds: int = 1
+    concurrent_folds: int = runtime(1)
     """Fold models trained at once, each its own Ray Train run of train.num_workers workers."""
-    batch_size: int = 256
+    batch_size: int = runtime(256)
     """Rows per Ray Data batch."""
-    min_actors: int = 1
+    min_actors: int = runtime(1)
     """Smallest scoring actor pool."""
-    max_actors: int = 1
+    max_actors: int = runtime(1)
     """Largest scoring actor pool (autoscaled between min and max)."""
-    num_gpus: float = 0.0
+    num_gpus: float = runtime(0.0)
     """GPUs per scoring actor (fractions allowed)."""
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = runtime(1.0)
     """CPUs reserved per scoring actor; Ray sets the actor's torch threads to match."""
     splits: Optional[list[str]] = None
     """Splits to score (None: train, data.val_split and data.test_splits). Train rows use `mode`; the others
@@ -236,19 +250,19 @@ class PretrainConfig:
     """Exponential moving average of the weights that is saved (0: save the raw weights)."""
     condition_dropout: float = 0.1
     """Share of rows trained with an empty prompt (for classifier-free guidance)."""
-    cpus: int = 2
+    cpus: int = runtime(2)
     """CPUs reserved for the pretraining Ray Train worker (its torch threads)."""
-    use_gpu: bool = False
+    use_gpu: bool = runtime(False)
     """Train on one GPU."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = runtime(100)
     """Report a checkpoint every N steps (and after the last): a killed run resumes from the last one."""
-    max_failures: int = 0
+    max_failures: int = runtime(0)
     """Worker failures tolerated within one run (resume on rerun regardless)."""
 
 
 @dataclass
 class FinetuneConfig:
-    """LoRA fine-tuning of the base generator on Ray Train, and the proof-of-control grid."""
+    """LoRA fine-tuning of the base generator on Ray Train."""
 
     variants: list[str] = field(default_factory=lambda: ["difficulty", "plain"])
     """Models to fine-tune: difficulty (LoRA + difficulty encoder, Wang et al.) and/or plain (LoRA only, Real-Fake)."""
@@ -278,24 +292,30 @@ class FinetuneConfig:
     """Share of the other rows trained with prompt but null difficulty tokens (for difficulty_guidance_scale)."""
     num_workers: int = 1
     """Ray Train data-parallel workers."""
-    use_gpu: bool = False
+    use_gpu: bool = runtime(False)
     """One GPU per worker; enables bf16 autocast and gradient checkpointing below."""
-    cpus_per_worker: int = 2
+    cpus_per_worker: int = runtime(2)
     """CPUs reserved per worker (its torch threads), and for the control grid's task."""
-    concurrent_variants: int = 1
+    concurrent_variants: int = runtime(1)
     """Variants fine-tuned at once, each its own Ray Train run of num_workers workers (1: in turn)."""
     mixed_precision: Literal["bf16", "no"] = "bf16"
     """bf16 or no: autocast on GPU (CPU runs in fp32)."""
-    gpu: Optional[str] = None
+    gpu: Optional[str] = runtime(None)
     """The GPU the fine-tuning workers run on (A10G, L4, A100-40, A100-80, H100, H200): batch_size is checked against its memory before any work. None: not checked."""
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = runtime(True)
     """Recompute UNet activations in backward on GPU (saves memory)."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = runtime(100)
     """Report a checkpoint every N steps (and after the last)."""
-    max_failures: int = 0
+    max_failures: int = runtime(0)
     """Worker failures tolerated within one run (resume on rerun regardless)."""
+
+
+@dataclass
+class ControlConfig:
+    """The `control` stage's proof-of-control grid: every class x each requested s x seeds, re-scored."""
+
     grid_levels: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    """Requested difficulties s of the proof-of-control grid (the control stage)."""
+    """Requested difficulties s of the grid."""
     grid_seeds: int = 4
     """Seeds per (class, s) cell of the grid."""
 
@@ -350,17 +370,17 @@ class FilterConfig:
 class SpeedConfig:
     """How a generation actor runs its generator on a GPU (raysys/generation/speed.py). None of these changes which images are generated, rounding aside; on a CPU only encode_threads applies."""
 
-    channels_last: bool = False
+    channels_last: bool = runtime(False)
     """UNet and VAE weights in the channels_last (NHWC) memory format (off: it measured slower in eager mode; docs/PERFORMANCE.md)."""
-    fuse_qkv: bool = False
+    fuse_qkv: bool = runtime(False)
     """One matmul for the Q, K, V projections of each attention (diffusers' fuse_qkv_projections); a LoRA adapter is merged into the weights first (off: it measured no faster; docs/PERFORMANCE.md)."""
-    compile: bool = False
+    compile: bool = runtime(False)
     """torch.compile the UNet and the VAE decoder, shapes static (a short batch is padded to the full one); each actor's first batch pays the compile unless compile_cache holds it. Best for text plans: image-guided rows of several guidance levels in one batch give the UNet several shapes, each compiled."""
-    compile_cache: Optional[str] = None
+    compile_cache: Optional[str] = runtime(None)
     """Folder for torch's compile cache (TORCHINDUCTOR_CACHE_DIR), shared by the actors of a machine so a restarted actor does not compile again; None: torch's default under /tmp."""
-    encode_threads: int = 4
+    encode_threads: int = runtime(4)
     """Threads encoding the images (PNG / WebP) while the GPU generates the next micro-batch."""
-    micro_batch: Optional[int] = None
+    micro_batch: Optional[int] = runtime(None)
     """Images per pipeline call inside one actor batch (None: the whole batch at once); smaller ones let encoding overlap generation within a batch."""
 
 
@@ -372,29 +392,29 @@ class SynthesisConfig:
     """The synthetic sets to generate."""
     output: Optional[str] = None
     """Where shards go (local path or pyarrow URI); None: <root>/synthesize."""
-    batch_size: Union[int, Literal["auto"]] = 32
+    batch_size: Union[int, Literal["auto"]] = runtime(32)
     """Images per generation call (per actor batch); auto: the largest the memory plan predicts fits synthesis.gpu (an SD-layout generator.base)."""
-    gpu: Optional[str] = None
+    gpu: Optional[str] = runtime(None)
     """The GPU the generation actors run on (A10G, L4, A100-40, A100-80, H100, H200): batch_size is checked against its memory before any work. None: not checked."""
-    min_actors: int = 1
+    min_actors: int = runtime(1)
     """Smallest generation actor pool (>= 1; an autoscaler still starts GPU nodes from 0)."""
-    max_actors: int = 1
+    max_actors: int = runtime(1)
     """Largest generation actor pool (Ray Data grows the pool under load, an autoscaler adds nodes)."""
-    initial_actors: Optional[int] = None
+    initial_actors: Optional[int] = runtime(None)
     """Actors started first (None: min_actors)."""
-    num_gpus: float = 0.0
+    num_gpus: float = runtime(0.0)
     """GPUs per generation actor (fractions allowed, e.g. 0.5 for two actors per GPU)."""
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = runtime(1.0)
     """CPUs per generation actor (its torch threads on a CPU-only machine)."""
-    filter_actors: int = 1
+    filter_actors: int = runtime(1)
     """Actors of the CLIP filter stage and of the re-score stage (each)."""
-    filter_cpus: float = 0.0
+    filter_cpus: float = runtime(0.0)
     """CPUs reserved per filter / re-score actor (0: they share the generation actors' CPUs)."""
-    filter_num_gpus: float = 0.0
+    filter_num_gpus: float = runtime(0.0)
     """GPUs per filter / re-score actor (fractions allowed)."""
     image_format: Literal["png", "webp"] = "png"
     """Encoding of the written images: png or webp (lossless)."""
-    rows_per_block: int = 256
+    rows_per_block: int = runtime(256)
     """Plan rows per Ray Data input block (and at most per written Parquet part)."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     """Filter stage."""
@@ -420,15 +440,15 @@ class QualityConfig:
     train image's distance to its own nearest other train image."""
     min_images: int = 50
     """A figure computed on fewer images than this, on either side, is marked unreliable."""
-    batch_size: int = 256
+    batch_size: int = runtime(256)
     """Images per extractor forward pass."""
-    min_actors: int = 1
+    min_actors: int = runtime(1)
     """Smallest feature-extraction actor pool."""
-    max_actors: int = 1
+    max_actors: int = runtime(1)
     """Largest feature-extraction actor pool."""
-    num_gpus: float = 0.0
+    num_gpus: float = runtime(0.0)
     """GPUs per feature-extraction actor (fractions allowed)."""
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = runtime(1.0)
     """CPUs reserved per feature-extraction actor."""
 
 
@@ -499,7 +519,7 @@ class CompareConfig:
     """The variant every other one is compared against (None: the first variant)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Curriculum seeds (curriculum.seed) every variant is trained with."""
-    concurrent: int = 1
+    concurrent: int = runtime(1)
     """Curriculum runs trained at once (each is its own Ray Train run)."""
     reference: bool = True
     """When the generator's training images are known (generator.base: builtin, pretrained on the `pretrain`
@@ -525,7 +545,7 @@ class TuneConfig:
     """ASHA: epochs every trial trains before it can be stopped."""
     reduction_factor: int = 2
     """ASHA: 1 / the share of trials kept at each rung."""
-    max_concurrent_trials: Optional[int] = None
+    max_concurrent_trials: Optional[int] = runtime(None)
     """Trials running at once (None: the cluster's CPUs (or GPUs) over one trial's Train workers)."""
     seed: int = 0
     """Seed of the search (which configurations are drawn)."""
@@ -543,6 +563,7 @@ class RaysysConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)

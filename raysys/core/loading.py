@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from raysys.core.config import RaysysConfig
+from raysys.core.config import RUNTIME, RaysysConfig
 
 
 class ConfigError(ValueError):
@@ -38,14 +39,18 @@ def _all_keys(dc_type, prefix: str = "") -> list[str]:
         default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
         if is_dataclass(default):
             keys.extend(_all_keys(type(default), path + "."))
+        elif isinstance(default, list) and default and is_dataclass(default[0]):
+            keys.extend(_all_keys(type(default[0]), path + "[0]."))
     return keys
 
 
 def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or "?"
-    if isinstance(exc, ConfigKeyError):
-        hint = difflib.get_close_matches(key, _all_keys(RaysysConfig), n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        index = re.search(r"\[(\d+)\]", key)  # a list item's key: matched as item 0's, named with its own index
+        hint = difflib.get_close_matches(re.sub(r"\[\d+\]", "[0]", key), _all_keys(RaysysConfig), n=1)
+        named = hint[0].replace("[0]", f"[{index.group(1)}]") if hint and index else hint[0] if hint else ""
+        suggestion = f" Did you mean '{named}'?" if hint else ""
         return ConfigError(f"{origin}: unknown config key '{key}'.{suggestion}")
     msg = str(exc).splitlines()[0]
     return ConfigError(f"{origin}: bad value for '{key}': {msg}")
@@ -81,19 +86,53 @@ def read_file(path: str | Path) -> DictConfig:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
+def _check_list_indices(merged: DictConfig, key: str) -> None:
+    """A ConfigError naming `key` when it steps into a list by anything but an index it has."""
+    node: Any = merged
+    walked: list[str] = []
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        if isinstance(node, ListConfig):
+            where = ".".join(walked)
+            if not part.isdigit():
+                item = f"{where}.0.<field>" if len(node) and isinstance(node._get_node(0), DictConfig) else f"{where}.0"
+                raise ConfigError(f"command line: '{key}': {where} is a list; set an item by its index, e.g. "
+                                  f"'{item}=...', or the whole list, e.g. '{where}=[...]'")
+            if int(part) >= len(node):
+                raise ConfigError(f"command line: '{key}': {where} has {len(node)} items (indices 0 to "
+                                  f"{len(node) - 1}); to add one, set the whole list, e.g. '{where}=[...]'")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        else:
+            return  # an unknown key: OmegaConf names it
+        walked.append(part)
+
+
+def _override_value(item: str) -> Any:
+    """The value of a `key=value` override, parsed as YAML the way OmegaConf parses a dotlist."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={item.split('=', 1)[1]}"]))["value"]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"command line: the value of '{item}' is not valid YAML ({str(exc).splitlines()[0]}); "
+                          "flow mappings need a space after ':', e.g. 'compare.variants={a: {schedule: real_only}}'") from None
+
+
 def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RaysysConfig:
-    """YAML `path` (optional) over the defaults, then `key=value` overrides; keys and types checked."""
+    """YAML `path` (optional) over the defaults, then `key=value` overrides, in order; keys and types
+    checked. A list item is set by its index: `synthesis.plans.0.ratio=0.2` (or `plans[0]`)."""
     merged = read_file(path) if path is not None else OmegaConf.structured(RaysysConfig)
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
-    try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    except (OmegaConfBaseException, ValidationError) as exc:
-        raise _explain(exc, "command line") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"command line: an override value is not valid YAML ({str(exc).splitlines()[0]}); "
-                          "flow mappings need a space after ':', e.g. 'compare.variants={a: {schedule: real_only}}'") from None
+        key = item.split("=", 1)[0].strip()
+        value = _override_value(item)
+        _check_list_indices(merged, key)
+        try:
+            OmegaConf.update(merged, key, value, merge=True)
+        except (OmegaConfBaseException, ValidationError) as exc:
+            raise _explain(exc, "command line") from None
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ConfigError(f"command line: cannot set '{key}' to {value!r}: {exc}") from None
     return _to_config(merged, "command line" if overrides else str(path or "config"))
 
 
@@ -107,13 +146,14 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _plain(obj: Any, hint: Any = Any) -> Any:
-    """JSON-ready `obj`: what `OmegaConf.to_container(OmegaConf.structured(obj))` gives for our
+    """JSON-ready `obj`, less its `runtime` fields: what `OmegaConf.to_container(OmegaConf.structured(obj))` gives for our
     config dataclasses, including its one coercion that reaches a digest, an int in a float field
     (a variant's `synthetic_per_epoch: 1` is 1.0), without OmegaConf's cost (a digest of every
     stage of a 70-unit comparison took 30 s through it)."""
     if is_dataclass(obj) and not isinstance(obj, type):
         hints = _field_types(type(obj))
-        return {f.name: _plain(getattr(obj, f.name), hints.get(f.name, Any)) for f in fields(obj)}
+        return {f.name: _plain(getattr(obj, f.name), hints.get(f.name, Any)) for f in fields(obj)
+                if not f.metadata.get(RUNTIME)}
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:  # Optional[X], X | None
         hint, args = args[0], list(typing.get_args(args[0]))
@@ -129,5 +169,14 @@ def _plain(obj: Any, hint: Any = Any) -> Any:
 
 
 def digest(*parts: Any) -> str:
-    """Stable short digest of config sections (dataclasses, also inside lists) and plain values."""
+    """Stable short digest of config sections (dataclasses, also inside lists) and plain values; a
+    section's `runtime` fields are left out, so they change no digest."""
     return hashlib.sha256(json.dumps(_plain(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def value_at(cfg: Any, path: str) -> Any:
+    """The section or field at a dotted path: `value_at(cfg, "generator.prompt_template")`."""
+    value = cfg
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value

@@ -14,7 +14,7 @@ import textwrap
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any
 
-from raysys.core.config import RaysysConfig
+from raysys.core.config import RUNTIME, RaysysConfig
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -56,7 +56,8 @@ def _rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
             shown = f"[{type(default[0]).__name__}()] (see below)"
         else:
             shown = repr(default)
-        rows.append((f"{prefix}{f.name}", _type(f), shown, docs.get(f.name, "")))
+        meaning = docs.get(f.name, "") + (" *Runtime: reruns nothing.*" if f.metadata.get(RUNTIME) else "")
+        rows.append((f"{prefix}{f.name}", _type(f), shown, meaning))
     return rows
 
 
@@ -83,8 +84,10 @@ def reference() -> str:
              "Generated from the field docstrings in `raysys/core/config.py` by "
              "`python -m raysys.core.reference > docs/configuration.md`; do not edit by hand.", "",
              "Every key can be set in the YAML file or on the command line as `section.key=value` "
-             "(lists and mappings in YAML flow syntax, e.g. `compare.seeds=[0, 1, 2]`). Which keys change "
-             "which stage's outputs, and which only change how it runs, is in [design.md](design.md).", ""]
+             "(lists and mappings in YAML flow syntax, e.g. `compare.seeds=[0, 1, 2]`; a list item by its index, "
+             "e.g. `synthesis.plans.0.ratio=0.2`). A key marked *Runtime* changes how a stage runs, never what it "
+             "writes, so changing it reruns nothing; every other key reruns each stage that reads its section "
+             "and what depends on it ([design.md](design.md)).", ""]
     for key, cls in sections():
         doc = " ".join((cls.__doc__ or "").split())
         lines += [f"## `{key}`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]

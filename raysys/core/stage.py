@@ -1,13 +1,17 @@
 """The Stage contract and the one runner that owns skip, resume, missing inputs, timing and order.
 
-A `Stage` declares its name, the stages it reads, its *fingerprint* (exactly the config fields
-that change what it writes) and a `version` bumped when a code change changes its outputs,
-`check(cfg)` (its own config problems) and `run(ctx)`. Everything else is the runner's:
+A `Stage` declares its name, the stages it reads, the config it reads (`config`: sections or
+fields), a `version` bumped when a code change changes its outputs, `check(cfg)` (its own config
+problems) and `run(ctx)`. Everything else is the runner's:
 
-- **The cache.** A stage's digest hashes its name, version, fingerprint and the digests of the
-  stages it reads. `<root>/<stage>/metrics.json` records `status: done` and that digest when
-  the stage finished; a stage whose recorded digest matches is skipped, and so is every
-  resource, concurrency or logging knob, which no fingerprint holds. A different digest reruns
+- **The cache.** A stage's *fingerprint* is the values of the config it declares, less the fields
+  declared `runtime` (raysys.core.config: resources, concurrency, checkpoint frequency), and what
+  `derived` computes from the config. Its digest hashes its name, version, fingerprint and the
+  digests of the stages it reads. So a field added to a section is in the fingerprint of every
+  stage that reads the section, with no list to keep; a test checks that every field that is not
+  `runtime` changes some stage's digest. `<root>/<stage>/metrics.json` records `status: done` and
+  that digest when the stage finished; a stage whose recorded digest matches is skipped, and so
+  is every change to a `runtime` field. A different digest reruns
   the stage in the same folder and replaces its outputs. Resumable work inside a stage (Ray
   Train runs, fold models, synthesis plan parts) is keyed by `ctx.digest`, so a killed run
   resumes when the same command is run again, and a changed config starts that work afresh.
@@ -29,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import ConfigError
-from raysys.core.loading import digest, to_yaml
+from raysys.core.loading import digest, to_yaml, value_at
 
 
 class MissingInput(RuntimeError):
@@ -99,10 +103,14 @@ class Stage:
     """Folder under the run root; the CLI command is the name with '-' for '_'."""
     reads: tuple["Stage", ...]
     """The stages whose outputs it reads (those that apply to the config)."""
-    fingerprint: Callable[[RaysysConfig], Any]
-    """The config fields that change what the stage writes, and nothing else."""
+    config: tuple[str, ...]
+    """The config it reads: sections (`train`) or fields (`generator.prompt_template`). Their values,
+    less `runtime` fields, are its fingerprint; what reaches it through `reads` need not be named."""
     run: Callable[[Context], dict]
     """Does the work and returns the metrics; the runner writes metrics.json after it."""
+    derived: Optional[Callable[[RaysysConfig], Any]] = None
+    """What the fingerprint needs beyond `config`: values computed from it (the baseline variant
+    when none is named) or read from files it names (a prompts file's content)."""
     version: int = 1
     """Bumped when a code change changes the stage's outputs."""
     check: Callable[[RaysysConfig], list[str]] = _no_problems
@@ -128,6 +136,11 @@ class Stage:
     @property
     def command(self) -> str:
         return self.name.replace("_", "-")
+
+    def fingerprint(self, cfg: RaysysConfig) -> Any:
+        """The declared config's values (a digest leaves out their `runtime` fields) and `derived`'s."""
+        declared = {path: value_at(cfg, path) for path in self.config}
+        return declared if self.derived is None else (declared, self.derived(cfg))
 
     def inputs(self, cfg: RaysysConfig) -> list["Stage"]:
         chosen = self.needs(cfg) if self.needs is not None else self.reads

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from raysys.core.config import SamplingConfig
+from raysys.core.config import ControlConfig, SamplingConfig
 from raysys.generation.pipeline import DifficultyDiffusionPipeline
 
 
@@ -27,6 +27,13 @@ class Grid:
     """int (classes, levels, seeds): the class of each image."""
     requested: np.ndarray
     """float (classes, levels, seeds): s asked for (NaN: no difficulty condition)."""
+
+
+def check_control(c: ControlConfig) -> list[str]:
+    if not c.grid_levels or any(not 0 <= s <= 1 for s in c.grid_levels) or c.grid_seeds < 1:
+        return [f"control.grid_levels must be a non-empty list in [0, 1] and control.grid_seeds >= 1, "
+                f"got {c.grid_levels} and {c.grid_seeds}"]
+    return []
 
 
 def _generate(pipe, prompts, seeds, labels, difficulty, opts: SamplingConfig, batch_size: int) -> np.ndarray:

@@ -229,8 +229,6 @@ def check_finetune(f, generator) -> list[str]:
                         "learn the prompt with null difficulty tokens, the branch it guides against (try 0.1)")
     if not 0 <= f.difficulty_frequencies <= 16:
         problems.append(f"finetune.difficulty_frequencies must be in 0..16, got {f.difficulty_frequencies}")
-    if any(not 0 <= s <= 1 for s in f.grid_levels) or f.grid_seeds < 1:
-        problems.append("finetune.grid_levels must lie in [0, 1] and finetune.grid_seeds be >= 1")
     return problems + check_prompt_template(generator.prompt_template)
 
 

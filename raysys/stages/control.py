@@ -6,7 +6,7 @@ As one Ray task:
   class (`recognition`), against the real pretrain images at their own size and at the
   generator's; samples.png (one row per class).
 - **Proof of control** of every fine-tuned variant: every class x every requested s of
-  `finetune.grid_levels` x `grid_seeds` seeds, re-scored: `difficulty_spearman` (requested vs
+  `control.grid_levels` x `control.grid_seeds` seeds, re-scored: `difficulty_spearman` (requested vs
   measured, over the whole grid), the same inside each class, the mean measured difficulty per
   requested s for each variant, and histograms against the real train set. PNGs:
   control_grid.png, hard_factors.png, requested_vs_measured.png, difficulty_control_hist.png.
@@ -27,6 +27,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig, SamplingConfig
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.generation.control import check_control
 from raysys.generation.pipeline import check_generator
 from raysys.ray.train import remote_task
 from raysys.stages import finetune, prepare, pretrain_generator, score, train_classifier
@@ -73,7 +74,7 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
     from raysys.scoring.difficulty import DifficultyScorer
 
     device = "cuda" if cfg.finetune.use_gpu else "cpu"
-    f, opts = cfg.finetune, sampling(cfg)
+    opts = sampling(cfg)
     prompts = [cfg.generator.prompt_template.format(name=n) for n in class_names]
     scorer = DifficultyScorer({"baseline": classifier_dir})
     out: dict = {"variants": {}}
@@ -108,8 +109,9 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
             pipe = load_finetuned(base, local).to(device)
         t0 = time.time()
         with torch.no_grad():
-            grid = control_grid(pipe, prompts, f.grid_levels, f.grid_seeds, opts, with_difficulty=variant == "difficulty")
-            hard = (hard_factor_grid(pipe, len(class_names), f.grid_levels, HARD_FACTOR_SEED, opts)
+            grid = control_grid(pipe, prompts, cfg.control.grid_levels, cfg.control.grid_seeds, opts,
+                                with_difficulty=variant == "difficulty")
+            hard = (hard_factor_grid(pipe, len(class_names), cfg.control.grid_levels, HARD_FACTOR_SEED, opts)
                     if variant == "difficulty" else None)
         seconds = time.time() - t0
         flat = grid.images.reshape(-1, *grid.images.shape[3:])
@@ -143,7 +145,7 @@ def _run(ctx: Context) -> dict:
 
     real = read_manifest(score.manifest_path(cfg), columns=["difficulty"],
                          where=pc.field("split") == "train")["difficulty"].to_numpy(zero_copy_only=False)
-    levels = [float(s) for s in f.grid_levels]
+    levels = [float(s) for s in cfg.control.grid_levels]
     control = {}
     for variant, grid in grids.items():
         measured = grid["measured"]
@@ -154,7 +156,7 @@ def _run(ctx: Context) -> dict:
             "generation_seconds": round(grid["seconds"], 2),
             "images": int(measured.size),
         }
-    metrics.update({"grid_levels": levels, "grid_seeds": f.grid_seeds, "real_train_mean_difficulty": float(np.mean(real)),
+    metrics.update({"grid_levels": levels, "grid_seeds": cfg.control.grid_seeds, "real_train_mean_difficulty": float(np.mean(real)),
                     "control": control, "difficulty_spearman": None, "difficulty_spearman_within_class": None})
     if "difficulty" in grids:
         grid = grids["difficulty"]
@@ -185,8 +187,7 @@ def _run(ctx: Context) -> dict:
 
 STAGE = Stage(
     name="control", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE, finetune.STAGE),
-    run=_run, check=lambda cfg: check_generator(cfg.generator),
-    fingerprint=lambda cfg: (sampling(cfg), cfg.generator.prompt_template, cfg.finetune.grid_levels,
-                             cfg.finetune.grid_seeds),
+    run=_run, check=lambda cfg: check_generator(cfg.generator) + check_control(cfg.control),
+    config=("generator", "control"),
     describe="the proof of control (class x s grids re-scored) and the base model's recognition, as sampled",
 )

@@ -181,15 +181,6 @@ def _check(cfg: RaysysConfig) -> list[str]:
     return problems + (_schedule_problems(cfg) if not cfg.compare.variants else [])
 
 
-def curriculum_fingerprint(cfg: RaysysConfig) -> tuple:
-    """One run's training: the classifier recipe (with the run's own epochs and workers) and its
-    curriculum section (its name is its folder)."""
-    c, t = cfg.curriculum, cfg.train
-    recipe = replace(cfg, train=replace(t, epochs=c.epochs or t.epochs, num_workers=c.num_workers or t.num_workers))
-    return (train_classifier.train_fingerprint(recipe), replace(c, name=None, epochs=None, num_workers=None),
-            cfg.run.seed)
-
-
 def _needs(cfg: RaysysConfig) -> tuple:
     """A real-only run reads no synthetic image."""
     if cfg.curriculum.schedule == "real_only":
@@ -197,9 +188,12 @@ def _needs(cfg: RaysysConfig) -> tuple:
     return prepare.STAGE, score.STAGE, synthesize.STAGE
 
 
+CONFIG = ("classifier", "train", "curriculum", "run.seed")
+"""What one run's training reads: the classifier recipe and its curriculum section (each unit's own)."""
+
 STAGE = Stage(
     name="curriculum", reads=(prepare.STAGE, score.STAGE, synthesize.STAGE), needs=_needs, run=_run,
-    fingerprint=curriculum_fingerprint, check=_check,
+    config=CONFIG, check=_check,
     units=curriculum_configs, folder=lambda cfg: f"curriculum/{variant_name(cfg)}", batch=_batch,
     describe="the classifier trained with each schedule of the comparison x seed: curriculum/<variant>-seed<n>/",
 )

@@ -256,6 +256,6 @@ STAGE = Stage(
     name="evaluate", reads=(curriculum.STAGE, train_classifier.STAGE, quality.STAGE), run=_run, needs_ray=False,
     needs=lambda cfg: (curriculum.STAGE, train_classifier.STAGE) + (
         (quality.STAGE,) if any(c.curriculum.schedule != "real_only" for c in curriculum.curriculum_configs(cfg)) else ()),
-    fingerprint=baseline_name,
+    config=("compare",), derived=baseline_name,
     describe="mean ± std over seeds per variant, paired comparisons and verdicts: results.csv",
 )

@@ -90,19 +90,8 @@ def _finetune(cfg: RaysysConfig, variant: str, base: str, class_names: list[str]
     return metrics
 
 
-def finetune_fingerprint(cfg: RaysysConfig) -> tuple:
-    """The adapters' training; not its resources, checkpoints, or the grid the control stage draws.
-    The base model is pretrain_generator's digest, or generator.base."""
-    f = cfg.finetune
-    base = None if pretrain_generator.needed(cfg) else cfg.generator.base
-    return (base, cfg.generator.prompt_template, f.variants, f.lora_rank, f.lora_alpha, f.difficulty_tokens,
-            f.class_input, f.difficulty_frequencies, f.steps, f.batch_size, f.lr, f.snr_gamma, f.sampling,
-            f.condition_dropout, f.difficulty_dropout, f.num_workers, f.mixed_precision if f.use_gpu else "no",
-            cfg.run.seed)
-
-
 STAGE = Stage(
     name="finetune", reads=(prepare.STAGE, score.STAGE, pretrain_generator.STAGE), run=_run,
-    fingerprint=finetune_fingerprint, check=lambda cfg: check_finetune(cfg.finetune, cfg.generator) + finetune_problems(cfg),
+    config=("generator.base", "generator.prompt_template", "finetune", "run.seed"), check=lambda cfg: check_finetune(cfg.finetune, cfg.generator) + finetune_problems(cfg),
     describe="LoRA (+ difficulty encoder) fine-tunes of the base generator on Ray Train: <variant>/adapters/",
 )

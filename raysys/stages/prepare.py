@@ -137,15 +137,9 @@ def load(cfg: RaysysConfig, where=None, columns: list[str] | None = None):
     return read_manifest(manifest_path(cfg), columns=columns, where=where), stage_dir(cfg).metrics()
 
 
-def prepare_fingerprint(cfg: RaysysConfig) -> tuple:
-    """The data section (downstream stages read image_size and channels through this digest) and
-    the seed that draws the splits."""
-    return cfg.data, cfg.run.seed
-
-
 STAGE = Stage(
     name="prepare", reads=(), run=_run, version=2,
-    fingerprint=prepare_fingerprint,
+    config=("data", "run.seed"),  # downstream stages read image_size and channels through this digest
     check=lambda cfg: check_data(cfg.data),
     describe="real images -> the dataset's own or long-tailed train / val / test / pretrain splits: manifest/",
 )

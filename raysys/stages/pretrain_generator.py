@@ -79,16 +79,9 @@ def _check(cfg: RaysysConfig) -> list[str]:
     return problems
 
 
-def pretrain_fingerprint(cfg: RaysysConfig) -> tuple:
-    """The model and its training, and the prompts it learns; not the CPUs or GPU it trains on, its
-    checkpoints or the failures it tolerates."""
-    p = cfg.pretrain
-    return (p.image_size, p.block_out_channels, p.cross_attention_levels, p.cross_attention_dim, p.prediction_type,
-            p.steps, p.batch_size, p.lr, p.ema_decay, p.condition_dropout, cfg.generator.prompt_template, cfg.run.seed)
-
-
 STAGE = Stage(
-    name="pretrain_generator", reads=(prepare.STAGE,), run=_run, fingerprint=pretrain_fingerprint,
+    name="pretrain_generator", reads=(prepare.STAGE,), run=_run,
+    config=("pretrain", "generator.prompt_template", "run.seed"),
     check=_check, applies=needed,
     ready=lambda cfg: [] if needed(cfg) else [f"generator.base is '{cfg.generator.base}': there is no built-in model to pretrain"],
     describe="the built-in base generator, trained from scratch on the pretrain split (generator.base: builtin): pipeline/",

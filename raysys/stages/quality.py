@@ -222,7 +222,6 @@ def _check(cfg: RaysysConfig) -> list[str]:
 STAGE = Stage(
     name="quality", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, synthesize.STAGE),
     run=_run, check=_check,
-    fingerprint=lambda cfg: (cfg.quality.extractor, cfg.quality.weights, cfg.quality.pretrained, cfg.quality.k,
-                             cfg.quality.copy_threshold, cfg.quality.min_images, cfg.data.test_splits[0]),
+    config=("quality", "data.test_splits"),
     describe="each synthetic set's FID, KID, precision / recall, memorisation and diversity, per λ and s: quality.csv",
 )

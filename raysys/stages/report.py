@@ -419,7 +419,7 @@ def _needs(cfg: RaysysConfig) -> tuple:
 
 STAGE = Stage(
     name="report", reads=(evaluate.STAGE, synthesize.STAGE, control.STAGE, quality.STAGE, score.STAGE, prepare.STAGE),
-    run=_run, needs_ray=False, fingerprint=lambda cfg: (cfg.data.many_threshold, cfg.data.few_threshold),
+    run=_run, needs_ray=False, config=("data",),
     needs=_needs,
     describe="index.html / index.md with the results, grids, histograms and costs; <root>/summary.json",
 )

@@ -159,17 +159,8 @@ def _run(stage: Context) -> dict:
     return metrics
 
 
-def score_fingerprint(cfg: RaysysConfig) -> tuple:
-    """What the scores depend on (the classifiers come in through train_classifier's digest): never
-    the actor pool, the batch size or how many fold models train at once."""
-    sc = cfg.score
-    splits = score_splits(cfg)
-    oof = sc.mode == "oof" and "train" in splits
-    return sc.mode, sc.folds if oof else None, sc.fold_epochs if oof else None, splits
-
-
 STAGE = Stage(
     name="score", reads=(prepare.STAGE, train_classifier.STAGE), run=_run,
-    fingerprint=score_fingerprint, check=lambda cfg: check_score(cfg.score) + check_classifier(cfg.classifier),
+    config=("score",), check=lambda cfg: check_score(cfg.score) + check_classifier(cfg.classifier),
     describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest/",
 )

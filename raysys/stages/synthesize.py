@@ -68,14 +68,12 @@ def plan_dir(cfg: RaysysConfig, name: str) -> str:
 
 
 def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
-    """What a plan's rows and images depend on besides its upstream stages (never how many actors
-    make them): the base model, the sampling settings, the plan itself, the image format, the filter,
-    and the content of a prompts file (only for a plan that reads one: other plans keep their digests),
-    and the generator's dtype unless it is float32 (so that float32 runs keep their digests)."""
-    fingerprint = (pretrain_generator.base_label(cfg), control.sampling(cfg), cfg.generator.prompt_template, plan,
-                   cfg.synthesis.image_format, cfg.synthesis.filter, cfg.run.seed)
-    if cfg.generator.dtype != "float32":
-        fingerprint = (*fingerprint, cfg.generator.dtype)
+    """What a plan's rows and images depend on besides its upstream stages: the base model, the
+    generator section, the synthesis section without the other plans, the plan itself (a digest
+    leaves out their `runtime` fields: actors, batch sizes, speed), and the content of a prompts file
+    (only for a plan that reads one: other plans keep their digests)."""
+    fingerprint = (pretrain_generator.base_label(cfg), cfg.generator, dataclasses.replace(cfg.synthesis, plans=[]), plan,
+                   cfg.run.seed)
     prompts = prompts_file_digest(plan)
     return fingerprint if prompts is None else (*fingerprint, prompts)
 
@@ -266,7 +264,7 @@ STAGE = Stage(
                               finetune.STAGE),
     version=2,  # a folder per plan version (<plan>/<digest>/)
     needs=_needs, run=_run,
-    fingerprint=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans] + [cfg.synthesis.output],
+    config=("synthesis.output",), derived=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans],
     check=lambda cfg: (check_generator(cfg.generator) + check_generator_dtype(cfg)
                        + check_plans(cfg.synthesis, cfg.finetune.variants) + generation_problems(cfg)),
     describe="every plan of synthesis.plans generated exactly once on Ray Data: <plan>/<digest>/part-*.parquet",

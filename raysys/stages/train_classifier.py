@@ -26,15 +26,6 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def train_fingerprint(cfg: RaysysConfig) -> tuple:
-    """What a classifier fit's result depends on: the model and the training recipe, never the
-    resources it runs on (use_gpu, cpus_per_worker, max_failures) or checkpoint_every."""
-    t = cfg.train
-    return (cfg.classifier, t.epochs, t.batch_size, t.optimizer, t.lr, t.weight_decay, t.momentum, t.nesterov,
-            t.schedule, t.warmup_epochs, t.step_milestones, t.step_gamma, t.label_smoothing, t.mixup, t.cutmix,
-            t.num_workers, t.augment)
-
-
 def workers(cfg: RaysysConfig, num_workers: int | None = None) -> Workers:
     return Workers.for_training(cfg.train, num_workers)
 
@@ -66,7 +57,7 @@ def _run(ctx: Context) -> dict:
 
 STAGE = Stage(
     name="train_classifier", reads=(prepare.STAGE,), run=_run,
-    fingerprint=train_fingerprint,
+    config=("classifier", "train", "run.seed"),
     check=lambda cfg: check_classifier(cfg.classifier) + check_train(cfg.train),
     describe="the real-only baseline classifier on Ray Train: model/",
 )

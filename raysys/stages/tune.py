@@ -131,11 +131,6 @@ def _run(stage: Context) -> dict:
     return metrics
 
 
-def tune_fingerprint(cfg: RaysysConfig) -> tuple:
-    """The trials' training and the search; not how many trials run at once."""
-    return (curriculum.curriculum_fingerprint(cfg), replace(cfg.tune, max_concurrent_trials=None))
-
-
 def _ready(cfg: RaysysConfig) -> list[str]:
     if cfg.tune.space:
         return []
@@ -145,7 +140,7 @@ def _ready(cfg: RaysysConfig) -> list[str]:
 
 STAGE = Stage(
     name="tune", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, synthesize.STAGE), run=_run,
-    fingerprint=tune_fingerprint, check=lambda cfg: check_tune(cfg) + check_classifier(cfg.classifier), ready=_ready,
+    config=(*curriculum.CONFIG, "tune"), check=lambda cfg: check_tune(cfg) + check_classifier(cfg.classifier), ready=_ready,
     in_run=False, folder=lambda cfg: f"tune/{cfg.tune.name}",
     describe="a Ray Tune sweep (ASHA) over curriculum.* fields on the synthetic images: results.md, best.yaml",
 )

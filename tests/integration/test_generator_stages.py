@@ -40,8 +40,8 @@ def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
         v = fine["variants"][variant]
         assert v["steps"] == cfg.finetune.steps and v["resumed_at_steps"] == []
         c = ctl["control"][variant]
-        n = 10 * len(cfg.finetune.grid_levels) * cfg.finetune.grid_seeds
-        assert c["images"] == n and len(c["measured_mean_by_level"]) == len(cfg.finetune.grid_levels)
+        n = 10 * len(cfg.control.grid_levels) * cfg.control.grid_seeds
+        assert c["images"] == n and len(c["measured_mean_by_level"]) == len(cfg.control.grid_levels)
         assert all(0 <= x <= 1 for x in c["measured_mean_by_level"])
     rho = ctl["difficulty_spearman"]
     assert rho is not None and -1 <= rho <= 1  # value at tiny size is noise; quickstart size is reported

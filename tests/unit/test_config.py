@@ -31,6 +31,25 @@ def test_unknown_key_on_command_line():
         load_config(TINY, ["train.epoch=3"])
 
 
+def test_an_override_sets_a_list_item_by_index_and_a_bad_one_is_named_in_one_line():
+    cfg = load_config(TINY, ["synthesis.plans.0.ratio=0.3", "synthesis.plans[1].seeds_per_source=3",
+                             "compare.seeds=[0, 1]", "compare.seeds.1=5"])
+    assert cfg.synthesis.plans[0].ratio == 0.3 and cfg.synthesis.plans[1].seeds_per_source == 3
+    assert cfg.compare.seeds == [0, 5]
+    n = len(cfg.synthesis.plans)
+    with pytest.raises(ConfigError, match=rf"^command line: 'synthesis\.plans\.{n}\.ratio': synthesis\.plans has "
+                                          rf"{n} items \(indices 0 to {n - 1}\)"):
+        load_config(TINY, [f"synthesis.plans.{n}.ratio=0.3"])
+    with pytest.raises(ConfigError, match=r"synthesis\.plans is a list; set an item by its index, e\.g\. "
+                                          r"'synthesis\.plans\.0\.<field>=\.\.\.'"):
+        load_config(TINY, ["synthesis.plans.difficulty.ratio=0.3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'synthesis\.plans\[1\]\.ratoi'\. "
+                                          r"Did you mean 'synthesis\.plans\[1\]\.ratio'"):
+        load_config(TINY, ["synthesis.plans.1.ratoi=0.3"])
+    with pytest.raises(ConfigError, match=r"synthesis\.plans\[0\] \(difficulty\): ratio must be >= 0"):  # the value's own check
+        load_config(TINY, ["synthesis.plans.0.ratio=-1"])
+
+
 def test_wrong_type_names_key():
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         load_config(TINY, ["train.epochs=many"])
@@ -126,9 +145,23 @@ def test_a_prompt_template_is_filled_with_the_class_name_alone():
                                                 "got 'a photo'"]
 
 
+def _without_runtime(obj, plain):
+    """OmegaConf's container of a config section less the fields declared `runtime`."""
+    import dataclasses
+
+    from raysys.core.config import RUNTIME
+
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _without_runtime(getattr(obj, f.name), plain[f.name])
+                for f in dataclasses.fields(obj) if not f.metadata.get(RUNTIME)}
+    if isinstance(obj, list):
+        return [_without_runtime(v, p) for v, p in zip(obj, plain)]
+    return plain
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in TINY.parent.glob("*.yaml")))
 def test_digests_see_configs_as_omegaconf_does(config):
-    """A digest's plain form of a config is OmegaConf's, without its cost: every shipped config,
+    """A digest's plain form of a config is OmegaConf's less its runtime fields, without its cost: every shipped config,
     and compare variants that put ints in float fields (which OmegaConf reads as floats, so
     `synthetic_per_epoch: 1` and `1.0` are one run)."""
     import dataclasses
@@ -149,7 +182,7 @@ def test_digests_see_configs_as_omegaconf_does(config):
     for c in runs:
         for section in dataclasses.fields(c):
             value = getattr(c, section.name)
-            want = OmegaConf.to_container(OmegaConf.structured(value))
+            want = _without_runtime(value, OmegaConf.to_container(OmegaConf.structured(value)))
             assert json.dumps(_plain(value), sort_keys=True) == json.dumps(want, sort_keys=True), section.name
     if len(runs) > 1:  # 1 == 1.0 in Python, not in a digest's JSON
         assert json.dumps(_plain(runs[-1].curriculum)["guidance_levels"]) == "[1.0, 0.5]"

@@ -60,7 +60,7 @@ def test_a_sampling_knob_reruns_the_grid_synthesis_and_what_reads_them_never_a_m
     changed = _changed("generator.guidance_scale=4")
     assert changed == {"control", "synthesize", "quality", "curriculum/dts-seed0", "curriculum/dts-seed1", "evaluate",
                        "report", "tune/sweep"}
-    grid = _changed("finetune.grid_seeds=3")  # only the proof of control and the report that shows it
+    grid = _changed("control.grid_seeds=3")  # only the proof of control and the report that shows it
     assert grid == {"control", "report"}
 
 
@@ -82,16 +82,16 @@ def test_a_quality_setting_reruns_the_measures_and_what_shows_them_never_a_set_o
 
 def test_a_version_bump_reruns_the_stage_and_everything_downstream():
     cfg = load_config(TINY)
-    a = Stage(name="a", reads=(), fingerprint=lambda c: c.data, run=lambda ctx: {})
-    b = Stage(name="b", reads=(a,), fingerprint=lambda c: (), run=lambda ctx: {})
-    a2 = Stage(name="a", reads=(), fingerprint=lambda c: c.data, run=lambda ctx: {}, version=2)
-    b2 = Stage(name="b", reads=(a2,), fingerprint=lambda c: (), run=lambda ctx: {})
+    a = Stage(name="a", reads=(), config=("data",), run=lambda ctx: {})
+    b = Stage(name="b", reads=(a,), config=(), run=lambda ctx: {})
+    a2 = Stage(name="a", reads=(), config=("data",), run=lambda ctx: {}, version=2)
+    b2 = Stage(name="b", reads=(a2,), config=(), run=lambda ctx: {})
     assert a.digest(cfg) != a2.digest(cfg) and b.digest(cfg) != b2.digest(cfg)
 
 
 def test_every_stage_is_checked_before_any_work():
     cfg = load_config(TINY)
-    broken = Stage(name="x", reads=(), fingerprint=lambda c: (), run=lambda ctx: {}, check=lambda c: ["x is bad"])
+    broken = Stage(name="x", reads=(), config=(), run=lambda ctx: {}, check=lambda c: ["x is bad"])
     with pytest.raises(ConfigError, match=r"^here: x is bad$"):
         check_chain([*STAGES, broken], cfg, "here")
 
