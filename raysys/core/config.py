@@ -99,6 +99,9 @@ class DataConfig:
     """longtail: balanced test split, images per class."""
     pretrain_per_class: int = 100
     """Disjoint `pretrain` split per class (to pretrain the built-in generator; given splits: drawn from train); 0: none."""
+    carve_out_share: float = 0.2
+    """given splits: the most a split drawn from train (val, pretrain) takes of a class, as a share of the class's
+    train images before any is drawn (at least 1, and every class keeps 1), so a long tail keeps its tail."""
     many_threshold: int = 100
     """A class with more than this many train images is `many` (ImageNet-LT: 100)."""
     few_threshold: int = 20

@@ -7,7 +7,7 @@ replacement from the same per-class shuffle, so no image is in two splits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,8 @@ class SplitPlan:
     split: np.ndarray
     """Per source image: 'train', 'val', 'test', 'pretrain', or '' (unused)."""
     train_counts: list[int]
+    capped: dict[str, list[int]] = field(default_factory=dict)
+    """given splits: split drawn from train -> the classes of which data.carve_out_share cut its draw."""
 
 
 def assign_splits(

@@ -7,7 +7,9 @@ alone (no image is read), so prepare can select rows by id before any bytes move
   train split and balanced val / test / pretrain splits.
 - `given`: the dataset's splits are kept under their own names (renamed by `split_names`); when
   the validation split is absent, `val_per_class` images per class are drawn from train, as are
-  `pretrain_per_class` for the built-in generator (each class keeps at least one train image).
+  `pretrain_per_class` for the built-in generator. Each draw takes at most `carve_out_share` of a
+  class's train images (at least one; each class keeps one), so a tail class keeps most of its
+  train images; the plan names the classes whose draws were cut.
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ from raysys.data.sources import (BUILTINS_WITH_SPLITS, KINDS, DataError, Listing
                                  shared_strings)
 
 
-def _draw_from_train(split: np.ndarray, labels: np.ndarray, num_classes: int, name: str, per_class: int,
-                     rng: np.random.Generator) -> None:
-    for c in range(num_classes):
+def _draw_from_train(split: np.ndarray, labels: np.ndarray, given_train: np.ndarray, name: str, per_class: int,
+                     share: float, rng: np.random.Generator) -> list[int]:
+    """Move up to `per_class` train images of each class to split `name`, at most `share` of the
+    class's `given_train` count (at least 1; each class keeps one); returns the classes cut by `share`."""
+    capped = []
+    for c, given in enumerate(given_train):
         rows = np.flatnonzero((labels == c) & (split == "train"))
-        n = min(per_class, len(rows) - 1)
+        cap = max(1, int(share * given))
+        n = min(per_class, cap, len(rows) - 1)
+        if min(per_class, len(rows) - 1) > cap:
+            capped.append(c)
         if n > 0:
             split[rows[rng.permutation(len(rows))[:n]]] = name
+    return capped
 
 
 def given_splits(listing: Listing, d, seed: int) -> tuple[Listing, SplitPlan]:
@@ -47,12 +56,17 @@ def given_splits(listing: Listing, d, seed: int) -> tuple[Listing, SplitPlan]:
     labels = listing.table["label"].to_numpy()
     num_classes = len(listing.class_names)
     rng = np.random.default_rng(seed)
+    given_train = np.bincount(labels[split == "train"], minlength=num_classes)
+    capped = {}
     if d.val_split not in names:
-        _draw_from_train(split, labels, num_classes, d.val_split, d.val_per_class, rng)
+        capped[d.val_split] = _draw_from_train(split, labels, given_train, d.val_split, d.val_per_class,
+                                               d.carve_out_share, rng)
     if d.pretrain_per_class > 0 and "pretrain" not in names:
-        _draw_from_train(split, labels, num_classes, "pretrain", d.pretrain_per_class, rng)
+        capped["pretrain"] = _draw_from_train(split, labels, given_train, "pretrain", d.pretrain_per_class,
+                                              d.carve_out_share, rng)
     train_counts = np.bincount(labels[split == "train"], minlength=num_classes).tolist()
-    return listing, SplitPlan(split=split, train_counts=[int(n) for n in train_counts])
+    return listing, SplitPlan(split=split, train_counts=[int(n) for n in train_counts],
+                              capped={s: c for s, c in capped.items() if c})
 
 
 def plan_splits(listing: Listing, d, seed: int) -> tuple[Listing, SplitPlan]:
@@ -96,6 +110,8 @@ def check_data(d) -> list[str]:
         problems.append("data.rows_per_part must be >= 1")
     if d.imbalance_ratio < 1:
         problems.append("data.imbalance_ratio must be >= 1")
+    if not 0 < d.carve_out_share <= 1:
+        problems.append(f"data.carve_out_share must be in (0, 1], got {d.carve_out_share}")
     if d.channels not in (1, 3):
         problems.append("data.channels must be 1 or 3")
     if d.image_size < 4:

@@ -59,6 +59,11 @@ def _run(ctx: Context) -> dict:
         raise DataError(f"{d.source}: the image '{dup}' is listed twice")
     num_classes, class_names, dropped, listed = len(listing.class_names), listing.class_names, listing.dropped, len(listing)
     has_domains = bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if listed else False
+    capped = {s: [class_names[c] for c in classes] for s, classes in plan.capped.items()}
+    if capped:
+        print(f"[prepare] data.carve_out_share {d.carve_out_share} capped what was drawn from train, to keep the "
+              "tail's train images: " + "; ".join(f"{s} for {len(names)} classes ({_first(names)})"
+                                                   for s, names in capped.items()), flush=True)
     del listing, plan  # from here on the driver holds the selected rows' listing and small summaries only
 
     # The selected rows go to one file that each task reads its part from: the driver keeps no
@@ -125,11 +130,16 @@ def _run(ctx: Context) -> dict:
         "test_splits": list(d.test_splits),
         "groups": groups,
         "has_domains": has_domains,
+        "carve_out_capped": capped,
     }
     sizes = ", ".join(f"{s} {sum(c)}" for s, c in counts.items())
     print(f"[prepare] {metrics['rows']} rows: {sizes}; train per class {train_counts}; "
           f"{len(bad)} unreadable file(s) skipped -> {directory}")
     return metrics
+
+
+def _first(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def load(cfg: RaysysConfig, where=None, columns: list[str] | None = None):

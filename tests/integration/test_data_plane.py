@@ -22,7 +22,7 @@ from tests.conftest import REPO, TINY, kill_driver, start_driver
 pytestmark = pytest.mark.integration
 
 GIVEN = ["data.splits=given", "data.channels=3", "data.pretrain_per_class=1", "data.val_per_class=2",
-         "data.rows_per_part=7"]
+         "data.carve_out_share=0.5", "data.rows_per_part=7"]
 
 
 def _image(value: int, size=(14, 12)) -> Image.Image:

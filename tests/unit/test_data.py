@@ -41,7 +41,7 @@ def _folder(tmp_path, per_class=(3, 2), split=None, name="imgs"):
     for c, n in enumerate(per_class):
         (base / f"class_{c}").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            Image.fromarray(np.full((10, 12, 3), 40 * (i + 1), np.uint8)).save(base / f"class_{c}" / f"{i}.png")
+            Image.fromarray(np.full((10, 12, 3), 40 * (i + 1) % 256, np.uint8)).save(base / f"class_{c}" / f"{i}.png")
     return root
 
 
@@ -62,7 +62,7 @@ def test_folder_with_split_folders_keeps_its_splits(tmp_path):
     _folder(tmp_path, (2, 2), split="test")
     _folder(tmp_path, (1, 0, 2), split="ood_test")  # class_2 has no train image: dropped, counted
     d = _data(source=f"folder:{root}", splits="given", test_splits=["test", "ood_test"], val_per_class=2,
-              pretrain_per_class=0)
+              pretrain_per_class=0, carve_out_share=0.5)
     listing, plan = plan_splits(list_source(d), d, seed=0)
     assert listing.class_names == ["class_0", "class_1"] and listing.dropped == {"class_without_train_images": 2}
     labels = listing.table["label"].to_numpy()
@@ -77,6 +77,33 @@ def test_folder_with_split_folders_keeps_its_splits(tmp_path):
     # the same folder, resampled: every image pooled
     pooled = list_source(_data(source=f"folder:{root}"))
     assert len(pooled) == 5 + 4 + 2 + 2 + 1 + 2 and len(pooled.class_names) == 3
+
+
+def test_splits_drawn_from_a_long_tailed_train_split_leave_the_tail_its_images(tmp_path):
+    """The issue's reproduction: a train/ + test/ folder with no val/; val (20 per class), and pretrain
+    (100) where asked, are drawn from train, each at most carve_out_share (0.2) of a class's train images."""
+    given = [9, 25, 34, 6, 93, 13, 18, 48, 67, 130]
+    root = _folder(tmp_path, given, split="train")
+    _folder(tmp_path, [1] * 10, split="test")
+
+    def counts(**kw):
+        d = _data(source=f"folder:{root}", splits="given", val_per_class=20, **kw)
+        listing, plan = plan_splits(list_source(d), d, seed=0)
+        labels = listing.table["label"].to_numpy()
+        per_split = {s: np.bincount(labels[plan.split == s], minlength=10).tolist() for s in ("train", "val", "pretrain")}
+        assert per_split["train"] == plan.train_counts
+        return per_split, plan.capped
+
+    uncapped, capped = counts(pretrain_per_class=0, carve_out_share=1.0)
+    assert uncapped["train"] == [1, 5, 14, 1, 73, 1, 1, 28, 47, 110] and capped == {}  # what the issue saw
+    split, capped = counts(pretrain_per_class=0)
+    assert split["val"] == [1, 5, 6, 1, 18, 2, 3, 9, 13, 20]  # 20, or a fifth of the class (at least 1)
+    assert split["train"] == [8, 20, 28, 5, 75, 11, 15, 39, 54, 110] and capped == {"val": list(range(9))}
+    split, capped = counts(pretrain_per_class=100)
+    assert split["pretrain"] == [1, 5, 6, 1, 18, 2, 3, 9, 13, 26]
+    assert split["train"] == [7, 15, 22, 4, 57, 9, 12, 30, 41, 84]
+    assert capped == {"val": list(range(9)), "pretrain": list(range(10))}
+    assert check_data(_data(carve_out_share=0)) == ["data.carve_out_share must be in (0, 1], got 0"]
 
 
 def test_list_files_in_imagenet_lt_format(tmp_path):
