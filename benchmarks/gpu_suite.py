@@ -1,4 +1,4 @@
-"""Every GPU figure of issue 22 in one run: synthesis (raysys's generation actor against plain
+"""Every GPU figure of docs/PERFORMANCE.md's H100 section in one run: synthesis (raysys's generation actor against plain
 diffusers, SD 1.5 and SD 2.1-base at 512 px, text and img2img, batch 8 / 16 / 32), the actor's
 speed options one by one (bf16, channels_last, fused QKV, torch.compile and its cache), scoring
 (ResNet-50 at 224 px against plain timm), a LoRA + difficulty-encoder fine-tune step, a ResNet-50

@@ -1,5 +1,5 @@
 """Memory planning: the peak GPU memory of generation and of LoRA fine-tuning, predicted before
-any work from parameter counts and a measured activation profile (issue 21).
+any work from parameter counts and a measured activation profile.
 
 **Weights** are the layout's parameter counts (`layouts.parameter_counts`, stored in `PROFILES`)
 times the dtype's size. Generation holds the UNet, the text encoder(s), the VAE and the (tiny)

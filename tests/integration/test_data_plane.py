@@ -186,7 +186,7 @@ def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(fol
 
 @pytest.mark.slow
 def test_the_camera_digits_run_end_to_end_with_domain_metrics(tmp_path, ray_session):
-    """`raysys run` on builtin:mnist-cameras (issue 20's task, tiny fits): the given splits with
+    """`raysys run` on builtin:mnist-cameras (the low-quality task, tiny fits): the given splits with
     their cameras, OOD and ID macro-F1 and worst-camera accuracy per variant, their paired
     comparison per split, hard sources above a measured-difficulty threshold, and the report's
     camera x λ grid."""

@@ -1,4 +1,4 @@
-"""The released Stable Diffusion layouts at full size, random weights, on the CPU (issue 21).
+"""The released Stable Diffusion layouts at full size, random weights, on the CPU.
 
 For SD 1.5, SD 2.1 base and the SDXL refiner, one test writes the layout's pipeline folder
 (`raysys random-generator LAYOUT OUT`: every component at full size, the real CLIP tokenizer)
