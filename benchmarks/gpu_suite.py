@@ -113,7 +113,8 @@ def synthesis_arch(suite: Suite, arch: str, folder: str, batch_sizes: list[int],
     img2img, at each batch size; the memory plan's prediction beside each raysys peak."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from raysys.generation.memory import RUNTIME_BYTES, predict_generation
+    from raysys.generation.memory import predict_generation
+    from raysys.generation.memory_table import RUNTIME_BYTES
 
     dev, peak = suite.device, peak_flops(suite.name, "bf16")
     branches = 2
@@ -338,7 +339,8 @@ def finetune_step(suite: Suite, arch: str, folder: str, resolution: int, bs: int
     from raysys.generation.components import load_pipeline
     from raysys.generation.finetune import FinetuneRows, add_difficulty_encoder, add_lora, trainable_parameters
     from raysys.generation.finetune import finetune_step as step_loss
-    from raysys.generation.memory import RUNTIME_BYTES, predict_finetune
+    from raysys.generation.memory import predict_finetune
+    from raysys.generation.memory_table import RUNTIME_BYTES
     from raysys.generation.training import training_scheduler
 
     dev = suite.device

@@ -23,7 +23,7 @@ allowance. The run fails (exit 1) if any measured / predicted ratio is outside [
 At these sizes the weights dominate; the activation share is printed beside it for information:
 predicted, measured (RSS minus the exact weight and optimizer bytes: it includes the process's
 fixed overhead, about 0.15 GiB, and what glibc keeps), and live (the case's peak of live tensor
-bytes, `memory.LiveTensorBytes` around it: what the profile models).
+bytes, `memory_profiler.LiveTensorBytes` around it: what the profile models).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raysys.generation import memory  # noqa: E402
-from raysys.generation.memory import GiB, GPUS, largest_batch, predict_finetune, predict_generation  # noqa: E402
+from raysys.generation import memory, memory_profiler, memory_table  # noqa: E402
+from raysys.generation.memory import largest_batch, predict_finetune, predict_generation  # noqa: E402
+from raysys.generation.memory_table import GPUS, GiB  # noqa: E402
 
 CASES = [  # (kind, px, batch)
     ("generation", 64, 1),
@@ -90,7 +91,7 @@ def run_case(layout: str, kind: str, px: int, batch: int) -> dict:
     t0 = time.time()
     prompts = ["a photo of a tabby cat on a sofa"] * batch
     memory.GPU_ACTIVATIONS = 1.0  # a CPU holds the profile's tensors as measured (no GPU intermediates)
-    meter = memory.LiveTensorBytes()  # the live tensor bytes too, to tell the model's error from the allocator's
+    meter = memory_profiler.LiveTensorBytes()  # the live tensor bytes too, to tell the model's error from the allocator's
     meter.__enter__()
     if kind == "generation":
         pipe(prompt=prompts, seeds=list(range(batch)), class_labels=[0] * batch, difficulty=[0.5] * batch,
@@ -154,8 +155,8 @@ def tables() -> None:
     print("\npredicted peak GPU memory, GiB (weights + activations x GPU_ACTIVATIONS + 1.0 runtime allowance; "
           "generation in bf16: fp16 runs the VAE in fp32)")
     for layout, pxs in (("sd15", (512,)), ("sd21-base", (512,)), ("sdxl-refiner", (1024, 512))):
-        if layout not in memory.PROFILES:
-            print(f"  {layout}: not profiled (python -m raysys.generation.memory {layout})")
+        if layout not in memory_table.PROFILES:
+            print(f"  {layout}: not profiled (python -m raysys.generation.memory_profiler {layout})")
             continue
         for px in pxs:
             gen = [predict_generation(layout, px, b, "bf16") for b in (1, 8, 16)]
@@ -168,12 +169,12 @@ def tables() -> None:
                   + " / ".join(f"{e.total / GiB:.1f}" for e in tune)
                   + "; fp32 weights + bf16 autocast (raysys today): "
                   + " / ".join(f"{e.total / GiB:.1f}" for e in mixed))
-    print(f"\nlargest batch that fits ({memory.HEADROOM:.0%} headroom), generation bf16 with guidance / "
+    print(f"\nlargest batch that fits ({memory_table.HEADROOM:.0%} headroom), generation bf16 with guidance / "
           "LoRA fine-tuning bf16 checkpointed / fp32 weights + bf16 autocast")
     gpus = ["A10G", "A100-40", "A100-80", "H100"]
     print(f"  {'':22}" + "".join(f"{g + f' ({GPUS[g]} GiB)':>22}" for g in gpus))
     for layout, px in (("sd15", 512), ("sd21-base", 512), ("sdxl-refiner", 1024), ("sdxl-refiner", 512)):
-        if layout not in memory.PROFILES:
+        if layout not in memory_table.PROFILES:
             continue
         cells = []
         for g in gpus:

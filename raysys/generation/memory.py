@@ -1,5 +1,5 @@
 """Memory planning: the peak GPU memory of generation and of LoRA fine-tuning, predicted before
-any work from parameter counts and a measured activation profile.
+any work from parameter counts and the measured activation profile (`memory_table`).
 
 **Weights** are the layout's parameter counts (`layouts.parameter_counts`, stored in `PROFILES`)
 times the dtype's size. Generation holds the UNet, the text encoder(s), the VAE and the (tiny)
@@ -7,27 +7,10 @@ difficulty encoder. Fine-tuning holds the same frozen base in the weight dtype p
 the trainable LoRA and difficulty-encoder parameters, their gradients and AdamW's two states
 (16 bytes a trainable parameter).
 
-**Activations** per image row are `c + a·side²` bytes in float32, `side` the latent side
-(image side / 8), for each phase of the work: the UNet forward (no grad), the UNet forward +
-backward of a LoRA step with and without gradient checkpointing, VAE decode and encode, and
-the text encoder. The constants were measured by running the real full-size component (random
-weights, float32, on the CPU) at latent sides 16, 24, 32 and 40 and fitting (`python -m
-raysys.generation.memory` regenerates them). Other dtypes scale them by their size (bf16 / fp16:
-half); under bf16 autocast a few ops (group norm, softmax statistics) stay in float32, so that
-is slightly optimistic for fine-tuning.
-
-How bytes are measured: `LiveTensorBytes`, a `TorchDispatchMode` that sees every aten op's
-outputs and keeps the sum of the bytes of the tensor storages alive (a weak reference per
-storage takes its bytes off when it is freed), and its peak. It counts what a caching GPU
-allocator has to hold (tensors), is independent of the device and of the CPU allocator (glibc
-arenas, oneDNN caches, page faults of RSS), and sees the backward pass. It does not see a
-kernel's internal workspace (cuDNN / cuBLAS scratch), which `RUNTIME_BYTES` and the headroom
-cover. No side⁴ term is needed: torch's CPU SDPA (`_scaled_dot_product_flash_attention_for_cpu`)
-and the CUDA flash / memory-efficient kernels that fp16 / bf16 use never materialise the
-(tokens × tokens) attention map; the c + a·side² fit is exact to < 0.01% at the measured sides
-for every phase but the refiner's checkpointed step (15% at side 16, where its peak is another
-tensor; 5% at 24, < 1% from 32 on).
-(The math SDPA backend, used for float32 on old GPUs, would add it; not modelled.)
+**Activations** per image row are the profile's `c + a·side²` float32 bytes of each phase, on a
+GPU times `GPU_ACTIVATIONS`. Other dtypes scale them by their size (bf16 / fp16: half); under
+bf16 autocast a few ops (group norm, softmax statistics) stay in float32, so that is slightly
+optimistic for fine-tuning.
 
 **Peak** = weights + the largest phase (phases run one after another):
 generation: text encoder (rows = 2·batch with guidance), UNet (2·batch rows with classifier-free
@@ -40,81 +23,19 @@ workspaces, an assumption: not measured here).
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
-GiB = 2**30
-
-DTYPE_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}
-
-GPUS = {"A10G": 24, "L4": 24, "A100-40": 40, "A100-80": 80, "H100": 80, "H200": 141}
-"""GPU memory by name, in GiB (nominal; the driver reports a little less, which the headroom covers)."""
-
-RUNTIME_BYTES = 1 * GiB
-"""CUDA context + cuBLAS / cuDNN workspaces on a GPU: an assumed allowance, not measured here."""
-HEADROOM = 0.10
-"""Share of the GPU kept free by `largest_batch` / `check_fits` (allocator fragmentation)."""
-GPU_ACTIVATIONS = 1.19
-"""The profile's activation bytes (tensors measured on a CPU) times this is what a GPU holds: its
-kernels keep intermediates the CPU's do not (measured on an H100 for SD 1.5's VAE decode in bf16,
-batches 8 to 32, the phase that sets generation's peak; docs/PERFORMANCE.md)."""
-
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-"""The UNet modules `finetune.add_lora` adapts (its LORA_TARGETS)."""
-
-# ---- the measured profile -------------------------------------------------------------------
-# Regenerate with:  nice -n 19 python -m raysys.generation.memory  (about 15 minutes, 2 CPU cores,
-# at most one full-size component in memory; prints this dict).
-# params: parameters per component; lora_per_rank: LoRA parameters per unit of rank;
-# phases: per image row, float32, bytes = c + a * side**2 (side = latent side), as (c, a).
-PROFILES: dict[str, dict] = {'sd15': {'params': {'safety_checker': 303981588,
-                     'text_encoder': 123060480,
-                     'unet': 859520964,
-                     'vae': 83653863},
-          'phases': {'unet': (6400, 33280),
-                     'unet_train_ckpt': (-2969304, 112744),
-                     'unet_train': (4954376, 400322),
-                     'vae_decode': (0, 196624),
-                     'vae_encode': (0, 163840),
-                     'text': (6150144, 0)},
-          'residual': {'unet': 0.0,
-                       'unet_train_ckpt': 0.0,
-                       'unet_train': 0.0,
-                       'vae_decode': 0.0,
-                       'vae_encode': 0.0},
-          'cross_attention_dim': 768,
-          'lora_per_rank': 199296},
- 'sd21-base': {'params': {'text_encoder': 340387840, 'unet': 865910724, 'vae': 83653863},
-               'phases': {'unet': (6400, 33280),
-                          'unet_train_ckpt': (-3100376, 92720),
-                          'unet_train': (4823304, 380254),
-                          'vae_decode': (0, 196624),
-                          'vae_encode': (0, 163840),
-                          'text': (10407936, 0)},
-               'residual': {'unet': 0.0,
-                            'unet_train_ckpt': 0.0,
-                            'unet_train': 0.0,
-                            'vae_decode': 0.0,
-                            'vae_encode': 0.0},
-               'cross_attention_dim': 1024,
-               'lora_per_rank': 207488},
- 'sdxl-refiner': {'params': {'text_encoder_2': 694659840, 'unet': 2259526660, 'vae': 83653863},
-                  'phases': {'unet': (13824, 24192),
-                             'unet_train_ckpt': (-10956482, 70217),
-                             'unet_train': (20482432, 655824),
-                             'vae_decode': (0, 196624),
-                             'vae_encode': (0, 163840),
-                             'text': (16558080, 0)},
-                  'residual': {'unet': 0.0,
-                               'unet_train_ckpt': 0.1546,
-                               'unet_train': 0.0,
-                               'vae_decode': 0.0,
-                               'vae_encode': 0.0},
-                  'cross_attention_dim': 1280,
-                  'lora_per_rank': 843776},
-}
-# ---------------------------------------------------------------------------------------------
+from raysys.generation.memory_table import (
+    DIFFICULTY_ENCODER_PARAMS,
+    DTYPE_BYTES,
+    GPU_ACTIVATIONS,
+    GPUS,
+    HEADROOM,
+    RUNTIME_BYTES,
+    GiB,
+    profile,
+)
 
 
 def dtype_bytes(dtype) -> int:
@@ -123,16 +44,6 @@ def dtype_bytes(dtype) -> int:
     if name not in DTYPE_BYTES:
         raise ValueError(f"unknown dtype '{dtype}' (choose from fp32, fp16, bf16)")
     return DTYPE_BYTES[name]
-
-
-def profile(layout: str) -> dict:
-    from raysys.generation.layouts import get_layout
-
-    get_layout(layout)  # the error for an unknown name
-    if layout not in PROFILES:
-        raise ValueError(f"no memory profile for layout '{layout}' (profiled: {', '.join(PROFILES)}); "
-                         "run python -m raysys.generation.memory")
-    return PROFILES[layout]
 
 
 def latent_side(resolution: int) -> float:
@@ -150,10 +61,6 @@ def vae_dtype(dtype) -> str:
     """What the VAE runs in: float32 when the rest is float16, since every released layout's VAE
     says `force_upcast` (DifficultyDiffusionPipeline._upcast_vae_if_needed), else `dtype`."""
     return "fp32" if str(dtype).replace("torch.", "").lower() in ("fp16", "float16") else str(dtype)
-
-
-DIFFICULTY_ENCODER_PARAMS = {768: 940_288, 1024: 1_204_480, 1280: 1_468_672}
-"""DifficultyEncoder parameters (1000 classes, 4 tokens, the defaults) by cross-attention width."""
 
 
 @dataclass
@@ -220,102 +127,6 @@ def predict_generation(layout: str, resolution: Optional[int] = None, batch_size
     return MemoryEstimate(f"{layout} generation {resolution} px batch {batch_size} {dtype}, "
                           f"{rows // batch_size} UNet branch{'es' if rows > batch_size else ''}",
                           weights, parts[phase], phase, runtime=runtime, parts=parts)
-
-
-def layout_of(folder: str) -> Optional[str]:
-    """The released layout a pipeline folder (model_index.json + unet/config.json) has, matched on
-    the UNet's config (channels, cross-attention width, added conditioning); None if none matches
-    (the built-in generator, another architecture)."""
-    import json
-    import os
-
-    from raysys.generation.layouts import CONFIG_ROOT, LAYOUTS
-
-    keys = ("block_out_channels", "cross_attention_dim", "addition_embed_type", "attention_head_dim",
-            "transformer_layers_per_block", "down_block_types")
-
-    def unet_config(root):
-        path = os.path.join(root, "unet", "config.json")
-        if not os.path.isfile(path):
-            return None
-        with open(path) as f:
-            config = json.load(f)
-        return tuple(json.dumps(config.get(k)) for k in keys)
-
-    if not os.path.isdir(folder):  # a hub id: the released repositories by name
-        return next((name for name, layout in LAYOUTS.items() if layout.hub_id.lower() == folder.lower()
-                     or layout.hub_id.split("/")[-1].lower() == folder.split("/")[-1].lower()), None)
-    mine = unet_config(folder)
-    if mine is None:
-        return None
-    return next((name for name in LAYOUTS if unet_config(os.path.join(CONFIG_ROOT, name)) == mine), None)
-
-
-def generation_problems(cfg) -> list[str]:
-    """`synthesis.batch_size` (a number, or auto) against `synthesis.gpu`, before any work: the
-    actors generate at the model's own size in generator.dtype, with 2 UNet branches under
-    classifier-free guidance (3 with a separate difficulty guidance scale), and a GPU shared by
-    num_gpus < 1 of an actor gives it that share of its memory. Not checked (no problems) without
-    synthesis.gpu, on CPUs, or for a generator.base of no released layout."""
-    sy, g = cfg.synthesis, cfg.generator
-    if sy.batch_size == "auto" and not (sy.gpu and sy.num_gpus > 0):
-        return ["synthesis.batch_size=auto needs synthesis.gpu (one of " + ", ".join(GPUS) + ") and "
-                "synthesis.num_gpus > 0: the memory plan sizes the batch for that GPU; else give a number"]
-    if not sy.gpu or sy.num_gpus <= 0:
-        return []
-    if sy.gpu not in GPUS:
-        return [f"synthesis.gpu '{sy.gpu}' is not a GPU the memory plan knows ({', '.join(GPUS)})"]
-    layout = layout_of(g.base) if g.base != "builtin" else None
-    if layout is None:
-        if sy.batch_size == "auto":
-            return [f"synthesis.batch_size=auto: generator.base '{g.base}' is none of the released layouts the "
-                    "memory plan knows (sd15, sd21-base, sdxl-refiner); give a number"]
-        return []
-    args = _generation_args(cfg, layout)
-    if sy.batch_size == "auto":
-        if largest_batch(**args) == 0:
-            return [f"synthesis.batch_size=auto: not even one image fits synthesis.gpu={sy.gpu} "
-                    f"({predict_generation(layout, None, 1, args['dtype'], branches=args['branches'], img2img=args['img2img']).describe()}); "
-                    "use generator.dtype=float16 or bfloat16, or a larger GPU"]
-        return []
-    gpu = sy.gpu if sy.num_gpus >= 1 else args["memory_bytes"]  # a shared GPU: the actor's share
-    return check_fits(layout, None, sy.batch_size, args["dtype"], gpu, key="synthesis.batch_size",
-                      branches=args["branches"], img2img=args["img2img"])
-
-
-def _generation_args(cfg, layout: str) -> dict:
-    sy, g = cfg.synthesis, cfg.generator
-    branches = 1 if g.guidance_scale <= 1 else 2
-    if g.difficulty_guidance_scale is not None and any(p.model != "base" for p in sy.plans):
-        branches += 1
-    return {"layout": layout, "resolution": None, "dtype": g.dtype, "branches": branches,
-            "memory_bytes": int(gpu_bytes(sy.gpu) * min(1.0, sy.num_gpus)),
-            "img2img": any(p.kind == "discl" for p in sy.plans)}
-
-
-def generation_batch_size(cfg) -> int:
-    """synthesis.batch_size as a number: itself, or for auto the largest batch the plan fits."""
-    if cfg.synthesis.batch_size != "auto":
-        return int(cfg.synthesis.batch_size)
-    return largest_batch(**_generation_args(cfg, layout_of(cfg.generator.base)))
-
-
-def finetune_problems(cfg) -> list[str]:
-    """`finetune.batch_size` against `finetune.gpu` (per worker), before any work: LoRA of
-    finetune.lora_rank and the difficulty encoder over float32 weights, bf16 autocast if
-    finetune.mixed_precision says so, gradient checkpointing as configured."""
-    f, g = cfg.finetune, cfg.generator
-    if not f.gpu or not f.use_gpu:
-        return []
-    if f.gpu not in GPUS:
-        return [f"finetune.gpu '{f.gpu}' is not a GPU the memory plan knows ({', '.join(GPUS)})"]
-    layout = layout_of(g.base) if g.base != "builtin" else None
-    if layout is None:
-        return []
-    return check_fits(layout, None, f.batch_size, "bf16" if f.mixed_precision == "bf16" else "fp32", f.gpu,
-                      kind="finetune", key="finetune.batch_size", weight_dtype="fp32",
-                      gradient_checkpointing=f.gradient_checkpointing, lora_rank=f.lora_rank,
-                      difficulty_encoder="difficulty" in f.variants)
 
 
 def lora_parameters(layout: str, rank: int) -> int:
@@ -426,208 +237,3 @@ def check_fits(layout: str, resolution: Optional[int], batch_size: int, dtype, g
     return [f"{key}={batch_size} needs {est.total / GiB:.1f} GiB predicted on a {gpu_gib} GiB GPU{name} "
             f"({parts}) for {layout} at {px} px {dtype}; "
             + ", ".join(fixes)]
-
-
-# ---- measuring (torch needed only from here on) -----------------------------------------------
-
-def _torch_dispatch_mode():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    return TorchDispatchMode
-
-
-class LiveTensorBytes:
-    """Context manager: the peak bytes of tensor storages alive while it is active, counting only
-    storages created inside it (weights made before it, and views of them, are not counted).
-    Device-independent: it sees each aten op's outputs through a TorchDispatchMode, backward
-    included; an output that shares an input's storage (a view, an in-place op) is not new."""
-
-    def __new__(cls):
-        import torch
-        from torch.utils._pytree import tree_flatten
-
-        class _Mode(_torch_dispatch_mode()):
-            def __init__(self):
-                super().__init__()
-                self.live = 0
-                self.peak = 0
-                self._refs: dict[int, weakref.ref] = {}
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                          if isinstance(t, torch.Tensor)}
-                for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                        self._track(t)  # not a view of an input, nor an in-place result
-                self.peak = max(self.peak, self.live)
-                return out
-
-            def _track(self, t):
-                storage = t.untyped_storage()
-                key = id(storage)
-                ref = self._refs.get(key)
-                if ref is not None and ref() is storage:
-                    return  # a view or an in-place result
-                n = storage.nbytes()
-                self.live += n
-                self._refs[key] = weakref.ref(storage, lambda _, key=key, n=n: self._free(key, n))
-
-            def _free(self, key, n):
-                self.live -= n
-                self._refs.pop(key, None)
-
-        return _Mode()
-
-
-def measure(fn) -> int:
-    """Peak live tensor bytes created while `fn()` runs."""
-    mode = LiveTensorBytes()
-    with mode:
-        fn()
-    return mode.peak
-
-
-def _context(layout: str, rows: int, unet):
-    import torch
-
-    width = unet.config.cross_attention_dim
-    tokens = torch.randn(rows, 77 + 4, width)  # 77 text tokens + 4 difficulty tokens
-    added = None
-    if unet.config.addition_embed_type == "text_time":
-        pooled = unet.config.projection_class_embeddings_input_dim - 5 * unet.config.addition_time_embed_dim
-        added = {"text_embeds": torch.randn(rows, pooled), "time_ids": torch.tensor([[512.0, 512, 0, 0, 6]] * rows)}
-    return tokens, added
-
-
-def measure_unet(unet, layout: str, side: int, train: bool, rows: int = 1) -> int:
-    """Peak activation bytes of a UNet forward (no grad) or of a LoRA step's forward + backward
-    (the UNet must have its adapter; gradient checkpointing as set on it). The LoRA gradients
-    that outlive the step are not counted (they are in MemoryEstimate.trainable)."""
-    import torch
-
-    x = torch.randn(rows, unet.config.in_channels, side, side)
-    t = torch.full((rows,), 500)
-    tokens, added = _context(layout, rows, unet)
-    if not train:
-        with torch.no_grad():
-            return measure(lambda: unet(x, t, encoder_hidden_states=tokens, added_cond_kwargs=added))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = None
-    unet.train()
-
-    def step():
-        unet(x, t, encoder_hidden_states=tokens, added_cond_kwargs=added).sample.float().pow(2).mean().backward()
-
-    peak = measure(step)
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    for p in params:
-        p.grad = None
-    unet.eval()
-    return peak - grads
-
-
-def measure_vae(vae, side: int, decode: bool, rows: int = 1) -> int:
-    import torch
-
-    with torch.no_grad():
-        if decode:
-            z = torch.randn(rows, vae.config.latent_channels, side, side)
-            return measure(lambda: vae.decode(z).sample)
-        x = torch.randn(rows, vae.config.in_channels, side * 8, side * 8)
-        return measure(lambda: vae.encode(x).latent_dist.mean)
-
-
-def measure_text(encoder, rows: int = 1) -> int:
-    import torch
-
-    ids = torch.randint(0, 49407, (rows, 77))
-    with torch.no_grad():
-        return measure(lambda: encoder(ids, output_hidden_states=True))
-
-
-def fit(sides, values) -> tuple[float, float]:
-    """Least-squares (c, a) of value = c + a·side². c may come out negative (a phase whose peak
-    moves between tensors at small sides); predictions are clamped at 0."""
-    n = len(sides)
-    xs = [s * s for s in sides]
-    mx, my = sum(xs) / n, sum(values) / n
-    a = sum((x - mx) * (y - my) for x, y in zip(xs, values)) / sum((x - mx) ** 2 for x in xs)
-    return my - a * mx, a
-
-
-def lora_per_rank(unet) -> int:
-    """LoRA parameters per unit of rank: Σ (in + out) over the adapted Linear layers."""
-    import torch
-
-    return sum(m.in_features + m.out_features for name, m in unet.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.endswith(LORA_TARGETS))
-
-
-SIDES = (16, 24, 32, 40)
-"""Latent sides the profile is measured at (128 to 320 px): large enough that every phase's peak
-is the s² one it has at 512 px (at side 8 the checkpointed backward peaks elsewhere)."""
-
-
-def profile_layout(layout: str, sides=SIDES, progress=print) -> dict:
-    """Measure a layout's activation profile at full size (float32, random weights, one component
-    in memory at a time) and fit each phase."""
-    import gc
-
-    import torch
-    from peft import LoraConfig
-
-    from raysys.generation.layouts import build_component, parameter_counts
-
-    out = {"params": parameter_counts(layout), "phases": {}, "residual": {}}
-    folders = out["params"]
-
-    def record(phase, values):
-        c, a = fit(sides, values)
-        out["phases"][phase] = (round(c), round(a))
-        worst = max(abs(c + a * s * s - v) / v for s, v in zip(sides, values))
-        out["residual"][phase] = round(worst, 4)
-        progress(f"[{layout}] {phase}: {[round(v / 2**20, 1) for v in values]} MiB at sides {list(sides)}; "
-                 f"c={c / 2**20:.1f} MiB a={a / 2**10:.1f} KiB/side², worst residual {worst:.2%}")
-
-    torch.set_grad_enabled(True)
-    unet = build_component(layout, "unet")
-    out["cross_attention_dim"] = unet.config.cross_attention_dim
-    out["lora_per_rank"] = lora_per_rank(unet)
-    record("unet", [measure_unet(unet, layout, s, train=False) for s in sides])
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)))
-    unet.enable_gradient_checkpointing()
-    record("unet_train_ckpt", [measure_unet(unet, layout, s, train=True) for s in sides])
-    unet.disable_gradient_checkpointing()
-    record("unet_train", [measure_unet(unet, layout, s, train=True) for s in sides])
-    del unet
-    gc.collect()
-    vae = build_component(layout, "vae")
-    record("vae_decode", [measure_vae(vae, s, decode=True) for s in sides])
-    record("vae_encode", [measure_vae(vae, s, decode=False) for s in sides])
-    del vae
-    gc.collect()
-    text = "text_encoder" if "text_encoder" in folders else "text_encoder_2"
-    encoder = build_component(layout, text).float()  # build_component leaves the refiner's in its config's fp16
-    value = measure_text(encoder)
-    out["phases"]["text"] = (value, 0)
-    progress(f"[{layout}] text: {value / 2**20:.1f} MiB a row")
-    del encoder
-    gc.collect()
-    return out
-
-
-if __name__ == "__main__":
-    import argparse
-    import pprint
-
-    from raysys.generation.layouts import LAYOUTS
-
-    parser = argparse.ArgumentParser(description="Measure the activation profiles; prints PROFILES.")
-    parser.add_argument("layouts", nargs="*", default=list(LAYOUTS))
-    args = parser.parse_args()
-    result = {name: profile_layout(name) for name in args.layouts}
-    print("PROFILES = ", end="")
-    pprint.pprint(result, width=110, sort_dicts=False)

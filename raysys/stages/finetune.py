@@ -20,7 +20,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop
-from raysys.generation.memory import finetune_problems
+from raysys.generation.memory_checks import finetune_problems
 from raysys.ray.train import Workers, fit, run_concurrently
 from raysys.stages import prepare, pretrain_generator, score
 

@@ -36,7 +36,7 @@ from raysys.core.loading import digest
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.data.export import LATEST
-from raysys.generation.memory import generation_batch_size, generation_problems
+from raysys.generation.memory_checks import generation_batch_size, generation_problems
 from raysys.generation.pipeline import check_generator
 from raysys.generation.plans import check_plans, prompts_file_digest
 from raysys.stages import control, finetune, prepare, pretrain_generator, score, train_classifier

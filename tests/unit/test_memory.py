@@ -6,31 +6,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raysys.generation import memory
+from raysys.generation import memory, memory_checks, memory_table
 from raysys.generation.layouts import LAYOUTS
 from raysys.generation.memory import (
-    GPUS,
-    GiB,
-    LiveTensorBytes,
     activation_bytes,
     check_fits,
     largest_batch,
-    measure,
     predict_finetune,
     predict_generation,
     weight_bytes,
 )
+from raysys.generation.memory_profiler import LiveTensorBytes, measure
+from raysys.generation.memory_table import GPUS, GiB
 
 from tests.unit.test_layouts import RELEASED_PARAMETERS
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_weights_are_parameter_counts_times_dtype_size(layout):
-    assert memory.PROFILES[layout]["params"] == RELEASED_PARAMETERS[layout]
+    assert memory_table.PROFILES[layout]["params"] == RELEASED_PARAMETERS[layout]
     loaded = sum(n for folder, n in RELEASED_PARAMETERS[layout].items() if folder != "safety_checker")
     for dtype, size in (("fp32", 4), ("fp16", 2), ("bf16", 2), (torch.bfloat16, 2), (torch.float32, 4)):
         assert weight_bytes(layout, dtype) == loaded * size
-    encoder = memory.DIFFICULTY_ENCODER_PARAMS[memory.PROFILES[layout]["cross_attention_dim"]]
+    encoder = memory_table.DIFFICULTY_ENCODER_PARAMS[memory_table.PROFILES[layout]["cross_attention_dim"]]
     assert predict_generation(layout, 512, 1, "bf16").weights == (loaded + encoder) * 2
     # float16: the VAE runs in float32 (force_upcast), its weights and its phases
     vae = RELEASED_PARAMETERS[layout]["vae"]
@@ -43,13 +41,13 @@ def test_weights_are_parameter_counts_times_dtype_size(layout):
     tune = predict_finetune(layout, 512, 1, "bf16", lora_rank=8, weight_dtype="fp32")
     assert tune.weights == loaded * 4
     # LoRA + encoder in float32 with gradients and AdamW's two states: 16 bytes a parameter.
-    assert tune.trainable == 16 * (8 * memory.PROFILES[layout]["lora_per_rank"] + encoder)
+    assert tune.trainable == 16 * (8 * memory_table.PROFILES[layout]["lora_per_rank"] + encoder)
 
 
 def test_difficulty_encoder_parameters_are_the_encoders():
     from raysys.generation.difficulty_encoder import DifficultyEncoder
 
-    for width, n in memory.DIFFICULTY_ENCODER_PARAMS.items():
+    for width, n in memory_table.DIFFICULTY_ENCODER_PARAMS.items():
         with torch.device("meta"):
             encoder = DifficultyEncoder(num_classes=1000, cross_attention_dim=width)
         assert sum(p.numel() for p in encoder.parameters()) == n
@@ -79,7 +77,7 @@ def test_guidance_doubles_the_unet_rows():
 @pytest.mark.parametrize("layout,px", [("sd15", 512), ("sd21-base", 512), ("sdxl-refiner", 1024)])
 @pytest.mark.parametrize("gpu", ["A10G", "A100-40", "H100"])
 def test_largest_batch_fits_and_one_more_does_not(layout, px, gpu):
-    budget = GPUS[gpu] * GiB * (1 - memory.HEADROOM)
+    budget = GPUS[gpu] * GiB * (1 - memory_table.HEADROOM)
     for kind, predict in (("generation", predict_generation), ("finetune", predict_finetune)):
         b = largest_batch(layout, px, "fp16", gpu, kind=kind)
         assert b >= 1
@@ -154,14 +152,14 @@ def test_layout_of_a_pipeline_folder(tmp_path):
     from raysys.generation.layouts import CONFIG_ROOT
 
     for name in LAYOUTS:
-        assert memory.layout_of(os.path.join(CONFIG_ROOT, name)) == name
-    assert memory.layout_of(str(tmp_path)) is None  # no unet/config.json: e.g. the built-in generator
+        assert memory_checks.layout_of(os.path.join(CONFIG_ROOT, name)) == name
+    assert memory_checks.layout_of(str(tmp_path)) is None  # no unet/config.json: e.g. the built-in generator
     shutil.copytree(os.path.join(CONFIG_ROOT, "sd15", "unet"), tmp_path / "unet")
-    assert memory.layout_of(str(tmp_path)) == "sd15"
+    assert memory_checks.layout_of(str(tmp_path)) == "sd15"
     config = json.loads((tmp_path / "unet" / "config.json").read_text())
     config["cross_attention_dim"] = 512  # another architecture
     (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
-    assert memory.layout_of(str(tmp_path)) is None
+    assert memory_checks.layout_of(str(tmp_path)) is None
 
 
 # ---- the config checks before any work, and synthesis.batch_size: auto -------------------------
@@ -188,12 +186,12 @@ def gpu_config(base, *overrides):
 
 
 def test_auto_batch_size_is_the_largest_that_fits_the_gpu(sd21_configs):
-    from raysys.generation.memory import generation_batch_size
+    from raysys.generation.memory_checks import generation_batch_size
 
     cfg = gpu_config(sd21_configs, "synthesis.batch_size=auto")
     n = generation_batch_size(cfg)
     assert n > 8  # SD 2.1 at 512 px in fp16 on 24 GiB
-    args = memory._generation_args(cfg, "sd21-base")
+    args = memory_checks._generation_args(cfg, "sd21-base")
     assert args["branches"] == 2 and args["dtype"] == "float16"  # tiny.yaml guides with scale 2
     for batch, fits in ((n, True), (n + 1, False)):
         assert (memory.check_fits("sd21-base", None, batch, "float16", "A10G", branches=2,
@@ -206,7 +204,7 @@ def test_auto_batch_size_is_the_largest_that_fits_the_gpu(sd21_configs):
 
 def test_a_batch_that_cannot_fit_is_refused_before_any_work(sd21_configs):
     from raysys.core.loading import ConfigError
-    from raysys.generation.memory import generation_batch_size
+    from raysys.generation.memory_checks import generation_batch_size
 
     fits = generation_batch_size(gpu_config(sd21_configs, "synthesis.batch_size=auto"))
     with pytest.raises(ConfigError, match=rf"synthesis.batch_size={fits + 1} needs .* GiB predicted on a 24 GiB "
@@ -224,6 +222,6 @@ def test_a_batch_that_cannot_fit_is_refused_before_any_work(sd21_configs):
 
 
 def test_the_layout_of_a_hub_id_or_a_folder():
-    assert memory.layout_of("stabilityai/stable-diffusion-2-1-base") == "sd21-base"
-    assert memory.layout_of("runwayml/stable-diffusion-v1-5") == "sd15"  # the old name of the same repository
-    assert memory.layout_of("someone/another-model") is None
+    assert memory_checks.layout_of("stabilityai/stable-diffusion-2-1-base") == "sd21-base"
+    assert memory_checks.layout_of("runwayml/stable-diffusion-v1-5") == "sd15"  # the old name of the same repository
+    assert memory_checks.layout_of("someone/another-model") is None
