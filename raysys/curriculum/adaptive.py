@@ -1,10 +1,11 @@
 """adaptive (DisCL): each curriculum stage picks the image guidance level λ that helps most now.
 
 A *guidance-validation set* holds hard real images that are not trained on, each with synthetic
-images at every λ. At the start of each stage the trainer measures, for every λ, p(y|x) of those
-synthetic images before and after a short real-only training step (`level_gains` gets both), drops
-per-image gains outside 1.5·IQR, and the stage trains on the λ with the largest mean gain
-(`choose_level`; ties go to the lower λ). After `curriculum_epochs`, real data only.
+images at every λ. At the start of each stage the trainer (raysys.training.adaptive_probe) measures,
+for every λ, p(y|x) of those synthetic images before and after a short real-only training step
+(`level_gains` gets both), drops per-image gains outside 1.5·IQR, and the stage trains on the λ
+with the largest mean gain (`choose_level`; ties go to the lower λ). After `curriculum_epochs`,
+real data only.
 
 The choices live in `state()`: a resumed run reloads them and never re-measures a stage that
 already chose.

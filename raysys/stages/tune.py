@@ -18,7 +18,7 @@ at its rungs (epochs grace_period x reduction_factor^k). It writes <root>/tune/<
 Searching the difficulty distribution never regenerates: trials draw from one pool generated over
 the whole range of s (a plan with `difficulty: uniform`), each row with probability
 pdf(s) / pool density(s) under the trial's `curriculum.difficulty_distribution` and
-`difficulty_params` (see raysys.training.curriculum.difficulty_weights). Search μ with
+`difficulty_params` (see raysys.training.synthetic_pool.difficulty_weights). Search μ with
 `curriculum.difficulty_params.0`.
 """
 

@@ -7,17 +7,16 @@ import pytest
 import torch
 
 from raysys.curriculum.base import REAL_ONLY, Level, Selection
-from raysys.training.curriculum import (
+from raysys.training.curriculum import log_prior, worst_k_accuracy
+from raysys.training.guidance_validation import split_guidance_val
+from raysys.training.synthetic_pool import (
     build_pool,
     difficulty_weights,
     epoch_mix,
-    log_prior,
     mix_size,
     steps_per_epoch,
     select_measured,
-    split_guidance_val,
     subsample_pool,
-    worst_k_accuracy,
 )
 
 BINS = [0.0, 0.5, 1.0]
@@ -166,7 +165,7 @@ def test_select_measured_keeps_rows_in_the_range():
 
 def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
     from raysys.curriculum.registry import create_schedule
-    from raysys.training.curriculum import check_selections_match
+    from raysys.training.synthetic_pool import check_selections_match
 
     real, syn = tables()
     text_only_rows = syn.filter(pa.array([g is None for g in syn["guidance"].to_pylist()]))
@@ -184,7 +183,7 @@ def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
 
 
 def test_guidance_val_keeps_only_the_levels_a_schedule_walks():
-    from raysys.training.curriculum import build_guidance_val
+    from raysys.training.guidance_validation import build_guidance_val
 
     real, syn = tables()
     _, _, held_real, held_syn = split_guidance_val(real, syn, 2, seed=0)
@@ -204,7 +203,8 @@ def test_the_adaptive_probe_does_not_depend_on_the_callers_random_state(tmp_path
     from raysys.data.sources import load_builtin_digits
     from raysys.data.stream import Decode, index_rows
     from raysys.models.classifiers import create_classifier
-    from raysys.training.curriculum import GuidanceVal, probe_gains_inputs
+    from raysys.training.adaptive_probe import probe_gains_inputs
+    from raysys.training.guidance_validation import GuidanceVal
 
     src = load_builtin_digits()
     path = str(tmp_path / "d.parquet")
