@@ -39,10 +39,9 @@ sys.path.insert(0, str(REPO))
 from raysys.core.config import ControlConfig, FinetuneConfig, SamplingConfig  # noqa: E402
 from raysys.core.context import LocalContext  # noqa: E402
 from raysys.core.schema import read_manifest  # noqa: E402
-from raysys.generation.control import control_grid, spearman, within_class_spearman  # noqa: E402
+from raysys.generation.control import control_grid, encode_images, spearman, within_class_spearman  # noqa: E402
 from raysys.generation.finetune import FinetuneJob, finetune_loop, load_finetuned  # noqa: E402
 from raysys.scoring.difficulty import DifficultyScorer  # noqa: E402
-from raysys.stages.control import _encode  # noqa: E402
 
 MIN_TRAIN_IMAGES = 20
 """Classes with at least this many train images must show measured difficulty rising with s."""
@@ -57,7 +56,7 @@ def measure(pipe, scorer, prompts, levels, seeds, opts, train_counts) -> dict:
     with torch.no_grad():
         grid = control_grid(pipe, prompts, levels, seeds, opts)
     flat = grid.images.reshape(-1, *grid.images.shape[3:])
-    scored = scorer(_encode(flat), grid.labels.ravel(), ["baseline"] * len(flat))
+    scored = scorer(encode_images(flat), grid.labels.ravel(), ["baseline"] * len(flat))
     measured = scored["difficulty"].reshape(grid.labels.shape)
     recognised = (scored["pred"] == grid.labels.ravel()).reshape(grid.labels.shape)
     low = np.asarray(levels) <= 0.5

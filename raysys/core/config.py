@@ -228,6 +228,10 @@ class GeneratorConfig(SamplingConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """What the synthesis actors run the generator in: float32, or float16 / bfloat16 (half the weights' memory; float16 needs GPUs). Fine-tuning keeps float32 weights (bf16 autocast on GPUs)."""
 
+    def sampling(self) -> SamplingConfig:
+        """The sampling fields alone (what the control grid and synthesis sample with)."""
+        return SamplingConfig(**{name: getattr(self, name) for name in SamplingConfig.__dataclass_fields__})
+
 
 @dataclass
 class PretrainConfig:
@@ -555,6 +559,22 @@ class TuneConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking of every Ray Train run and Tune trial (raysys.ray.tracking; docs/tracking.md). It never
+    changes what a stage writes: every field is runtime."""
+
+    mlflow_uri: Optional[str] = runtime(None)
+    """MLflow tracking URI: an `http://host:port` server (on a cluster: one every node reaches), a `file:` store or
+    `sqlite:///<file>` (relative paths are taken from the working directory); None: no MLflow. Needs
+    `pip install raysys[tracking]`."""
+    mlflow_experiment: Optional[str] = runtime(None)
+    """Experiment of the run's Ray Train runs, one MLflow run each (a sweep: `<experiment>/tune/<tune.name>`, one
+    MLflow run per trial); None: the run root's folder name."""
+    tensorboard: bool = runtime(True)
+    """TensorBoard event files of every Ray Train run and trial under `<root>/tensorboard/<stage>/<run name>/`."""
+
+
+@dataclass
 class RaysysConfig:
     """The whole run: one section per component."""
 
@@ -572,3 +592,4 @@ class RaysysConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -15,6 +15,9 @@ problems) and `run(ctx)`. Everything else is the runner's:
   the stage in the same folder and replaces its outputs. Resumable work inside a stage (Ray
   Train runs, fold models, synthesis plan parts) is keyed by `ctx.digest`, so a killed run
   resumes when the same command is run again, and a changed config starts that work afresh.
+- **The graph.** A stage names the stages it reads (`reads`, `needs`); `register` makes the
+  registry's stages known by name (raysys/stages/__init__.py does, once), and `stage_named`
+  finds one, so that no stage module imports another.
 - **Order.** `chain` sorts stages so that each comes after the stages it reads.
 - **Checks.** `check_chain` runs `check` of every stage of a chain before any work.
 - **Inputs.** A stage starts only when every stage it reads for this config is complete;
@@ -97,12 +100,30 @@ def _always(cfg: RaysysConfig) -> bool:
     return True
 
 
+_REGISTRY: dict[str, "Stage"] = {}
+
+
+def register(stages: Sequence["Stage"]) -> None:
+    """Make `stages` known by name to `stage_named` (and to the `reads` of other stages)."""
+    _REGISTRY.update({s.name: s for s in stages})
+
+
+def stage_named(name: str) -> "Stage":
+    if name not in _REGISTRY:
+        raise KeyError(f"no stage named '{name}' is registered (import raysys.stages first)")
+    return _REGISTRY[name]
+
+
+def _stage(ref: "str | Stage") -> "Stage":
+    return stage_named(ref) if isinstance(ref, str) else ref
+
+
 @dataclass(eq=False)
 class Stage:
     name: str
     """Folder under the run root; the CLI command is the name with '-' for '_'."""
-    reads: tuple["Stage", ...]
-    """The stages whose outputs it reads (those that apply to the config)."""
+    reads: tuple["str | Stage", ...]
+    """The stages whose outputs it reads, by name (those that apply to the config)."""
     config: tuple[str, ...]
     """The config it reads: sections (`train`) or fields (`generator.prompt_template`). Their values,
     less `runtime` fields, are its fingerprint; what reaches it through `reads` need not be named."""
@@ -119,8 +140,8 @@ class Stage:
     """Problems that stop this stage itself, in a config valid for the others (tune without a space)."""
     applies: Callable[[RaysysConfig], bool] = _always
     """Whether the stage is part of a run for this config (pretrain-generator: builtin only)."""
-    needs: Optional[Callable[[RaysysConfig], Sequence["Stage"]]] = None
-    """The stages of `reads` this config needs (None: every one that applies)."""
+    needs: Optional[Callable[[RaysysConfig], Sequence["str | Stage"]]] = None
+    """The stages of `reads` this config needs, by name (None: every one that applies)."""
     in_run: bool = True
     """Part of `raysys run` (tune is started on its own)."""
     needs_ray: bool = True
@@ -142,9 +163,13 @@ class Stage:
         declared = {path: value_at(cfg, path) for path in self.config}
         return declared if self.derived is None else (declared, self.derived(cfg))
 
+    def upstream_stages(self) -> list["Stage"]:
+        """The stages it reads."""
+        return [_stage(r) for r in self.reads]
+
     def inputs(self, cfg: RaysysConfig) -> list["Stage"]:
         chosen = self.needs(cfg) if self.needs is not None else self.reads
-        return [s for s in chosen if s.applies(cfg)]
+        return [s for s in map(_stage, chosen) if s.applies(cfg)]
 
     def unit_configs(self, cfg: RaysysConfig) -> list[RaysysConfig]:
         return self.units(cfg) if self.units is not None else [cfg]
@@ -179,7 +204,7 @@ def chain(stages: Sequence[Stage], cfg: RaysysConfig) -> list[Stage]:
     todo = [s for s in stages if s.in_run and s.applies(cfg)]
     ordered: list[Stage] = []
     while todo:
-        ready = next((s for s in todo if all(r in ordered or r not in todo for r in s.reads)), None)
+        ready = next((s for s in todo if all(r in ordered or r not in todo for r in s.upstream_stages())), None)
         if ready is None:
             raise RuntimeError(f"stage graph has a cycle among {[s.name for s in todo]}")
         ordered.append(ready)
@@ -283,12 +308,12 @@ def stage_seconds(stage: Stage, cfg: RaysysConfig) -> Optional[float]:
 def upstream(stage: Stage, cfg: RaysysConfig) -> list[Stage]:
     """Every stage `stage` depends on, directly or not, that applies to the config, in run order."""
     found: list[Stage] = []
-    todo = list(stage.reads)
+    todo = stage.upstream_stages()
     while todo:
         s = todo.pop()
         if s not in found:
             found.append(s)
-            todo.extend(s.reads)
+            todo.extend(s.upstream_stages())
     return chain(found, cfg)
 
 

@@ -29,6 +29,13 @@ class Grid:
     """float (classes, levels, seeds): s asked for (NaN: no difficulty condition)."""
 
 
+def encode_images(images: np.ndarray) -> list[bytes]:
+    """uint8 (N, H, W, C) images as PNG bytes, what a classifier scores."""
+    from raysys.data.images import encode_png
+
+    return [encode_png(im[..., 0] if im.shape[-1] == 1 else im) for im in images]
+
+
 def check_control(c: ControlConfig) -> list[str]:
     if not c.grid_levels or any(not 0 <= s <= 1 for s in c.grid_levels) or c.grid_seeds < 1:
         return [f"control.grid_levels must be a non-empty list in [0, 1] and control.grid_seeds >= 1, "

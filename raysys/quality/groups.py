@@ -21,6 +21,8 @@ from raysys.quality.measures import diversity_ratio, fid, kid, kth_neighbour_dis
 
 FIGURES = ("fid", "kid", "precision", "recall", "density", "coverage")
 """The figures measured against train, and with a `test_` prefix against test."""
+REAL = "real"
+"""The name of the real test set's rows (the real-versus-real level) beside the plans' rows."""
 
 
 @dataclass

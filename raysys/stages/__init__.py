@@ -11,7 +11,7 @@ from pathlib import Path
 
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import read_config
-from raysys.core.stage import Stage, check_chain
+from raysys.core.stage import Stage, check_chain, register
 from raysys.stages import (control, curriculum, evaluate, finetune, prepare, pretrain_generator, quality, report,
                            score, synthesize, train_classifier, tune)
 
@@ -19,6 +19,7 @@ STAGES: tuple[Stage, ...] = (prepare.STAGE, train_classifier.STAGE, score.STAGE,
                              finetune.STAGE, control.STAGE, synthesize.STAGE, quality.STAGE, curriculum.STAGE,
                              evaluate.STAGE, report.STAGE, tune.STAGE)
 """Every stage, in the order `raysys run` takes them where the graph leaves a choice."""
+register(STAGES)  # the stages name what they read: this makes the names known
 BY_COMMAND = {s.command: s for s in STAGES}
 
 

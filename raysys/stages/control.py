@@ -18,19 +18,18 @@ Its fingerprint is the sampling settings and the grid, so changing them re-rende
 from __future__ import annotations
 
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.compute as pc
 
-from raysys.core import io
-from raysys.core.config import RaysysConfig, SamplingConfig
+from raysys.core import io, run_layout
+from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.generation.control import check_control
+from raysys.generation.control import check_control, encode_images
 from raysys.generation.pipeline import check_generator
 from raysys.ray.train import remote_task
-from raysys.stages import finetune, prepare, pretrain_generator, score, train_classifier
 from raysys.training.classifier import manifest_rows
 
 RECOGNITION_SEEDS = 20
@@ -48,17 +47,6 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def sampling(cfg: RaysysConfig) -> SamplingConfig:
-    """The sampling fields of the generator section."""
-    return SamplingConfig(**{f.name: getattr(cfg.generator, f.name) for f in fields(SamplingConfig)})
-
-
-def _encode(images) -> list[bytes]:
-    from raysys.data.images import encode_png
-
-    return [encode_png(im[..., 0] if im.shape[-1] == 1 else im) for im in images]
-
-
 def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_dir: str, class_names: list[str],
              pretrain: tuple | None) -> dict:
     """Runs inside one Ray task: the recognition set of the base model (when `pretrain`, the
@@ -74,7 +62,7 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
     from raysys.scoring.difficulty import DifficultyScorer
 
     device = "cuda" if cfg.finetune.use_gpu else "cpu"
-    opts = sampling(cfg)
+    opts = cfg.generator.sampling()
     prompts = [cfg.generator.prompt_template.format(name=n) for n in class_names]
     scorer = DifficultyScorer({"baseline": classifier_dir})
     out: dict = {"variants": {}}
@@ -85,7 +73,7 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
                                 with_difficulty=False, first_seed=10_000)
         samples = grid.images[:, 0]  # (classes, seeds, H, W, C)
         flat, labels_flat = samples.reshape(-1, *samples.shape[2:]), grid.labels[:, 0].ravel()
-        correct = (scorer(_encode(flat), labels_flat, ["baseline"] * len(flat))["pred"] == labels_flat)
+        correct = (scorer(encode_images(flat), labels_flat, ["baseline"] * len(flat))["pred"] == labels_flat)
         correct = correct.reshape(len(class_names), -1)
         rec = {"recognition": float(correct.mean()), "recognition_images": int(correct.size),
                "recognition_per_class": [round(float(x), 3) for x in correct.mean(axis=1)]}
@@ -96,7 +84,7 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
         for start in range(0, len(rows), RECOGNITION_BLOCK):
             block = rows.slice(start, RECOGNITION_BLOCK)
             native = read_images(files, block["file"].to_numpy(), block["row"].to_numpy(), cache)
-            same_size = _encode(decode_batch(native, pipe.image_size, pipe.image_channels).transpose(0, 2, 3, 1))
+            same_size = encode_images(decode_batch(native, pipe.image_size, pipe.image_channels).transpose(0, 2, 3, 1))
             for key, encoded in (("recognition_real_native", native), ("recognition_real_same_size", same_size)):
                 preds[key].append(scorer(encoded, labels[start:start + len(block)], ["baseline"] * len(block))["pred"])
         for key, parts in preds.items():
@@ -115,7 +103,7 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
                     if variant == "difficulty" else None)
         seconds = time.time() - t0
         flat = grid.images.reshape(-1, *grid.images.shape[3:])
-        measured = scorer(_encode(flat), grid.labels.ravel(), ["baseline"] * len(flat))["difficulty"]
+        measured = scorer(encode_images(flat), grid.labels.ravel(), ["baseline"] * len(flat))["difficulty"]
         out["variants"][variant] = {"images": grid.images, "labels": grid.labels, "requested": grid.requested,
                                     "measured": measured.reshape(grid.labels.shape), "hard": hard, "seconds": seconds}
     return out
@@ -126,12 +114,13 @@ def _run(ctx: Context) -> dict:
     from raysys.report.plots import difficulty_histogram, image_grid, requested_vs_measured
 
     cfg, f = ctx.cfg, ctx.cfg.finetune
-    class_names = prepare.stage_dir(cfg).metrics()["class_names"]
-    pretrain = manifest_rows(prepare.manifest_path(cfg), ["pretrain"]) if pretrain_generator.needed(cfg) else None
+    class_names = run_layout.stage_metrics(cfg, "prepare")["class_names"]
+    pretrain = (manifest_rows(run_layout.real_manifest(cfg), ["pretrain"]) if run_layout.builtin_generator(cfg)
+                else None)
     t0 = time.time()
     task = remote_task(_measure, num_cpus=f.cpus_per_worker, num_gpus=1 if f.use_gpu else 0)
-    with finetune.local_base(cfg) as base, io.local_copy(train_classifier.model_dir(cfg)) as classifier:
-        out = task(cfg, base, {v: finetune.adapters_dir(cfg, v) for v in f.variants}, classifier, class_names, pretrain)
+    with run_layout.local_base_model(cfg) as base, io.local_copy(run_layout.classifier_model(cfg)) as classifier:
+        out = task(cfg, base, {v: run_layout.adapters(cfg, v) for v in f.variants}, classifier, class_names, pretrain)
     grids = out["variants"]
     metrics: dict = {"control_seconds": round(time.time() - t0, 2)}
     if "recognition" in out:
@@ -143,7 +132,7 @@ def _run(ctx: Context) -> dict:
               f"{metrics['recognition_real_native']:.1%} at their size, "
               f"{metrics['recognition_real_same_size']:.1%} at the generator's)")
 
-    real = read_manifest(score.manifest_path(cfg), columns=["difficulty"],
+    real = read_manifest(run_layout.scored_manifest(cfg), columns=["difficulty"],
                          where=pc.field("split") == "train")["difficulty"].to_numpy(zero_copy_only=False)
     levels = [float(s) for s in cfg.control.grid_levels]
     control = {}
@@ -186,7 +175,7 @@ def _run(ctx: Context) -> dict:
 
 
 STAGE = Stage(
-    name="control", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE, finetune.STAGE),
+    name="control", reads=("prepare", "train_classifier", "score", "pretrain_generator", "finetune"),
     run=_run, check=lambda cfg: check_generator(cfg.generator) + check_control(cfg.control),
     config=("generator", "control"),
     describe="the proof of control (class x s grids re-scored) and the base model's recognition, as sampled",

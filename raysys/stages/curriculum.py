@@ -13,69 +13,23 @@ per-λ accuracy on the guidance-validation set, adaptive gains and choices), and
 from __future__ import annotations
 
 import difflib
-from dataclasses import fields, replace
+from dataclasses import fields
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from raysys.core import io
+from raysys.core import run_layout
+from raysys.core.comparison import compare_variants, curriculum_configs, plan_names, variant_config, variant_name
 from raysys.core.config import CurriculumConfig, RaysysConfig
 from raysys.core.io import FOLDER_NAME
 from raysys.core.stage import Context, Stage, StageDir, missing_inputs, run_stage, run_unit
 from raysys.curriculum.registry import check_curriculum
 from raysys.models.classifiers import check_classifier
-from raysys.ray.train import fit, run_concurrently
-from raysys.stages import prepare, score, synthesize, train_classifier
+from raysys.generation.plan_versions import plan_dir
+from raysys.ray.train import Workers, fit, run_concurrently
+from raysys.ray.tracking import check_tracking, tracked
 from raysys.training.classifier import check_train
 from raysys.training.curriculum import CurriculumJob, curriculum_loop, schedule_for
-
-
-def variant_name(cfg: RaysysConfig) -> str:
-    return cfg.curriculum.name or cfg.curriculum.schedule
-
-
-def plan_names(cfg: RaysysConfig) -> list[str]:
-    return cfg.curriculum.plans or [p.name for p in cfg.synthesis.plans]
-
-
-REFERENCE = "reference"
-"""The headroom reference's variant name (compare.reference)."""
-REFERENCE_FIELDS = {"schedule": "real_only", "loss": "balanced_softmax"}
-"""Real-only Balanced Softmax (on train + the generator's training split: compare_variants)."""
-
-
-def generator_training_split(cfg: RaysysConfig) -> str | None:
-    """The manifest split the generator learned from, when it is known: `pretrain` for the built-in
-    base model (raysys pretrain-generator); None for a downloaded one."""
-    return "pretrain" if cfg.generator.base == "builtin" else None
-
-
-def compare_variants(cfg: RaysysConfig) -> dict[str, dict]:
-    """compare.variants, with the headroom reference added when compare.reference asks for it and
-    the generator's training images are known (a variant of that name in the config wins)."""
-    out = dict(cfg.compare.variants)
-    if out and cfg.compare.reference and generator_training_split(cfg) and REFERENCE not in out:
-        out[REFERENCE] = {**REFERENCE_FIELDS, "extra_real_splits": [generator_training_split(cfg)]}
-    return out
-
-
-def variant_config(cfg: RaysysConfig, variant: str, seed: int) -> RaysysConfig:
-    """The config of one curriculum run of the comparison: `curriculum` with the variant's fields
-    set, named `<variant>-seed<seed>`."""
-    overrides = compare_variants(cfg)[variant]
-    return replace(cfg, curriculum=replace(cfg.curriculum, **overrides, name=f"{variant}-seed{seed}", seed=seed))
-
-
-def variants(cfg: RaysysConfig) -> dict[str, list[RaysysConfig]]:
-    """Variant name -> the config of each of its curriculum runs (one per seed)."""
-    cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))  # runs may train in Ray tasks
-    if not cfg.compare.variants:
-        return {variant_name(cfg): [cfg]}
-    return {name: [variant_config(cfg, name, seed) for seed in cfg.compare.seeds] for name in compare_variants(cfg)}
-
-
-def curriculum_configs(cfg: RaysysConfig) -> list[RaysysConfig]:
-    return [c for runs in variants(cfg).values() for c in runs]
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
@@ -97,13 +51,14 @@ def run_all(cfg: RaysysConfig) -> list[dict]:
 
 def _run(ctx: Context) -> dict:
     cfg, c = ctx.cfg, ctx.cfg.curriculum
-    prep = prepare.stage_dir(cfg).metrics()
+    prep = run_layout.stage_metrics(cfg, "prepare")
     name = variant_name(cfg)
-    job = CurriculumJob(cfg=cfg, manifest=score.manifest_path(cfg),
-                        plan_dirs={n: synthesize.plan_dir(cfg, n) for n in plan_names(cfg)},
+    job = CurriculumJob(cfg=cfg, manifest=run_layout.scored_manifest(cfg),
+                        plan_dirs={n: plan_dir(cfg, n) for n in plan_names(cfg)},
                         num_classes=prep["num_classes"], groups=prep["groups"], name=f"curriculum {name}")
-    state = fit(curriculum_loop, job, train_classifier.workers(cfg, c.num_workers), f"curriculum-{name}-{ctx.digest}",
-                ctx.file("ray"), outputs={"model": ctx.file("model")})
+    workers = Workers.for_training(cfg.train, c.num_workers)
+    state = fit(curriculum_loop, job, workers, f"curriculum-{name}-{ctx.digest}",
+                ctx.file("ray"), outputs={"model": ctx.file("model")}, tracking=tracked(cfg, STAGE))
     history = state["history"]
     final = history[-1]["test"]
     keys = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", f"worst_{c.worst_k}_acc", "per_class_acc")
@@ -178,22 +133,20 @@ def _schedule_problems(cfg: RaysysConfig) -> list[str]:
 
 def _check(cfg: RaysysConfig) -> list[str]:
     problems = check_classifier(cfg.classifier) + check_train(cfg.train) + check_curriculum(cfg) + check_compare(cfg)
+    problems += check_tracking(cfg)
     return problems + (_schedule_problems(cfg) if not cfg.compare.variants else [])
 
 
 def _needs(cfg: RaysysConfig) -> tuple:
     """A real-only run reads no synthetic image."""
     if cfg.curriculum.schedule == "real_only":
-        return prepare.STAGE, score.STAGE
-    return prepare.STAGE, score.STAGE, synthesize.STAGE
+        return "prepare", "score"
+    return "prepare", "score", "synthesize"
 
-
-CONFIG = ("classifier", "train", "curriculum", "run.seed")
-"""What one run's training reads: the classifier recipe and its curriculum section (each unit's own)."""
 
 STAGE = Stage(
-    name="curriculum", reads=(prepare.STAGE, score.STAGE, synthesize.STAGE), needs=_needs, run=_run,
-    config=CONFIG, check=_check,
+    name="curriculum", reads=("prepare", "score", "synthesize"), needs=_needs, run=_run,
+    config=("classifier", "train", "curriculum", "run.seed"), check=_check,
     units=curriculum_configs, folder=lambda cfg: f"curriculum/{variant_name(cfg)}", batch=_batch,
     describe="the classifier trained with each schedule of the comparison x seed: curriculum/<variant>-seed<n>/",
 )

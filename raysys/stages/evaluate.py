@@ -22,9 +22,9 @@ import math
 
 from raysys.core import io
 from raysys.core.config import RaysysConfig
-from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.stages import curriculum, quality, train_classifier
-from raysys.stages.curriculum import REFERENCE, compare_variants, generator_training_split, variants
+from raysys.core.comparison import (REFERENCE, compare_variants, curriculum_configs, generator_training_split,
+                                    plan_names, variants)
+from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named
 
 METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 QUALITY = ("train_fid", "test_fid", "train_kid", "train_precision", "train_recall", "train_density", "train_coverage",
@@ -90,9 +90,9 @@ def _run(stage: Context) -> dict:
     runs = variants(cfg)
     table = {}
     for name, cfgs in runs.items():
-        per_seed = [curriculum.stage_dir(c).metrics() for c in cfgs]
+        per_seed = [stage_named("curriculum").unit_dir(c).metrics() for c in cfgs]
         c0 = cfgs[0].curriculum
-        row = {"schedule": c0.schedule, "loss": c0.loss, "plans": curriculum.plan_names(cfgs[0]) if c0.schedule != "real_only" else [],
+        row = {"schedule": c0.schedule, "loss": c0.loss, "plans": plan_names(cfgs[0]) if c0.schedule != "real_only" else [],
                "seeds": [c.curriculum.seed if c.curriculum.seed is not None else c.run.seed for c in cfgs],
                "per_seed": {k: [m.get(k) for m in per_seed] for k in (*METRICS, "val_acc", "val_acc_few")},
                "extra_real_splits": list(c0.extra_real_splits),
@@ -110,7 +110,7 @@ def _run(stage: Context) -> dict:
         comparison["test_splits"] = compare_splits(table[base]["test_splits"], table[name]["test_splits"])
     for row in table.values():
         row["val_acc"], row["val_acc_std"] = mean_std(row["per_seed"]["val_acc"])
-    reference = train_classifier.stage_dir(cfg)
+    reference = stage_named("train_classifier").dir(cfg)
     metrics = {
         "baseline": base, "variants": table, "comparisons": comparisons,
         "baseline_classifier": {k: reference.metrics().get(k) for k in METRICS} if reference.is_complete() else None,
@@ -139,9 +139,10 @@ def _run(stage: Context) -> dict:
 
 def plan_quality(cfg: RaysysConfig, plans: list[str]) -> dict[str, dict]:
     """Plan -> its overall quality figures (QUALITY), for the plans the quality stage measured."""
-    if not plans or not quality.stage_dir(cfg).is_complete():
+    quality = stage_named("quality").dir(cfg)
+    if not plans or not quality.is_complete():
         return {}
-    measured = quality.stage_dir(cfg).metrics()["plans"]
+    measured = quality.metrics()["plans"]
     return {p: {k: measured[p]["overall"].get(k) for k in QUALITY} for p in plans if p in measured}
 
 
@@ -253,9 +254,9 @@ def results_csv(metrics: dict) -> str:
 
 
 STAGE = Stage(
-    name="evaluate", reads=(curriculum.STAGE, train_classifier.STAGE, quality.STAGE), run=_run, needs_ray=False,
-    needs=lambda cfg: (curriculum.STAGE, train_classifier.STAGE) + (
-        (quality.STAGE,) if any(c.curriculum.schedule != "real_only" for c in curriculum.curriculum_configs(cfg)) else ()),
+    name="evaluate", reads=("curriculum", "train_classifier", "quality"), run=_run, needs_ray=False,
+    needs=lambda cfg: ("curriculum", "train_classifier") + (
+        ("quality",) if any(c.curriculum.schedule != "real_only" for c in curriculum_configs(cfg)) else ()),
     config=("compare",), derived=baseline_name,
     describe="mean ± std over seeds per variant, paired comparisons and verdicts: results.csv",
 )

@@ -9,20 +9,18 @@ sampling setting re-renders it and never retrains a LoRA.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from typing import Iterator
 
 import numpy as np
 
-from raysys.core import io
+from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop
 from raysys.generation.memory_checks import finetune_problems
 from raysys.ray.train import Workers, fit, run_concurrently
-from raysys.stages import prepare, pretrain_generator, score
+from raysys.ray.tracking import check_tracking, tracked
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
@@ -30,36 +28,24 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 
 def adapters_dir(cfg: RaysysConfig, variant: str) -> str:
-    return stage_dir(cfg).file(variant, "adapters")
+    return run_layout.adapters(cfg, variant)
 
 
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-@contextlib.contextmanager
-def local_base(cfg: RaysysConfig) -> Iterator[str]:
-    """The base model where from_pretrained reads it, for the `with` block: a local directory
-    (copied from a URI, removed after the block) or a hub id."""
-    base = pretrain_generator.base_location(cfg)
-    if not pretrain_generator.needed(cfg):
-        yield base
-        return
-    with io.local_copy(base) as local:
-        yield local
-
-
 def _run(ctx: Context) -> dict:
     cfg, f = ctx.cfg, ctx.cfg.finetune
-    if not pretrain_generator.needed(cfg):
+    if not run_layout.builtin_generator(cfg):
         from raysys.generation.components import check_base
 
         check_base(cfg.generator.base)
-    class_names = prepare.stage_dir(cfg).metrics()["class_names"]
+    class_names = run_layout.stage_metrics(cfg, "prepare")["class_names"]
     if f.concurrent_variants > 1 and len(f.variants) > 1:
         print(f"[finetune] {len(f.variants)} variants, {min(f.concurrent_variants, len(f.variants))} at a time",
               flush=True)
-    with local_base(cfg) as base:  # Train workers (and a restarted one) load the base from it
+    with run_layout.local_base_model(cfg) as base:  # Train workers (and a restarted one) load the base from it
         calls = [functools.partial(_finetune, cfg, variant, base, class_names, f"finetune-{variant}-{ctx.digest}",
                                    ctx.file("ray"), ctx.file(variant, "adapters")) for variant in f.variants]
         metrics = run_concurrently(calls, f.concurrent_variants, [f"finetune {v}" for v in f.variants])
@@ -72,10 +58,11 @@ def _finetune(cfg: RaysysConfig, variant: str, base: str, class_names: list[str]
     f = cfg.finetune
     t0 = time.time()
     workers = Workers(f.num_workers, f.use_gpu, f.cpus_per_worker, f.max_failures)
-    job = FinetuneJob(variant=variant, base=base, manifest=score.manifest_path(cfg), class_names=class_names,
+    job = FinetuneJob(variant=variant, base=base, manifest=run_layout.scored_manifest(cfg), class_names=class_names,
                       prompt_template=cfg.generator.prompt_template, cfg=f, seed=cfg.run.seed,
                       name=f"finetune {variant}")
-    state = fit(finetune_loop, job, workers, run_name, ray_dir, outputs={"adapters": adapters})
+    state = fit(finetune_loop, job, workers, run_name, ray_dir, outputs={"adapters": adapters},
+                tracking=tracked(cfg, STAGE))
     if state["step"] != f.steps:
         raise RuntimeError(f"finetune {variant}: last checkpoint is at step {state['step']}, expected {f.steps}")
     losses = state["losses"]
@@ -91,7 +78,8 @@ def _finetune(cfg: RaysysConfig, variant: str, base: str, class_names: list[str]
 
 
 STAGE = Stage(
-    name="finetune", reads=(prepare.STAGE, score.STAGE, pretrain_generator.STAGE), run=_run,
-    config=("generator.base", "generator.prompt_template", "finetune", "run.seed"), check=lambda cfg: check_finetune(cfg.finetune, cfg.generator) + finetune_problems(cfg),
+    name="finetune", reads=("prepare", "score", "pretrain_generator"), run=_run,
+    config=("generator.base", "generator.prompt_template", "finetune", "run.seed"),
+    check=lambda cfg: check_finetune(cfg.finetune, cfg.generator) + finetune_problems(cfg) + check_tracking(cfg),
     describe="LoRA (+ difficulty encoder) fine-tunes of the base generator on Ray Train: <variant>/adapters/",
 )

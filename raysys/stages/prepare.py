@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raysys.core import io
+from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
-from raysys.core.schema import claim_folder, list_parts, part_file, read_manifest
+from raysys.core.schema import claim_folder, list_parts, part_file
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.data.ingest import finished_part_summary, selection_rows, write_part_of_selection, write_selection
 from raysys.data.longtail import class_groups
@@ -41,7 +41,7 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 def manifest_path(cfg: RaysysConfig) -> str:
     """The prepared manifest: a folder of Parquet parts."""
-    return stage_dir(cfg).file("manifest")
+    return run_layout.real_manifest(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
@@ -140,11 +140,6 @@ def _run(ctx: Context) -> dict:
 
 def _first(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def load(cfg: RaysysConfig, where=None, columns: list[str] | None = None):
-    """(manifest rows matching `where`, prepare metrics) of the completed prepare stage."""
-    return read_manifest(manifest_path(cfg), columns=columns, where=where), stage_dir(cfg).metrics()
 
 
 STAGE = Stage(

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.generation.pipeline import check_prompt_template
 from raysys.generation.pretrain import (PIPELINE_DIR, PretrainJob, StreamedImages, check_pretrain, pretrain_loop,
                                        pretrain_metrics, print_progress)
 from raysys.ray.train import Workers, fit
-from raysys.stages import prepare
+from raysys.ray.tracking import check_tracking, tracked
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
@@ -28,42 +29,28 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 
 def pipeline_dir(cfg: RaysysConfig) -> str:
-    return stage_dir(cfg).file("pipeline")
+    return run_layout.pretrained_pipeline(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def needed(cfg: RaysysConfig) -> bool:
-    return cfg.generator.base == "builtin"
-
-
-def base_location(cfg: RaysysConfig) -> str:
-    """Where later stages find the base model: the pretrained pipeline or generator.base."""
-    return pipeline_dir(cfg) if needed(cfg) else cfg.generator.base
-
-
-def base_label(cfg: RaysysConfig) -> str:
-    """What the `generator` column records for the base model."""
-    return f"builtin:{STAGE.digest(cfg)}" if needed(cfg) else cfg.generator.base
-
-
 def _run(ctx: Context) -> dict:
     from raysys.training.classifier import manifest_rows
 
     cfg, p = ctx.cfg, ctx.cfg.pretrain
-    files, rows = manifest_rows(prepare.manifest_path(cfg), ["pretrain"])  # without images
+    files, rows = manifest_rows(run_layout.real_manifest(cfg), ["pretrain"])  # without images
     if rows.num_rows == 0:
         raise ValueError("the pretrain split is empty: set data.pretrain_per_class > 0 to pretrain the built-in generator")
     # Each step's batch is read and decoded on the worker when it is drawn.
     job = PretrainJob(images=StreamedImages(files, rows, p.image_size, cfg.data.channels),
                       labels=rows["label"].to_numpy().astype(np.int64),
-                      class_names=prepare.stage_dir(cfg).metrics()["class_names"], cfg=p,
+                      class_names=run_layout.stage_metrics(cfg, "prepare")["class_names"], cfg=p,
                       prompt_template=cfg.generator.prompt_template, seed=cfg.run.seed, log=print_progress)
     workers = Workers(num_workers=1, use_gpu=p.use_gpu, cpus_per_worker=p.cpus, max_failures=p.max_failures)
     state = fit(pretrain_loop, job, workers, f"pretrain-{ctx.digest}", ctx.file("ray"),
-                outputs={PIPELINE_DIR: ctx.file("pipeline")})
+                outputs={PIPELINE_DIR: ctx.file("pipeline")}, tracking=tracked(cfg, STAGE))
     if state["step"] != p.steps:
         raise RuntimeError(f"pretrain: last checkpoint is at step {state['step']}, expected {p.steps}")
     metrics = pretrain_metrics(state)
@@ -73,16 +60,16 @@ def _run(ctx: Context) -> dict:
 
 
 def _check(cfg: RaysysConfig) -> list[str]:
-    problems = check_pretrain(cfg.pretrain) + check_prompt_template(cfg.generator.prompt_template)
-    if needed(cfg) and cfg.data.pretrain_per_class < 1:
+    problems = check_pretrain(cfg.pretrain) + check_prompt_template(cfg.generator.prompt_template) + check_tracking(cfg)
+    if run_layout.builtin_generator(cfg) and cfg.data.pretrain_per_class < 1:
         problems.append("generator.base builtin pretrains on the pretrain split: set data.pretrain_per_class > 0")
     return problems
 
 
 STAGE = Stage(
-    name="pretrain_generator", reads=(prepare.STAGE,), run=_run,
+    name="pretrain_generator", reads=("prepare",), run=_run,
     config=("pretrain", "generator.prompt_template", "run.seed"),
-    check=_check, applies=needed,
-    ready=lambda cfg: [] if needed(cfg) else [f"generator.base is '{cfg.generator.base}': there is no built-in model to pretrain"],
+    check=_check, applies=run_layout.builtin_generator,
+    ready=lambda cfg: [] if run_layout.builtin_generator(cfg) else [f"generator.base is '{cfg.generator.base}': there is no built-in model to pretrain"],
     describe="the built-in base generator, trained from scratch on the pretrain split (generator.base: builtin): pipeline/",
 )

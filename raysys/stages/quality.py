@@ -26,16 +26,14 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from raysys.core import io
+from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import list_parts, read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.quality.features import FeatureExtractor, extractor_problems
-from raysys.quality.groups import FIGURES, FeatureSet, Reference, closest_pairs, measure
-from raysys.stages import prepare, score, synthesize, train_classifier
+from raysys.generation.plan_versions import plan_dir
+from raysys.quality.groups import FIGURES, REAL, FeatureSet, Reference, closest_pairs, measure
 
-REAL = "real"
-"""The name of the real test set's rows in quality.csv (the real-versus-real level)."""
 CLOSEST_PAIRS = 8
 """Synthetic images in each plan's closest-pairs grid."""
 COLUMNS = ("plan", "by", "group", "value", "images", "reliable",
@@ -53,7 +51,7 @@ def run(cfg: RaysysConfig) -> dict:
 
 
 def _real_rows(cfg: RaysysConfig, test_split: str):
-    return read_manifest(score.manifest_path(cfg), columns=["sample_id", "label", "split"],
+    return read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "label", "split"],
                          where=pc.field("split").isin(["train", test_split]))
 
 
@@ -77,21 +75,21 @@ def _run(ctx: Context) -> dict:
     from raysys.ray.features import KEPT, extract_features
 
     cfg, q = ctx.cfg, ctx.cfg.quality
-    prep = prepare.stage_dir(cfg).metrics()
+    prep = run_layout.stage_metrics(cfg, "prepare")
     class_names = prep["class_names"]
     class_group = {int(c): g for g, members in prep["groups"].items() for c in members}
     test_split = cfg.data.test_splits[0]
 
     # 1. Features of the real train and test rows and of every plan's kept rows.
     real = _real_rows(cfg, test_split)
-    plans = {p.name: synthesize.plan_dir(cfg, p.name) for p in cfg.synthesis.plans}
+    plans = {p.name: plan_dir(cfg, p.name) for p in cfg.synthesis.plans}
     plan_rows = {name: _plan_rows(d) for name, d in plans.items()}
-    parts = [(p, f"train,{test_split}") for p in list_parts(score.manifest_path(cfg))]
+    parts = [(p, f"train,{test_split}") for p in list_parts(run_layout.scored_manifest(cfg))]
     parts += [(p, KEPT) for d in plans.values() for p in list_parts(d)]
     total = len(real) + sum(len(t) for t in plan_rows.values())
     print(f"[quality] features of {len(real)} real and {total - len(real)} synthetic images "
           f"({q.extractor} extractor, {len(plans)} plans)", flush=True)
-    classifier = train_classifier.model_dir(cfg) if q.extractor == "classifier" else None
+    classifier = run_layout.classifier_model(cfg) if q.extractor == "classifier" else None
     if classifier is None:  # weights that cannot be had are refused here, in one line, before any actor starts
         FeatureExtractor(q.extractor, None, q.weights, q.pretrained)
     extracted = extract_features(parts, q, classifier, total)
@@ -220,7 +218,7 @@ def _check(cfg: RaysysConfig) -> list[str]:
 
 
 STAGE = Stage(
-    name="quality", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, synthesize.STAGE),
+    name="quality", reads=("prepare", "train_classifier", "score", "synthesize"),
     run=_run, check=_check,
     config=("quality", "data.test_splits"),
     describe="each synthetic set's FID, KID, precision / recall, memorisation and diversity, per λ and s: quality.csv",

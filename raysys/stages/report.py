@@ -25,12 +25,13 @@ import numpy as np
 
 import pyarrow.compute as pc
 
-from raysys.core import io
+from raysys.core import io, run_layout
+from raysys.core.comparison import curriculum_configs
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_seconds, upstream
-from raysys.stages import control, evaluate, prepare, pretrain_generator, quality, score, synthesize
-from raysys.stages.curriculum import curriculum_configs
+from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named, stage_seconds, upstream
+from raysys.generation.plan_versions import plan_dir
+from raysys.quality.groups import REAL
 
 GROUPS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 
@@ -88,13 +89,13 @@ def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
     plan = next((p for p in cfg.synthesis.plans if p.kind == "discl"), None)
     if plan is None:
         return False
-    rows = read_plan(synthesize.plan_dir(cfg, plan.name), kept_only=False).to_pylist()
+    rows = read_plan(plan_dir(cfg, plan.name), kept_only=False).to_pylist()
     rows = [r for r in rows if r["source_id"] is not None]
     if not rows:
         return False
     levels = sorted({round(r["guidance"], 4) for r in rows})
     size, chans = cfg.data.image_size, cfg.data.channels
-    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "domain"],
+    real = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "domain"],
                          where=pc.field("sample_id").isin(sorted({r["source_id"] for r in rows})))
     domain_of = dict(zip(real["sample_id"].to_pylist(), real["domain"].to_pylist()))
     if by == "domain":
@@ -111,7 +112,7 @@ def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
         if lam not in entry["cells"] and r["image"] is not None and r["keep"]:
             entry["cells"][lam] = r["image"]
     wanted = sorted({e["source"] for e in by_class.values()})
-    real = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"], where=pc.field("sample_id").isin(wanted))
+    real = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "image"], where=pc.field("sample_id").isin(wanted))
     source_images = dict(zip(real["sample_id"].to_pylist(), real["image"].to_pylist()))
     blank = np.zeros((size, size, chans), np.uint8)
 
@@ -121,7 +122,7 @@ def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
     labels = sorted(by_class)
     grid = np.stack([np.stack([img(source_images.get(by_class[c]["source"]))] + [img(by_class[c]["cells"].get(lam)) for lam in levels])
                      for c in labels])
-    names = prepare.stage_dir(cfg).metrics()["class_names"]
+    names = run_layout.stage_metrics(cfg, "prepare")["class_names"]
     image_grid(grid, location, row_labels=[names[c] for c in labels] if by == "label" else list(labels),
                col_labels=["source"] + [f"λ={lam:g}" for lam in levels],
                title=f"plan '{plan.name}': source, then λ" + (" (one hard image per domain)" if by == "domain" else ""))
@@ -130,29 +131,29 @@ def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
 
 def _run(stage: Context) -> dict:
     cfg = stage.cfg
-    ev = evaluate.stage_dir(cfg).metrics()
-    syn = synthesize.stage_dir(cfg).metrics() if synthesize.stage_dir(cfg).is_complete() else None
-    ft = control.stage_dir(cfg).metrics() if control.stage_dir(cfg).is_complete() else None
-    pre = ft if pretrain_generator.needed(cfg) and ft is not None and "recognition" in ft else None
+    ev = stage_named("evaluate").dir(cfg).metrics()
+    syn = stage_named("synthesize").dir(cfg).metrics() if stage_named("synthesize").dir(cfg).is_complete() else None
+    ft = stage_named("control").dir(cfg).metrics() if stage_named("control").dir(cfg).is_complete() else None
+    pre = ft if run_layout.builtin_generator(cfg) and ft is not None and "recognition" in ft else None
     seconds = _stage_seconds(cfg)
 
     figures = []  # (file in the report folder, caption)
-    copies = [(score.stage_dir(cfg), "difficulty_hist.png", "real_difficulty_hist.png",
+    copies = [(stage_named("score").dir(cfg), "difficulty_hist.png", "real_difficulty_hist.png",
                "Measured difficulty of the real images (out-of-fold), by class group."),
-              (synthesize.stage_dir(cfg), "difficulty_hist.png", "synthetic_difficulty_hist.png",
+              (stage_named("synthesize").dir(cfg), "difficulty_hist.png", "synthetic_difficulty_hist.png",
                "Difficulty: real train vs synthetic, requested vs measured, per synthesis plan."),
-              (control.stage_dir(cfg), "requested_vs_measured.png", "requested_vs_measured.png",
+              (stage_named("control").dir(cfg), "requested_vs_measured.png", "requested_vs_measured.png",
                "Proof of control: mean measured difficulty per requested s (difficulty vs plain LoRA)."),
-              (control.stage_dir(cfg), "difficulty_control_hist.png", "control_hist.png",
+              (stage_named("control").dir(cfg), "difficulty_control_hist.png", "control_hist.png",
                "Measured difficulty of the control grids against the real train set."),
-              (control.stage_dir(cfg), "control_grid.png", "class_x_s_grid.png",
+              (stage_named("control").dir(cfg), "control_grid.png", "class_x_s_grid.png",
                "Class x requested difficulty s (difficulty model, one seed)."),
-              (control.stage_dir(cfg), "hard_factors.png", "hard_factors.png",
+              (stage_named("control").dir(cfg), "hard_factors.png", "hard_factors.png",
                "Hard factors: difficulty tokens only (empty prompt), s rising left to right; one row per "
                "class (one seed), or one row per seed when the encoder has no class input."),
-              (control.stage_dir(cfg), "samples.png", "pretrain_samples.png",
+              (stage_named("control").dir(cfg), "samples.png", "pretrain_samples.png",
                "Samples of the pretrained base generator, one row per class.")]
-    if not pretrain_generator.needed(cfg):  # a samples.png left from a built-in base is not this run's
+    if not run_layout.builtin_generator(cfg):  # a samples.png left from a built-in base is not this run's
         copies = [c for c in copies if c[1] != "samples.png"]
     for source, name, target, caption in copies:
         if source.is_complete() and io.exists(source.file(name)):
@@ -249,8 +250,8 @@ def _run(stage: Context) -> dict:
         "synthesis": {k: syn[k] for k in ("planned", "written", "kept", "filtered", "duplicates", "images_per_s")}
         if syn else None,
         "difficulty_spearman": ft.get("difficulty_spearman") if ft else None,
-        "quality": ({name: p["overall"] for name, p in quality.stage_dir(cfg).metrics()["plans"].items()}
-                    if quality.stage_dir(cfg).is_complete() else None),
+        "quality": ({name: p["overall"] for name, p in stage_named("quality").dir(cfg).metrics()["plans"].items()}
+                    if stage_named("quality").dir(cfg).is_complete() else None),
         "report": stage.file("index.html"),
     }
     io.write_json(summary_path(cfg), summary)
@@ -278,7 +279,7 @@ def _quality_cell(value, kind: str) -> str:
 def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
     """Each variant's set quality beside its result, then the quality stage's tables (one per plan, the
     real test images first) and figures."""
-    q = quality.stage_dir(cfg)
+    q = stage_named("quality").dir(cfg)
     if not q.is_complete():
         return [("p", "Not measured: run `raysys quality CONFIG`.")]
     m = q.metrics()
@@ -310,7 +311,7 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
     for name, plan in m["plans"].items():
         rows = [[r["by"], r["group"] + ("" if r["reliable"] else " *"),
                  *[_quality_cell(r.get(key), kind) for key, _, kind in QUALITY_COLUMNS]] for r in plan["rows"]]
-        title = (f"The real {m['test_split']} images against train (the real-versus-real level):" if name == quality.REAL
+        title = (f"The real {m['test_split']} images against train (the real-versus-real level):" if name == REAL
                  else f"Plan '{name}':")
         blocks += [("p", title), ("table", header, rows)]
     captions = {"quality_by_lambda.png": "FID, precision, recall and copies by image guidance λ (DisCL's spectrum: "
@@ -413,12 +414,11 @@ def _markdown(title: str, sections) -> str:
 def _needs(cfg: RaysysConfig) -> tuple:
     """The figures of synthesis and control, unless every run of the comparison is real-only."""
     real_only = all(c.curriculum.schedule == "real_only" for c in curriculum_configs(cfg))
-    return (evaluate.STAGE, score.STAGE, prepare.STAGE) + (() if real_only else (synthesize.STAGE, control.STAGE,
-                                                                                quality.STAGE))
+    return ("evaluate", "score", "prepare") + (() if real_only else ("synthesize", "control", "quality"))
 
 
 STAGE = Stage(
-    name="report", reads=(evaluate.STAGE, synthesize.STAGE, control.STAGE, quality.STAGE, score.STAGE, prepare.STAGE),
+    name="report", reads=("evaluate", "synthesize", "control", "quality", "score", "prepare"),
     run=_run, needs_ray=False, config=("data",),
     needs=_needs,
     describe="index.html / index.md with the results, grids, histograms and costs; <root>/summary.json",

@@ -17,16 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import ConfigError, digest
-from raysys.core.schema import claim_folder
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.schema import claim_folder, read_manifest
+from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named
 from raysys.models.classifiers import check_classifier
 from raysys.ray.scoring import score_manifest
-from raysys.ray.train import fit, run_concurrently
+from raysys.ray.train import Workers, fit, run_concurrently
+from raysys.ray.tracking import check_tracking, tracked
 from raysys.report.plots import difficulty_histogram
 from raysys.scoring.difficulty import assign_folds, check_score
-from raysys.stages import prepare, train_classifier
 from raysys.training.classifier import ClassifierJob, classifier_loop, history_summary
 
 FULL = "full"
@@ -38,7 +39,7 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 def manifest_path(cfg: RaysysConfig) -> str:
     """The scored manifest: a folder of Parquet parts, one per part of prepare's."""
-    return stage_dir(cfg).file("manifest")
+    return run_layout.scored_manifest(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
@@ -52,7 +53,7 @@ def fold_key(folds: int, fold: int) -> str:
 
 def fold_digest(cfg: RaysysConfig) -> str:
     """What the fold models depend on: the classifier setup and k, not how scoring runs."""
-    return digest(train_classifier.stage_dir(cfg).digest, cfg.score.folds, cfg.score.fold_epochs)
+    return digest(stage_named("train_classifier").digest(cfg), cfg.score.folds, cfg.score.fold_epochs)
 
 
 def _fit_fold_models(cfg: RaysysConfig, stage: Context, prep: dict) -> tuple[dict[str, str], list[dict]]:
@@ -62,12 +63,13 @@ def _fit_fold_models(cfg: RaysysConfig, stage: Context, prep: dict) -> tuple[dic
     keys = [fold_key(k, fold) for fold in range(k)]
     model_dirs = {key: stage.file("folds", fd, f"fold{fold}", "model") for fold, key in enumerate(keys)}
     epochs = cfg.score.fold_epochs or cfg.train.epochs
-    jobs = [ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
+    jobs = [ClassifierJob(cfg=cfg, manifest=run_layout.real_manifest(cfg), num_classes=prep["num_classes"],
                           groups=prep["groups"], epochs=epochs, fold=fold, folds=k, name=key)
             for fold, key in enumerate(keys)]
     print(f"[score] {k} fold models, {min(cfg.score.concurrent_folds, k)} at a time", flush=True)
-    calls = [functools.partial(fit, classifier_loop, job, train_classifier.workers(cfg), f"{key}-{fd}",
-                               stage.file("folds", "ray"), {"model": model_dirs[key]})
+    tracking = tracked(cfg, STAGE, "classifier", "train", "run.seed")  # a fold model's params: its recipe too
+    calls = [functools.partial(fit, classifier_loop, job, Workers.for_training(cfg.train), f"{key}-{fd}",
+                               stage.file("folds", "ray"), {"model": model_dirs[key]}, tracking)
              for job, key in zip(jobs, keys)]
     fits = run_concurrently(calls, cfg.score.concurrent_folds, keys)
     fold_metrics = []
@@ -87,14 +89,15 @@ def score_splits(cfg: RaysysConfig) -> list[str]:
 
 def _run(stage: Context) -> dict:
     cfg = stage.cfg
-    rows, prep = prepare.load(cfg, columns=["sample_id", "label", "split"])  # ids and labels: no images
+    rows = read_manifest(run_layout.real_manifest(cfg), columns=["sample_id", "label", "split"])  # no images
+    prep = run_layout.stage_metrics(cfg, "prepare")
     splits = score_splits(cfg)
     present = sorted(set(rows["split"].to_pylist()))
     unknown = [s for s in splits if s not in present]
     if unknown:
         raise ConfigError(f"score.splits names {unknown}, which the prepared manifest does not have "
                           f"(its splits: {present})")
-    model_dirs = {FULL: train_classifier.model_dir(cfg)}
+    model_dirs = {FULL: run_layout.classifier_model(cfg)}
 
     # Which model scores which row: a train row's fold model in oof mode, else the full model.
     keys: dict[str, str] = {}
@@ -116,7 +119,7 @@ def _run(stage: Context) -> dict:
     wanted = int(pc.sum(pc.is_in(rows["split"], pa.array(splits))).as_py() or 0)
     t0 = time.time()
     # oof: the same train rows are scored by the full model too, which shows what out-of-fold corrects.
-    scored = score_manifest(prepare.manifest_path(cfg), output, model_dirs, keys, splits, cfg.score, total=wanted,
+    scored = score_manifest(run_layout.real_manifest(cfg), output, model_dirs, keys, splits, cfg.score, total=wanted,
                             with_full=oof)
     score_seconds = time.time() - t0
     if len(scored) != wanted:
@@ -160,7 +163,7 @@ def _run(stage: Context) -> dict:
 
 
 STAGE = Stage(
-    name="score", reads=(prepare.STAGE, train_classifier.STAGE), run=_run,
-    config=("score",), check=lambda cfg: check_score(cfg.score) + check_classifier(cfg.classifier),
+    name="score", reads=("prepare", "train_classifier"), run=_run,
+    config=("score",), check=lambda cfg: check_score(cfg.score) + check_classifier(cfg.classifier) + check_tracking(cfg),
     describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest/",
 )

@@ -30,16 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raysys.core import io
-from raysys.core.config import PlanConfig, RaysysConfig
-from raysys.core.loading import digest
+from raysys.core import io, run_layout
+from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named
 from raysys.data.export import LATEST
 from raysys.generation.memory_checks import generation_batch_size, generation_problems
 from raysys.generation.pipeline import check_generator
-from raysys.generation.plans import check_plans, prompts_file_digest
-from raysys.stages import control, finetune, prepare, pretrain_generator, score, train_classifier
+from raysys.generation.plan_versions import open_version, output_root, plan_digest, plan_dir, plan_folder
+from raysys.generation.plans import check_plans
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
@@ -50,34 +49,6 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def output_root(cfg: RaysysConfig) -> str:
-    return io.resolve(cfg.synthesis.output) if cfg.synthesis.output else io.join(io.resolve(cfg.run.root), "synthesize")
-
-
-def plan_folder(cfg: RaysysConfig, name: str) -> str:
-    """Folder of every version of one plan: a folder per digest, and latest.json."""
-    return io.join(output_root(cfg), name)
-
-
-def plan_dir(cfg: RaysysConfig, name: str) -> str:
-    """Folder of the Parquet parts of plan `name` as `cfg` defines it: `<output>/<plan>/<digest>`."""
-    plan = next((p for p in cfg.synthesis.plans if p.name == name), None)
-    if plan is None:
-        raise ValueError(f"no plan named '{name}' in synthesis.plans {[p.name for p in cfg.synthesis.plans]}")
-    return io.join(plan_folder(cfg, name), plan_digest(cfg, plan))
-
-
-def plan_fingerprint(cfg: RaysysConfig, plan: PlanConfig) -> tuple:
-    """What a plan's rows and images depend on besides its upstream stages: the base model, the
-    generator section, the synthesis section without the other plans, the plan itself (a digest
-    leaves out their `runtime` fields: actors, batch sizes, speed), and the content of a prompts file
-    (only for a plan that reads one: other plans keep their digests)."""
-    fingerprint = (pretrain_generator.base_label(cfg), cfg.generator, dataclasses.replace(cfg.synthesis, plans=[]), plan,
-                   cfg.run.seed)
-    prompts = prompts_file_digest(plan)
-    return fingerprint if prompts is None else (*fingerprint, prompts)
-
-
 def check_generator_dtype(cfg: RaysysConfig) -> list[str]:
     if cfg.generator.dtype == "float16" and cfg.synthesis.num_gpus <= 0:
         return ["generator.dtype=float16 needs GPUs (synthesis.num_gpus > 0): CPUs run float16 slowly or not at all; "
@@ -85,47 +56,20 @@ def check_generator_dtype(cfg: RaysysConfig) -> list[str]:
     return []
 
 
-def plan_digest(cfg: RaysysConfig, plan: PlanConfig) -> str:
-    """A plan's own digest: the stages it reads (the fine-tunes only for a fine-tuned model's plan)
-    and its fingerprint, so changing one plan, or a fine-tune, regenerates only the plans it concerns."""
-    upstream = [prepare.STAGE, train_classifier.STAGE, score.STAGE] + ([finetune.STAGE] if plan.model != "base" else [])
-    return digest([s.digest(cfg) for s in upstream], plan_fingerprint(cfg, plan))
-
-
-def plan_summary(cfg: RaysysConfig, plan: PlanConfig) -> dict:
-    """What a version's `_plan.json` records: its digest and, to read, what the plan is made from."""
-    return {"digest": plan_digest(cfg, plan), "plan": dataclasses.asdict(plan),
-            "generator": pretrain_generator.base_label(cfg), "dtype": cfg.generator.dtype,
-            "sampling": dataclasses.asdict(control.sampling(cfg)), "prompt_template": cfg.generator.prompt_template,
-            "image_format": cfg.synthesis.image_format, "filter": dataclasses.asdict(cfg.synthesis.filter),
-            "seed": cfg.run.seed, "prompts_file_sha256": prompts_file_digest(plan)}
-
-
-def _open_version(cfg: RaysysConfig, plan: PlanConfig) -> str:
-    """The version folder of `plan`, with its `_plan.json` (written once; a version's folder only
-    ever holds the rows of its own digest, so nothing in it, or beside it, is moved or deleted)."""
-    directory = plan_dir(cfg, plan.name)
-    marker = io.join(directory, "_plan.json")
-    if not io.exists(marker):
-        io.makedirs(directory)
-        io.write_json(marker, plan_summary(cfg, plan))
-    return directory
-
-
 def _generator_specs(cfg: RaysysConfig, models: set[str], copies: contextlib.ExitStack) -> dict:
     """The generators of `models`; the local copies of models under a URI live as long as `copies`
     (generation actors load them in their constructors, and the pool may start more while it runs)."""
     from raysys.generation.synthesis import GeneratorSpec
 
-    base, label_base = copies.enter_context(finetune.local_base(cfg)), pretrain_generator.base_label(cfg)
+    base, label_base = copies.enter_context(run_layout.local_base_model(cfg)), run_layout.base_label(cfg)
     specs = {}
     for model in sorted(models):
         if model == "base":
             specs[model] = GeneratorSpec(base=base, label=label_base, dtype=cfg.generator.dtype)
         else:
-            adapters = copies.enter_context(io.local_copy(finetune.adapters_dir(cfg, model)))
+            adapters = copies.enter_context(io.local_copy(run_layout.adapters(cfg, model)))
             specs[model] = GeneratorSpec(base=base, adapters=adapters, dtype=cfg.generator.dtype,
-                                         label=f"{label_base}+{model}:{finetune.STAGE.digest(cfg)}")
+                                         label=f"{label_base}+{model}:{stage_named('finetune').digest(cfg)}")
     return specs
 
 
@@ -138,9 +82,9 @@ def _run(stage: Context) -> dict:
     if cfg.synthesis.filter.clip_model:
         check_clip_model(cfg.synthesis.filter.clip_model)  # before any plan is built or any actor starts
 
-    prep = prepare.stage_dir(cfg).metrics()
+    prep = run_layout.stage_metrics(cfg, "prepare")
     # The train rows' ids, labels and scores; image bytes only for the sources still to generate from.
-    train = read_manifest(score.manifest_path(cfg), columns=["sample_id", "label", "difficulty", "prompt"],
+    train = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "label", "difficulty", "prompt"],
                           where=pc.field("split") == "train")
 
     # 1-2. Plans, and what is still to do.
@@ -150,7 +94,7 @@ def _run(stage: Context) -> dict:
         rows = build_plan(p, train, prep["class_names"], prep["groups"]["few"], cfg.generator.prompt_template,
                           cfg.run.seed)
         plans[p.name] = rows
-        folders[p.name], versions[p.name] = _open_version(cfg, p), plan_digest(cfg, p)
+        folders[p.name], versions[p.name] = open_version(cfg, p), plan_digest(cfg, p)
         done = written_ids(folders[p.name])
         already[p.name] = sum(1 for sid in rows["sample_id"].to_pylist() if sid in done)
         remaining = rows.filter(pa.array([sid not in done for sid in rows["sample_id"].to_pylist()]))
@@ -163,14 +107,14 @@ def _run(stage: Context) -> dict:
     work = pa.concat_tables(todo)
     sources = sorted({sid for sid in work["source_id"].to_pylist() if sid is not None})
     if sources:
-        found = read_manifest(score.manifest_path(cfg), columns=["sample_id", "image"],
+        found = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "image"],
                               where=pc.field("sample_id").isin(sources))
         work = with_source_images(work, dict(zip(found["sample_id"].to_pylist(), found["image"].to_pylist())))
 
     # 3. Generate, filter, re-score, write.
     run_info = None
     if len(work):
-        sampling = control.sampling(cfg)
+        sampling = cfg.generator.sampling()
         models = set(work["model"].to_pylist())
         synthesis = dataclasses.replace(cfg.synthesis, batch_size=generation_batch_size(cfg))
         if cfg.synthesis.batch_size == "auto":
@@ -178,7 +122,7 @@ def _run(stage: Context) -> dict:
                   f"(the memory plan, generator.dtype {cfg.generator.dtype})")
         with contextlib.ExitStack() as copies:
             run_info = run_synthesis(work, _generator_specs(cfg, models, copies), sampling, synthesis,
-                                     train_classifier.model_dir(cfg), folders)
+                                     run_layout.classifier_model(cfg), folders)
 
     # 4. Exactly once: repair a re-cut retry, then the written set must equal the plan.
     per_plan, removed_total = {}, 0
@@ -241,7 +185,7 @@ def _plot(cfg: RaysysConfig, stage: Context, plans: dict) -> None:
     from raysys.report.plots import difficulty_histogram
 
     hist = {}
-    real = read_manifest(score.manifest_path(cfg), columns=["difficulty"], where=pc.field("split") == "train")
+    real = read_manifest(run_layout.scored_manifest(cfg), columns=["difficulty"], where=pc.field("split") == "train")
     hist["real train"] = real["difficulty"].to_numpy(zero_copy_only=False)
     for name in plans:
         kept = read_plan(plan_dir(cfg, name))
@@ -255,13 +199,12 @@ def _plot(cfg: RaysysConfig, stage: Context, plans: dict) -> None:
 
 def _needs(cfg: RaysysConfig) -> tuple:
     """Only plans of fine-tuned models need the finetune stage."""
-    needed = [prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE]
-    return tuple(needed + ([finetune.STAGE] if any(p.model != "base" for p in cfg.synthesis.plans) else []))
+    needed = ("prepare", "train_classifier", "score", "pretrain_generator")
+    return needed + (("finetune",) if any(p.model != "base" for p in cfg.synthesis.plans) else ())
 
 
 STAGE = Stage(
-    name="synthesize", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
-                              finetune.STAGE),
+    name="synthesize", reads=("prepare", "train_classifier", "score", "pretrain_generator", "finetune"),
     version=2,  # a folder per plan version (<plan>/<digest>/)
     needs=_needs, run=_run,
     config=("synthesis.output",), derived=lambda cfg: [plan_digest(cfg, p) for p in cfg.synthesis.plans],

@@ -6,11 +6,12 @@ metrics. A killed run resumes from its last checkpoint when the same command is 
 
 from __future__ import annotations
 
+from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.models.classifiers import check_classifier
 from raysys.ray.train import Workers, fit
-from raysys.stages import prepare
+from raysys.ray.tracking import check_tracking, tracked
 from raysys.training.classifier import ClassifierJob, check_train, classifier_loop, history_summary
 
 
@@ -19,24 +20,20 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 
 def model_dir(cfg: RaysysConfig) -> str:
-    return stage_dir(cfg).file("model")
+    return run_layout.classifier_model(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def workers(cfg: RaysysConfig, num_workers: int | None = None) -> Workers:
-    return Workers.for_training(cfg.train, num_workers)
-
-
 def _run(ctx: Context) -> dict:
     cfg = ctx.cfg
-    prep = prepare.stage_dir(cfg).metrics()
-    job = ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
+    prep = run_layout.stage_metrics(cfg, "prepare")
+    job = ClassifierJob(cfg=cfg, manifest=run_layout.real_manifest(cfg), num_classes=prep["num_classes"],
                         groups=prep["groups"], epochs=cfg.train.epochs, name="train_classifier")
-    state = fit(classifier_loop, job, workers(cfg), f"classifier-{ctx.digest}", ctx.file("ray"),
-                outputs={"model": ctx.file("model")})
+    state = fit(classifier_loop, job, Workers.for_training(cfg.train), f"classifier-{ctx.digest}", ctx.file("ray"),
+                outputs={"model": ctx.file("model")}, tracking=tracked(cfg, STAGE))
     history = state["history"]
     if len(history) != cfg.train.epochs:
         raise RuntimeError(f"train_classifier: the last checkpoint has {len(history)} epochs, expected {cfg.train.epochs}")
@@ -56,8 +53,8 @@ def _run(ctx: Context) -> dict:
 
 
 STAGE = Stage(
-    name="train_classifier", reads=(prepare.STAGE,), run=_run,
+    name="train_classifier", reads=("prepare",), run=_run,
     config=("classifier", "train", "run.seed"),
-    check=lambda cfg: check_classifier(cfg.classifier) + check_train(cfg.train),
+    check=lambda cfg: check_classifier(cfg.classifier) + check_train(cfg.train) + check_tracking(cfg),
     describe="the real-only baseline classifier on Ray Train: model/",
 )

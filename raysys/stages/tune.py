@@ -28,13 +28,15 @@ import csv
 import io as pyio
 from dataclasses import replace
 
-from raysys.core import io
+from raysys.core import io, run_layout
+from raysys.core.comparison import plan_names
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import to_yaml
 from raysys.core.stage import Context, Stage, StageDir, run_stage
 from raysys.curriculum.search import apply_tune_params, check_tune
+from raysys.generation.plan_versions import plan_dir
 from raysys.models.classifiers import check_classifier
-from raysys.stages import curriculum, prepare, score, synthesize, train_classifier
+from raysys.ray.tracking import check_tracking, tracked
 
 METRIC_COLUMNS = ("val_acc", "val_acc_few", "val_macro_f1", "test_acc", "test_acc_few", "test_macro_f1")
 
@@ -97,12 +99,12 @@ def _run(stage: Context) -> dict:
     from raysys.ray.tune import SweepJob, run_sweep
 
     cfg, t = stage.cfg, stage.cfg.tune
-    prep = prepare.stage_dir(cfg).metrics()
+    prep = run_layout.stage_metrics(cfg, "prepare")
     cfg = replace(cfg, run=replace(cfg.run, root=io.resolve(cfg.run.root)))
-    job = SweepJob(cfg=cfg, manifest=score.manifest_path(cfg),
-                   plan_dirs={n: synthesize.plan_dir(cfg, n) for n in curriculum.plan_names(cfg)},
+    job = SweepJob(cfg=cfg, manifest=run_layout.scored_manifest(cfg),
+                   plan_dirs={n: plan_dir(cfg, n) for n in plan_names(cfg)},
                    num_classes=prep["num_classes"], groups=prep["groups"], storage=stage.file("ray"),
-                   name=f"sweep-{stage.digest}")
+                   name=f"sweep-{stage.digest}", tracking=tracked(cfg, STAGE))
     rows, concurrent = run_sweep(job)
     ranked = rank_trials(rows, t.metric, t.mode)
     keys = list(t.space)
@@ -139,8 +141,9 @@ def _ready(cfg: RaysysConfig) -> list[str]:
 
 
 STAGE = Stage(
-    name="tune", reads=(prepare.STAGE, train_classifier.STAGE, score.STAGE, synthesize.STAGE), run=_run,
-    config=(*curriculum.CONFIG, "tune"), check=lambda cfg: check_tune(cfg) + check_classifier(cfg.classifier), ready=_ready,
+    name="tune", reads=("prepare", "train_classifier", "score", "synthesize"), run=_run,
+    config=("classifier", "train", "curriculum", "run.seed", "tune"),  # a curriculum run's config, and the search
+    check=lambda cfg: check_tune(cfg) + check_classifier(cfg.classifier) + check_tracking(cfg), ready=_ready,
     in_run=False, folder=lambda cfg: f"tune/{cfg.tune.name}",
     describe="a Ray Tune sweep (ASHA) over curriculum.* fields on the synthetic images: results.md, best.yaml",
 )

@@ -82,7 +82,7 @@ COMPARE = ["curriculum.epochs=3", "compare.seeds=[0, 1]", "compare.concurrent=2"
 def test_run_trains_every_variant_and_seed_then_evaluates_and_reports(tiny_synthetic, tmp_path):
     from raysys.cli import main
     from raysys.core import io
-    from raysys.stages.curriculum import variant_config
+    from raysys.core.comparison import variant_config
     from raysys.stages import evaluate, report
 
     root = tmp_path / "compare"

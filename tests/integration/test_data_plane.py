@@ -165,7 +165,7 @@ def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(fol
     """`raysys run` on root/train/<class>/ and root/test/<class>/ (conftest's folder_run): val and
     pretrain are drawn from train, and every evaluation is on the folder's own test images."""
     from raysys.stages import curriculum, evaluate
-    from raysys.stages.curriculum import variant_config
+    from raysys.core.comparison import variant_config
 
     cfg, root = folder_run
     prep = prepare.stage_dir(cfg).metrics()
@@ -192,7 +192,7 @@ def test_the_camera_digits_run_end_to_end_with_domain_metrics(tmp_path, ray_sess
     camera x λ grid."""
     from raysys.data.cameras import OOD_CAMERAS, TRAIN_CAMERAS
     from raysys.stages import curriculum, evaluate
-    from raysys.stages.curriculum import variant_config
+    from raysys.core.comparison import variant_config
 
     overrides = [f"run.root={tmp_path / 'run'}", "data.source=builtin:mnist-cameras", "data.splits=given",
                  "data.test_splits=[ood_test, id_test]", "score.mode=full", "curriculum.epochs=3",

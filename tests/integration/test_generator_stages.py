@@ -73,7 +73,7 @@ def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, 
     for stage in ("prepare", "train_classifier", "score", "pretrain_generator"):  # reuse the finished stages
         shutil.copytree(os.path.join(cfg.run.root, stage), root / stage)
     overrides = [f"run.root={root}", "finetune.variants=[plain]",
-                 "synthesis.plans=[{name: plain, model: plain}]", "finetune.steps=60", "finetune.checkpoint_every=5"]
+                 "synthesis.plans=[{name: plain, model: plain}]", "finetune.steps=30", "finetune.checkpoint_every=5"]
     again = load_config(TINY, overrides)
     assert pretrain_generator.stage_dir(again).is_complete()
     proc = start_driver(ray_session, ["finetune", str(TINY), *overrides])
@@ -81,8 +81,8 @@ def test_killed_finetune_resumes_from_last_checkpoint(tiny_generator, tmp_path, 
     assert not finetune.stage_dir(again).is_complete()
     metrics = finetune.run(again)
     resumed = metrics["variants"]["plain"]["resumed_at_steps"]
-    assert len(resumed) == 1 and 5 <= resumed[0] < 60 and resumed[0] % 5 == 0
-    assert metrics["variants"]["plain"]["losses_logged"] == 60  # one loss per step, none repeated or lost
+    assert len(resumed) == 1 and 5 <= resumed[0] < 30 and resumed[0] % 5 == 0
+    assert metrics["variants"]["plain"]["losses_logged"] == 30  # one loss per step, none repeated or lost
 
 
 def test_killed_pretraining_resumes_and_ends_with_the_uninterrupted_weights(tiny_generator, tmp_path, ray_session):

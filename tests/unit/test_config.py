@@ -170,7 +170,7 @@ def test_digests_see_configs_as_omegaconf_does(config):
     from omegaconf import OmegaConf
 
     from raysys.core.loading import _plain
-    from raysys.stages.curriculum import variant_config
+    from raysys.core.comparison import variant_config
 
     cfg = load_config(TINY.parent / config)
     runs = [cfg]

@@ -96,6 +96,15 @@ def test_no_cross_package_private_import_and_only_the_ray_package_imports_ray():
                 assert not private, f"{module} imports private {private} from {target}"
 
 
+def test_no_stage_module_imports_another():
+    """Stages name what they read; paths come from raysys.core.run_layout, the graph from the registry."""
+    for module, found in _imports().items():
+        if module.startswith("raysys.stages."):
+            others = [t for t, names in found if t.startswith("raysys.stages") and t != module] + \
+                     [f"raysys.stages.{n}" for t, names in found if t == "raysys.stages" for n in names]
+            assert not others, f"{module} imports {others}"
+
+
 def test_the_checks_find_what_they_look_for():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": {"c"}}) is None

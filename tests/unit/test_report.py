@@ -8,7 +8,7 @@ import pytest
 
 from raysys.core.loading import ConfigError
 from raysys.stages import load_config
-from raysys.stages.curriculum import curriculum_configs, variant_config
+from raysys.core.comparison import curriculum_configs, variant_config
 from raysys.stages import evaluate, report
 from tests.conftest import TINY
 
@@ -76,7 +76,7 @@ def test_headroom_recovery_is_measured_against_the_best_real_only_on_validation(
 
 
 def test_the_reference_is_added_only_when_the_generators_training_images_are_known():
-    from raysys.stages.curriculum import compare_variants
+    from raysys.core.comparison import compare_variants
 
     cfg = load_config(TINY, [VARIANTS, "compare.reference=true"])
     assert compare_variants(cfg)["reference"] == {"schedule": "real_only", "loss": "balanced_softmax",

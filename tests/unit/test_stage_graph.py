@@ -36,14 +36,14 @@ def test_the_run_order_comes_from_what_stages_read():
     assert [s.name for s in order] == ["prepare", "train_classifier", "score", "pretrain_generator", "finetune",
                                        "control", "synthesize", "quality", "curriculum", "evaluate", "report"]
     for i, stage in enumerate(order):
-        assert all(r in order[:i] for r in stage.reads if r.applies(cfg))
+        assert all(r in order[:i] for r in stage.upstream_stages() if r.applies(cfg))
     real_base = load_config(TINY, ["generator.base=some/hub-id", "data.pretrain_per_class=0"])
     assert "pretrain_generator" not in [s.name for s in chain(STAGES, real_base)]
     # Listed backwards, every stage still runs after what it reads.
     backwards = chain(list(reversed(STAGES)), cfg)
     assert backwards[0].name == "prepare" and backwards[-1].name == "report" and set(backwards) == set(order)
     for i, stage in enumerate(backwards):
-        assert all(r in backwards[:i] for r in stage.reads if r.applies(cfg))
+        assert all(r in backwards[:i] for r in stage.upstream_stages() if r.applies(cfg))
 
 
 def test_resource_and_concurrency_knobs_change_no_stage():
