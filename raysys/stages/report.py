@@ -18,7 +18,6 @@ the same content as <root>/report/index.md:
 
 from __future__ import annotations
 
-import html
 import time
 
 import numpy as np
@@ -32,6 +31,8 @@ from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named, stage_seconds, upstream
 from raysys.generation.plan_versions import plan_dir
 from raysys.quality.groups import REAL
+from raysys.report.page import (QUALITY_COLUMNS, headroom_blocks, pct_cell, quality_cell, round_cell, signed,
+                                to_html, to_markdown, trace, verdicts)
 
 GROUPS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 
@@ -51,31 +52,6 @@ def summary_path(cfg: RaysysConfig) -> str:
 def _stage_seconds(cfg: RaysysConfig) -> dict[str, float | None]:
     """Every stage before this one, in run order (curriculum: the wall time of its concurrent runs)."""
     return {s.name: stage_seconds(s, cfg) for s in upstream(STAGE, cfg)}
-
-
-def _pct(x: float | None, std: float | None = None) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * x:.1f} ± {100 * std:.1f}" if std is not None else f"{100 * x:.1f}"
-
-
-def _round(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
-
-
-def _signed(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:+.1f}"
-
-
-def _trace(selections: list[str]) -> str:
-    """Consecutive equal selections run-length encoded: 'λ=0.9 ×6 → real ×2'."""
-    parts: list[list] = []
-    for s in selections:
-        if parts and parts[-1][0] == s:
-            parts[-1][1] += 1
-        else:
-            parts.append([s, 1])
-    return " → ".join(f"{s} ×{n}" for s, n in parts)
 
 
 def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
@@ -173,18 +149,18 @@ def _run(stage: Context) -> dict:
     for name, v in ev["variants"].items():
         comp = ev["comparisons"].get(name)
         rows.append([name, v["schedule"], v["loss"], ", ".join(v["plans"]) or "–", str(len(v["seeds"])),
-                     *[_pct(v[k], v[f"{k}_std"]) for k in GROUPS],
-                     _signed(comp["acc"]["mean_diff"]) if comp else "baseline",
-                     _signed(comp["acc_few"]["mean_diff"]) if comp else "baseline",
+                     *[pct_cell(v[k], v[f"{k}_std"]) for k in GROUPS],
+                     signed(comp["acc"]["mean_diff"]) if comp else "baseline",
+                     signed(comp["acc_few"]["mean_diff"]) if comp else "baseline",
                      f"{comp['acc_few']['seeds_won']}/{comp['acc_few']['seeds']}" if comp else "–"])
     header = ["variant", "schedule", "loss", "synthetic plans", "seeds", "overall %", "many %", "medium %",
               "few %", "macro-F1 %", f"Δ overall vs {base}", f"Δ few vs {base}", "seeds won (few)"]
-    verdicts = _verdicts(ev)
+    sentences = verdicts(ev)
 
     trace_rows = []
     for name, v in ev["variants"].items():
         chosen = v["adaptive_choices"][0] if v["adaptive_choices"] and v["adaptive_choices"][0] else None
-        trace_rows.append([name, _trace(v["trace"]),
+        trace_rows.append([name, trace(v["trace"]),
                            ", ".join(f"stage {k}: λ={c}" for k, c in chosen.items()) if chosen else "–"])
 
     cost_rows = []
@@ -197,8 +173,8 @@ def _run(stage: Context) -> dict:
                       ["synthesis: actor-seconds (device-seconds on a GPU pool)", f"{busy:.1f}"],
                       ["synthesis: generation wall seconds", str(syn["generation_seconds"])]]
     if ft is not None:
-        cost_rows += [["proof of control: Spearman(requested s, measured)", _round(ft.get("difficulty_spearman"))],
-                      ["… within class", _round(ft.get("difficulty_spearman_within_class"))]]
+        cost_rows += [["proof of control: Spearman(requested s, measured)", round_cell(ft.get("difficulty_spearman"))],
+                      ["… within class", round_cell(ft.get("difficulty_spearman_within_class"))]]
     if pre is not None:
         cost_rows.append(["base generator: recognised as the prompted class", f"{pre.get('recognition'):.3f}"])
     stage_rows = [[k, "–" if s is None else f"{s:.1f}"] for k, s in seconds.items()]
@@ -214,9 +190,9 @@ def _run(stage: Context) -> dict:
         def split_cells(name: str, v: dict, split: str) -> list[str]:
             m = v["test_splits"].get(split, {})
             comp = ev["comparisons"].get(name, {}).get("test_splits", {}).get(split)
-            delta = (f"{_signed(comp['macro_f1']['mean_diff'])} ({comp['macro_f1']['seeds_won']}/"
+            delta = (f"{signed(comp['macro_f1']['mean_diff'])} ({comp['macro_f1']['seeds_won']}/"
                      f"{comp['macro_f1']['seeds']} seeds)") if comp else "baseline"
-            return [*[_pct(m.get(k, {}).get("mean"), m.get(k, {}).get("std"))
+            return [*[pct_cell(m.get(k, {}).get("mean"), m.get(k, {}).get("std"))
                       for k in ("acc", "macro_f1", "worst_domain_acc")], delta]
 
         split_rows = [[name, *[c for s in test_splits for c in split_cells(name, v, s)]]
@@ -225,12 +201,12 @@ def _run(stage: Context) -> dict:
                               f"is {test_splits[0]}):"), ("table", split_header, split_rows)]
     headline = cfg.data.test_splits[0]
     sections = [
-        (f"Results on the test split '{headline}'", [("p", p) for p in verdicts] + [("table", header, rows)] + [
+        (f"Results on the test split '{headline}'", [("p", p) for p in sentences] + [("table", header, rows)] + [
             ("p", f"Mean ± standard deviation over seeds {ev['variants'][base]['seeds']} of the curriculum runs; "
                   "Δ is the mean paired (same seed) difference in percentage points. Groups: many > "
                   f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold} train images per class.")]
          + split_blocks),
-        ("Headroom recovery", _headroom_blocks(ev.get("headroom", {"unavailable": "not measured"}))),
+        ("Headroom recovery", headroom_blocks(ev.get("headroom", {"unavailable": "not measured"}))),
         ("Synthetic-set quality", _quality_blocks(cfg, stage, ev)),
         ("Difficulty and control", [("img", f, c) for f, c in figures]),
         ("Curriculum trace (seed of the first run)", [("table", ["variant", "selection per epoch",
@@ -239,14 +215,14 @@ def _run(stage: Context) -> dict:
         ("Stage wall time (seconds, on the machine that ran it; curriculum: the wall time of its concurrent runs)", [("table", ["stage", "seconds"], stage_rows)]),
     ]
     title = f"raysys report: {cfg.run.root}"
-    io.write_text(stage.file("index.html"), _html(title, sections))
-    io.write_text(stage.file("index.md"), _markdown(title, sections))
+    io.write_text(stage.file("index.html"), to_html(title, sections))
+    io.write_text(stage.file("index.md"), to_markdown(title, sections))
     summary = {
         "run_root": io.resolve(cfg.run.root), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "stage_seconds": seconds, "total_seconds": round(total, 1), "baseline": base,
         "results": {name: {k: v[k] for k in [*GROUPS, *[f"{g}_std" for g in GROUPS], "seeds", "schedule", "loss",
                                              "plans", "quality"] if k in v} for name, v in ev["variants"].items()},
-        "comparisons": ev["comparisons"], "verdicts": verdicts, "headroom": ev.get("headroom"),
+        "comparisons": ev["comparisons"], "verdicts": sentences, "headroom": ev.get("headroom"),
         "synthesis": {k: syn[k] for k in ("planned", "written", "kept", "filtered", "duplicates", "images_per_s")}
         if syn else None,
         "difficulty_spearman": ft.get("difficulty_spearman") if ft else None,
@@ -257,23 +233,9 @@ def _run(stage: Context) -> dict:
     io.write_json(summary_path(cfg), summary)
     metrics = {"figures": [f for f, _ in figures], "summary": summary_path(cfg)}
     print(f"[report] {stage.file('index.html')} (and index.md); summary -> {summary_path(cfg)}")
-    for line in verdicts:
+    for line in sentences:
         print(f"[report] {line}")
     return metrics
-
-
-QUALITY_COLUMNS = [("images", "images", "n"), ("train_fid", "FID (train)", "f"), ("test_fid", "FID (test)", "f"),
-                   ("train_kid", "KID ×1000 (train)", "k"), ("train_precision", "precision", "r"),
-                   ("train_recall", "recall", "r"), ("train_density", "density", "r"),
-                   ("train_coverage", "coverage", "r"), ("copies", "copies", "r"),
-                   ("closer_than_source", "closer than source gap", "r"), ("diversity", "diversity (syn/real)", "r"),
-                   ("clip_text", "CLIP score", "r")]
-
-
-def _quality_cell(value, kind: str) -> str:
-    if value is None or value == "":
-        return "–"
-    return {"n": f"{value}", "f": f"{value:.1f}", "k": f"{1000 * value:.1f}", "r": f"{value:.2f}"}[kind]
 
 
 def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
@@ -288,9 +250,9 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
     for name, v in ev["variants"].items():
         for plan, figures in v.get("quality", {}).items():
             rec = recovery.get(name, {}).get("acc_few", {}).get("mean")
-            beside.append([name, plan, _pct(v["acc"], v["acc_std"]), _pct(v["acc_few"], v["acc_few_std"]),
+            beside.append([name, plan, pct_cell(v["acc"], v["acc_std"]), pct_cell(v["acc_few"], v["acc_few_std"]),
                            "–" if rec is None else f"{100 * rec:.0f}",
-                           *[_quality_cell(figures.get(key), kind) for key, kind in
+                           *[quality_cell(figures.get(key), kind) for key, kind in
                              (("train_fid", "f"), ("test_fid", "f"), ("train_precision", "r"), ("train_recall", "r"),
                               ("copies", "r"), ("diversity", "r"))]])
     blocks: list = [("p", f"Each set's kept images against the real images of the same classes, in the {m['extractor']} "
@@ -310,7 +272,7 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
     header = ["by", "group", *[label for _, label, _ in QUALITY_COLUMNS]]
     for name, plan in m["plans"].items():
         rows = [[r["by"], r["group"] + ("" if r["reliable"] else " *"),
-                 *[_quality_cell(r.get(key), kind) for key, _, kind in QUALITY_COLUMNS]] for r in plan["rows"]]
+                 *[quality_cell(r.get(key), kind) for key, _, kind in QUALITY_COLUMNS]] for r in plan["rows"]]
         title = (f"The real {m['test_split']} images against train (the real-versus-real level):" if name == REAL
                  else f"Plan '{name}':")
         blocks += [("p", title), ("table", header, rows)]
@@ -324,91 +286,6 @@ def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
                                            "their distance over that train image's distance to its own nearest train neighbour.")
         blocks.append(("img", figure, caption))
     return blocks
-
-
-def _headroom_blocks(h: dict) -> list:
-    """The headroom paragraph and table: how much of what the generator's own training images would
-    add (the reference) each variant recovers, over the best real-only classifier."""
-    if "unavailable" in h:
-        return [("p", f"Headroom recovery cannot be computed: {h['unavailable']}.")]
-    best, ref = h["best_real_only"], h["reference"]
-    room = h["headroom"]
-    text = (f"The reference variant '{ref}' is real-only Balanced Softmax trained on train + the images the generator was "
-            f"trained on. Its headroom over the best real-only classifier on validation, '{best}', is "
-            f"{_signed(room['acc']['mean'])} points overall and {_signed(room['acc_few']['mean'])} on the few classes "
-            "(mean over seeds). Recovery = (variant − best real-only) / (reference − best real-only), per seed: "
-            "100% would mean the synthetic images pass on all the generator learned from its images, 0% nothing, "
-            "below 0 they cost accuracy.")
-
-    def cell(m: dict) -> str:
-        if m["mean"] is None:
-            return "–"
-        return f"{100 * m['mean']:.0f}" + (f" ± {100 * m['std']:.0f}" if m["std"] is not None else "")
-
-    rows = [[name, cell(r["acc"]), cell(r["acc_few"]), f"{r['acc_few']['seeds_at_half']}/{r['acc_few']['seeds']}"]
-            for name, r in h["recovery"].items()]
-    return [("p", text), ("table", ["variant", "overall recovered %", "few recovered %", "seeds >= 50% (few)"], rows)]
-
-
-def _verdicts(ev: dict) -> list[str]:
-    """One plain sentence per variant against the baseline."""
-    base = ev["baseline"]
-    out = []
-    for name, comp in ev["comparisons"].items():
-        a, f = comp["acc"], comp["acc_few"]
-        if a["mean_diff"] is None or f["mean_diff"] is None:
-            out.append(f"{name}: no few-class accuracy to compare with {base}.")
-        else:
-            how = (f"{_signed(a['mean_diff'])} points overall and {_signed(f['mean_diff'])} points on the few "
-                   f"classes (won {f['seeds_won']} of {f['seeds']} seeds on few)")
-            out.append(f"{name} {'beats' if comp['verdict'] == 'beats' else 'does NOT beat'} {base}: {how}.")
-        for split, c in comp.get("test_splits", {}).items():
-            f1 = c["macro_f1"]
-            if f1["mean_diff"] is not None:
-                out.append(f"{name} on {split}: macro-F1 {_signed(f1['mean_diff'])} points against {base} "
-                           f"(won {f1['seeds_won']} of {f1['seeds']} seeds): {c['verdict'].replace('does not beat', 'does NOT beat')}.")
-    return out
-
-
-def _html(title: str, sections) -> str:
-    e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:left;font-size:14px}th{background:#f3f3f3}figure{margin:1.5em 0}"
-             "img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}</style></head><body>",
-             f"<h1>{e(title)}</h1>"]
-    for heading, blocks in sections:
-        parts.append(f"<h2>{e(heading)}</h2>")
-        for block in blocks:
-            if block[0] == "p":
-                parts.append(f"<p>{e(block[1])}</p>")
-            elif block[0] == "table":
-                parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in block[1]) + "</tr>")
-                parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2]]
-                parts.append("</table>")
-            elif block[0] == "img":
-                parts.append(f"<figure><img src='{e(block[1])}' alt='{e(block[2])}'>"
-                             f"<figcaption>{e(block[2])}</figcaption></figure>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def _markdown(title: str, sections) -> str:
-    lines = [f"# {title}", ""]
-    for heading, blocks in sections:
-        lines += [f"## {heading}", ""]
-        for block in blocks:
-            if block[0] == "p":
-                lines += [block[1], ""]
-            elif block[0] == "table":
-                lines.append("| " + " | ".join(block[1]) + " |")
-                lines.append("|" + "---|" * len(block[1]))
-                lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in block[2]]
-                lines.append("")
-            elif block[0] == "img":
-                lines += [f"![{block[2]}]({block[1]})", "", f"*{block[2]}*", ""]
-    return "\n".join(lines)
 
 
 def _needs(cfg: RaysysConfig) -> tuple:

@@ -6,12 +6,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from raysys.report import statistics
 from raysys.core.config import DataConfig
 from raysys.data import cameras
 from raysys.data.cameras import OOD_CAMERAS, TRAIN_CAMERAS, Camera, camera_digits, degrade
 from raysys.data.sources import list_source, read_image
 from raysys.data.splits import check_data, plan_splits
-from raysys.stages import evaluate
 from raysys.training.metrics import classification_metrics
 
 CAMERAS = DataConfig(source="builtin:mnist-cameras", splits="given", test_splits=["id_test", "ood_test"])
@@ -103,11 +103,11 @@ def test_paired_comparison_per_test_split():
         return {"id_test": {"macro_f1": {"per_seed": id_f1}, "worst_domain_acc": {"per_seed": [0.5] * len(id_f1)}},
                 "ood_test": {"macro_f1": {"per_seed": ood_f1}, "worst_domain_acc": {"per_seed": [0.4] * len(ood_f1)}}}
 
-    out = evaluate.compare_splits(splits([0.5, 0.6, 0.7], [0.3, 0.3, 0.3]), splits([0.6, 0.5, 0.8], [0.2, 0.25, 0.35]))
+    out = statistics.compare_splits(splits([0.5, 0.6, 0.7], [0.3, 0.3, 0.3]), splits([0.6, 0.5, 0.8], [0.2, 0.25, 0.35]))
     assert out["id_test"]["macro_f1"]["seeds_won"] == 2
     assert out["id_test"]["macro_f1"]["mean_diff"] == pytest.approx(0.1 / 3)
     assert out["id_test"]["verdict"] == "beats"
     assert out["ood_test"]["macro_f1"]["mean_diff"] == pytest.approx(-0.1 / 3)
     assert out["ood_test"]["verdict"] == "does not beat" and out["ood_test"]["macro_f1"]["seeds_won"] == 1
     assert out["ood_test"]["worst_domain_acc"]["mean_diff"] == pytest.approx(0.0)
-    assert evaluate.compare_splits({"test": {}}, {"test": {}}) == {}
+    assert statistics.compare_splits({"test": {}}, {"test": {}}) == {}

@@ -6,36 +6,37 @@ import re
 
 import pytest
 
+from raysys.report import page, statistics
 from raysys.core.loading import ConfigError
 from raysys.stages import load_config
 from raysys.core.comparison import curriculum_configs, variant_config
-from raysys.stages import evaluate, report
+from raysys.stages import evaluate
 from tests.conftest import TINY
 
 
 def test_mean_std_is_the_sample_std_and_ignores_missing_values():
-    assert evaluate.mean_std([0.5, 0.7, None]) == pytest.approx((0.6, math.sqrt(0.02)))
-    assert evaluate.mean_std([0.4]) == (0.4, None)
-    assert evaluate.mean_std([None]) == (None, None)
+    assert statistics.mean_std([0.5, 0.7, None]) == pytest.approx((0.6, math.sqrt(0.02)))
+    assert statistics.mean_std([0.4]) == (0.4, None)
+    assert statistics.mean_std([None]) == (None, None)
 
 
 def test_compare_pairs_seeds_and_only_beats_when_both_accuracies_rise():
     base = {"acc": [0.80, 0.82, 0.81], "acc_few": [0.50, 0.60, 0.55]}
     better = {"acc": [0.81, 0.83, 0.80], "acc_few": [0.60, 0.62, 0.65]}
-    out = evaluate.compare(base, better)
+    out = statistics.compare(base, better)
     assert out["acc"]["mean_diff"] == pytest.approx(0.0033333, abs=1e-6)
     assert out["acc_few"]["mean_diff"] == pytest.approx(0.0733333, abs=1e-6)
     assert out["acc"]["seeds_won"] == 2 and out["acc_few"]["seeds_won"] == 3
     assert out["verdict"] == "beats"
     worse_overall = {"acc": [0.79, 0.80, 0.80], "acc_few": [0.60, 0.62, 0.65]}
-    assert evaluate.compare(base, worse_overall)["verdict"] == "does not beat"
+    assert statistics.compare(base, worse_overall)["verdict"] == "does not beat"
 
 
 def test_verdicts_say_plainly_when_a_variant_does_not_beat_the_baseline():
     ev = {"baseline": "real_only", "comparisons": {
         "dts": {"acc": {"mean_diff": 0.01, "seeds_won": 2, "seeds": 3},
                 "acc_few": {"mean_diff": -0.02, "seeds_won": 1, "seeds": 3}, "verdict": "does not beat"}}}
-    (line,) = report._verdicts(ev)
+    (line,) = page.verdicts(ev)
     assert line == ("dts does NOT beat real_only: +1.0 points overall and -2.0 points on the few classes "
                     "(won 1 of 3 seeds on few).")
 
@@ -54,7 +55,7 @@ def test_headroom_recovery_is_measured_against_the_best_real_only_on_validation(
         "reference": _row("real_only", "balanced_softmax", [0.94, 0.95, 0.90], [0.90, 0.94, 0.92],
                           [0.99, 0.99, 0.99], extra=["pretrain"]),
     }
-    h = evaluate.headroom(table, "reference", None)
+    h = statistics.headroom(table, "reference", None)
     # bs wins on validation; the reference (higher validation, but trained on more) is never a candidate
     assert h["best_real_only"] == "bs"
     assert h["headroom"]["acc_few"]["per_seed"] == pytest.approx([0.10, 0.10, 0.10])
@@ -64,15 +65,15 @@ def test_headroom_recovery_is_measured_against_the_best_real_only_on_validation(
     overall = h["recovery"]["dts"]["acc"]  # seed 2 has no headroom (the reference is not better): no figure
     assert overall["per_seed"] == pytest.approx([0.5, -0.25, None]) and overall["seeds"] == 2
     assert h["recovery"]["bs"]["acc_few"]["per_seed"] == [0.0, 0.0, 0.0] and "reference" not in h["recovery"]
-    assert evaluate.headroom(table, None, "the generator's training images are not known") == {
+    assert statistics.headroom(table, None, "the generator's training images are not known") == {
         "unavailable": "the generator's training images are not known"}
     # accuracies on 150 images: (0.92 - 0.88) / (0.96 - 0.88) is 0.49999... in floats, and counts as 50%
     exact_half = {**table, "dts": _row("diverse_to_specific", "balanced_softmax", [0.9] * 3, [0.92] * 3, [0.9] * 3),
                   "bs": _row("real_only", "balanced_softmax", [0.9] * 3, [0.88] * 3, [0.95] * 3),
                   "reference": _row("real_only", "balanced_softmax", [0.9] * 3, [0.96] * 3, [0.9] * 3, extra=["pretrain"])}
-    assert evaluate.headroom(exact_half, "reference", None)["recovery"]["dts"]["acc_few"]["seeds_at_half"] == 3
+    assert statistics.headroom(exact_half, "reference", None)["recovery"]["dts"]["acc_few"]["seeds_at_half"] == 3
     no_real_only = {k: v for k, v in table.items() if k in ("dts", "reference")}
-    assert "no real-only variant" in evaluate.headroom(no_real_only, "reference", None)["unavailable"]
+    assert "no real-only variant" in statistics.headroom(no_real_only, "reference", None)["unavailable"]
 
 
 def test_the_reference_is_added_only_when_the_generators_training_images_are_known():
@@ -86,20 +87,20 @@ def test_the_reference_is_added_only_when_the_generators_training_images_are_kno
     downloaded = load_config(TINY, [VARIANTS, "compare.reference=true", "generator.base=runwayml/stable-diffusion-v1-5"])
     assert "reference" not in compare_variants(downloaded)
     assert "not known" in evaluate.why_no_reference(downloaded)
-    blocks = report._headroom_blocks(evaluate.headroom({}, None, evaluate.why_no_reference(downloaded)))
+    blocks = page.headroom_blocks(statistics.headroom({}, None, evaluate.why_no_reference(downloaded)))
     assert blocks[0][1].startswith("Headroom recovery cannot be computed: the generator's training images are not known")
     assert "reference" not in compare_variants(load_config(TINY, [VARIANTS]))  # tiny.yaml turns it off
 
 
 def test_trace_is_run_length_encoded():
-    assert report._trace(["λ=0.9", "λ=0.9", "λ=0.5", "real only"]) == "λ=0.9 ×2 → λ=0.5 ×1 → real only ×1"
+    assert page.trace(["λ=0.9", "λ=0.9", "λ=0.5", "real only"]) == "λ=0.9 ×2 → λ=0.5 ×1 → real only ×1"
 
 
 def test_html_escapes_and_markdown_tables_have_one_column_per_header():
     sections = [("A <b>", [("p", "x < y"), ("table", ["h1", "h2"], [["a|b", "c"]]), ("img", "f.png", "cap")])]
-    page = report._html("t", sections)
-    assert "A &lt;b&gt;" in page and "x &lt; y" in page and "<img src='f.png'" in page
-    md = report._markdown("t", sections).splitlines()
+    html = page.to_html("t", sections)
+    assert "A &lt;b&gt;" in html and "x &lt; y" in html and "<img src='f.png'" in html
+    md = page.to_markdown("t", sections).splitlines()
     assert "| h1 | h2 |" in md and "|---|---|" in md and "| a/b | c |" in md and "![cap](f.png)" in md
 
 
