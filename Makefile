@@ -25,7 +25,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) \
 		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium)
-	$(BIN)/python -m pip install --quiet -e ".[test,browser]"
+	$(BIN)/python -m pip install --quiet -e ".[test,browser,tracking]"
 	$(BIN)/python -m pytest -m slow -q --durations=15
 
 benchmark: $(STAMP)

@@ -70,6 +70,11 @@ def _to_config(merged: DictConfig, origin: str) -> RaysysConfig:
     for plan in cfg.synthesis.plans:
         if plan.prompts.startswith("file:") and "://" not in plan.prompts:
             plan.prompts = "file:" + os.path.abspath(os.path.expanduser(plan.prompts[5:]))
+    store = cfg.tracking.mlflow_uri
+    if store and store.startswith("file:") and not store.startswith("file://"):  # file:relative/mlruns
+        cfg.tracking.mlflow_uri = Path(os.path.abspath(os.path.expanduser(store[5:]))).as_uri()
+    elif store and store.startswith("sqlite:///") and not store.startswith("sqlite:////"):  # sqlite:///relative.db
+        cfg.tracking.mlflow_uri = "sqlite:///" + os.path.abspath(os.path.expanduser(store[10:]))
     return cfg
 
 

@@ -9,6 +9,7 @@ command after a kill restores the run and the loop resumes from its last reporte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -27,6 +28,7 @@ from ray.train.torch import TorchTrainer
 from raysys.core import io
 from raysys.core.config import TrainConfig
 from raysys.ray.session import use_assigned_cpus
+from raysys.ray.tracking import Tracker, Tracking
 from raysys.core.context import Checkpoint, read_checkpoint
 from raysys.data.stream import decoded_batches
 
@@ -55,13 +57,15 @@ class Workers:
 
 
 class RayTrainContext:
-    """A TrainContext on a Ray Train worker: its input streams from Ray Data tasks."""
+    """A TrainContext on a Ray Train worker: its input streams from Ray Data tasks. On rank 0 every
+    report also goes to the run's tracker (raysys.ray.tracking: MLflow, TensorBoard), if it has one."""
 
-    def __init__(self, workers: Workers) -> None:
+    def __init__(self, workers: Workers, tracker: Optional[Tracker] = None) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.workers = workers
+        self.tracker = tracker.open() if tracker is not None and self.rank == 0 else None
 
     def batches(self, refs: pa.Table, decode: Callable[[pa.Table], dict], batch_size: int) -> Iterator[dict]:
         """The rows `refs` as a Ray Dataset of blocks of `batch_size` rows, decoded by `decode` in
@@ -109,6 +113,8 @@ class RayTrainContext:
         return obj
 
     def report(self, metrics: dict[str, Any], checkpoint: Optional[Checkpoint] = None) -> None:
+        if self.tracker is not None:
+            self.tracker.log(metrics, None if checkpoint is None else checkpoint.state)
         if checkpoint is None:
             ray.train.report(metrics)
             return
@@ -121,7 +127,16 @@ class RayTrainContext:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as d:
-            return read_checkpoint(d)
+            restored = read_checkpoint(d)
+        if self.tracker is not None:
+            self.tracker.restored(restored[1])
+        return restored
+
+    def close(self, failed: bool = False) -> None:
+        """The loop has ended (or failed): the tracker logs the final metrics and ends its run."""
+        if self.tracker is not None:
+            tracker, self.tracker = self.tracker, None
+            tracker.close(failed)
 
 
 LIMIT_PER_BLOCK_AHEAD = 4
@@ -152,7 +167,14 @@ def _worker(config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # and Ray Data every epoch's dataset
     use_assigned_cpus()
-    config["loop"](RayTrainContext(config["workers"]), config["job"])
+    ctx = RayTrainContext(config["workers"], config.get("tracker"))
+    try:
+        config["loop"](ctx, config["job"])
+    except BaseException:
+        with contextlib.suppress(Exception):  # the loop's error is the one to see
+            ctx.close(failed=True)
+        raise
+    ctx.close()
 
 
 RUN_RECORD = "checkpoint_manager_snapshot.json"
@@ -184,14 +206,15 @@ def set_aside_unreadable_record(storage: str, name: str) -> bool:
 
 
 def trainer(loop: Callable, job: Any, workers: Workers, name: str, storage: str,
-            callbacks: Optional[list] = None) -> TorchTrainer:
+            callbacks: Optional[list] = None, tracking: Optional[Tracking] = None) -> TorchTrainer:
     """A TorchTrainer running `loop(ctx, job)` on `workers`, named `name` under `storage` (the same
     name and storage restore the run); `callbacks` go to its RunConfig (a Tune trial passes
-    TuneReportCallback)."""
+    TuneReportCallback); with `tracking` its rank 0 logs params and reports (raysys.ray.tracking)."""
     set_aside_unreadable_record(storage, name)
+    tracker = tracking.tracker(name, storage) if tracking is not None else None
     return TorchTrainer(
         _worker,
-        train_loop_config={"loop": loop, "job": job, "workers": workers},
+        train_loop_config={"loop": loop, "job": job, "workers": workers, "tracker": tracker},
         scaling_config=ScalingConfig(
             num_workers=workers.num_workers, use_gpu=workers.use_gpu,
             resources_per_worker={"CPU": workers.cpus_per_worker, **({"GPU": 1} if workers.use_gpu else {})},
@@ -205,10 +228,11 @@ def trainer(loop: Callable, job: Any, workers: Workers, name: str, storage: str,
 
 
 def fit(loop: Callable, job: Any, workers: Workers, name: str, storage: str,
-        outputs: Optional[dict[str, str]] = None) -> dict[str, Any]:
+        outputs: Optional[dict[str, str]] = None, tracking: Optional[Tracking] = None) -> dict[str, Any]:
     """Fit (or resume) on Ray Train; copy each folder `outputs` names from the last checkpoint
-    (e.g. {"model": model_dir}) and return that checkpoint's state (history, resumes, ...)."""
-    result = trainer(loop, job, workers, name, storage).fit()
+    (e.g. {"model": model_dir}) and return that checkpoint's state (history, resumes, ...).
+    `tracking` (raysys.ray.tracking.tracked): log the run to MLflow and TensorBoard."""
+    result = trainer(loop, job, workers, name, storage, tracking=tracking).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,8 +14,8 @@ to Tune, where ASHA stops the weak trials at its rungs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
 import ray
 from ray import tune
@@ -25,6 +25,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Interrupted
 from raysys.curriculum.search import apply_tune_params
+from raysys.ray.tracking import Tracking, end_run, for_trial, scalars
 from raysys.ray.train import Workers, trainer
 from raysys.training.curriculum import CurriculumJob, curriculum_loop
 
@@ -41,6 +42,21 @@ class SweepJob:
     """Absolute folder: the Tune experiment and every trial's Ray Train run live under it."""
     name: str
     """Tune experiment name (the same name restores the sweep)."""
+    tracking: Optional[Tracking] = None
+    """The stage's tracking (raysys.ray.tracking.tracked): each trial's Train run logs to it."""
+
+
+def trials_storage(job: SweepJob) -> str:
+    """Where every trial's Ray Train run is stored (named by its trial id)."""
+    return os.path.join(job.storage, "trials")
+
+
+def sweep_tracking(job: SweepJob) -> Optional[Tracking]:
+    """The trials' tracking: their own MLflow experiment, `<experiment>/tune/<tune.name>`, one run per trial."""
+    t = job.tracking
+    if t is None or t.experiment is None:
+        return t
+    return replace(t, experiment=f"{t.experiment}/tune/{job.cfg.tune.name}")
 
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -84,8 +100,9 @@ def _trial(params: dict[str, Any], job: SweepJob) -> None:
     trial_id = tune.get_context().get_trial_id()
     trial = trial_job(job, params, trial_id)
     workers = Workers.for_training(trial.cfg.train, trial.cfg.curriculum.num_workers)
-    trainer(curriculum_loop, trial, workers, trial_id, os.path.join(job.storage, "trials"),
-            callbacks=[TuneReportCallback()]).fit()
+    t = sweep_tracking(job)
+    trainer(curriculum_loop, trial, workers, trial_id, trials_storage(job), callbacks=[TuneReportCallback()],
+            tracking=None if t is None else for_trial(t, trial.cfg, trial_id)).fit()
 
 
 class _Progress(tune.Callback):
@@ -107,6 +124,36 @@ class _Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "failed")
+
+
+REPORTED = ("epoch", "train_loss")
+"""What a trial's result holds of the curriculum loop's reports, beside its val_* and test_* metrics."""
+
+
+class _EndTrialRuns(tune.Callback):
+    """Ends each trial's MLflow run from the driver with the trial's outcome (tag `raysys.tune_status`):
+    a trial ASHA stops is killed with its Train run, which then cannot end its own MLflow run."""
+
+    def __init__(self, job: SweepJob, epochs: int):
+        self.tracking, self.storage, self.epochs = sweep_tracking(job), trials_storage(job), epochs
+
+    def _end(self, trial, status: str, outcome: str) -> None:
+        last = trial.last_result or {}
+        # A stopped trial's final metrics are its result (what ASHA saw); a completed one logged its own.
+        final = {} if outcome == "completed" else scalars({k: v for k, v in last.items() if k in REPORTED or
+                                                           k.startswith(("val_", "test_"))})
+        try:
+            end_run(self.tracking, f"{self.storage}/{trial.trial_id}", status, {"raysys.tune_status": outcome},
+                    final, int(last.get("epoch") or 0))
+        except Exception as exc:  # noqa: BLE001 - tracking never stops a sweep
+            print(f"[tune] {trial.trial_id}: could not end its MLflow run: {str(exc).splitlines()[0]}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        completed = (trial.last_result or {}).get("epoch", 0) >= self.epochs
+        self._end(trial, "FINISHED" if completed else "KILLED", "completed" if completed else "stopped")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED", "error")
 
 
 def _fit_noting_interrupt(tuner: tune.Tuner):
@@ -166,8 +213,9 @@ def run_sweep(job: SweepJob) -> tuple[list[dict], int]:
                 # Tune ignores max_concurrent_trials with a search_alg given: the generator limits it.
                 search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent),
             ),
-            run_config=tune.RunConfig(name=job.name, storage_path=job.storage, verbose=0,
-                                      callbacks=[_Progress(total, epochs, t.metric)]),
+            run_config=tune.RunConfig(name=job.name, storage_path=job.storage, verbose=0, callbacks=[
+                _Progress(total, epochs, t.metric),
+                *([_EndTrialRuns(job, epochs)] if job.tracking is not None and job.tracking.mlflow_uri else [])]),
         )
     grid = _fit_noting_interrupt(tuner)
     if grid is None or len(grid) < total:
