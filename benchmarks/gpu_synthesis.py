@@ -144,6 +144,7 @@ def make_plan(n: int, mode: str, strength: float, resolution: int, tag: str = "b
         "sample_id": [f"{tag}{i:06d}" for i in range(n)], "plan": [tag] * n, "model": ["base"] * n,
         "label": pa.array(labels, pa.int32()), "class_name": [CLASS_NAMES[c] for c in labels],
         "prompt": [f"a photo of a {CLASS_NAMES[c]}" for c in labels],
+        "negative_prompt": pa.array([None] * n, pa.string()),
         "requested_difficulty": pa.array([None] * n, pa.float32()),
         "guidance": pa.array([1.0 - strength if img2img else None] * n, pa.float32()),
         "source_id": pa.array([f"src{i}" if img2img else None for i in range(n)], pa.string()),

@@ -51,6 +51,7 @@ def make_plan(n: int) -> pa.Table:
         "sample_id": [f"bench{i:06d}" for i in range(n)], "plan": ["bench"] * n, "model": ["difficulty"] * n,
         "label": pa.array(labels, pa.int32()), "class_name": [NAMES[c] for c in labels],
         "prompt": [f"a photo of the digit {NAMES[c]}" for c in labels],
+        "negative_prompt": pa.array([None] * n, pa.string()),
         "requested_difficulty": pa.array(rng.uniform(0, 1, n), pa.float32()),
         "guidance": pa.array([None] * n, pa.float32()), "source_id": pa.array([None] * n, pa.string()),
         "source_image": pa.array([None] * n, pa.binary()),

@@ -224,7 +224,8 @@ class GeneratorConfig(SamplingConfig):
     base: str = "builtin"
     """builtin (pretrained from scratch by pretrain-generator), or a folder or hub id in the SD 1.5, SD 2.x or SDXL refiner layout (from_pretrained)."""
     prompt_template: str = "a photo of the digit {name}"
-    """Prompt per image; {name} is the class name."""
+    """Prompt per image: {name} is the class name and {caption}, if used, the image's caption (the source's for an
+    image-guided row, a caption of its class for a text row; without one the field and its comma are dropped)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """What the synthesis actors run the generator in: float32, or float16 / bfloat16 (half the weights' memory; float16 needs GPUs). Fine-tuning keeps float32 weights (bf16 autocast on GPUs)."""
 
@@ -356,7 +357,10 @@ class PlanConfig:
     seeds_per_source: int = 8
     """discl: seeds per (source image, λ) (DisCL: 8)."""
     prompts: str = "template"
-    """template, file:<path> (class name -> descriptions, one drawn per row) or caption (the `prompt` column)."""
+    """template (generator.prompt_template), file:<path> (class name -> descriptions, one drawn per row) or caption
+    (the source's caption; a text row: one of its class)."""
+    negative_prompt: Optional[str] = None
+    """The plan's negative prompt for classifier-free guidance (None: generator.negative_prompt)."""
 
 
 @dataclass

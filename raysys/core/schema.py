@@ -46,6 +46,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("entropy", pa.float32()),  # entropy of p(.|x), nats
         pa.field("score_mode", pa.string()),  # oof-k<folds>-fold<i> | full
         pa.field("prompt", pa.string()),  # text the generator saw
+        pa.field("caption", pa.string()),  # what the image shows: the caption stage's, or the dataset's own
         pa.field("source_id", pa.string()),  # real image used for image guidance
         pa.field("guidance", pa.float32()),  # image guidance lambda in [0, 1]
         pa.field("requested_difficulty", pa.float32()),  # s asked of the generator

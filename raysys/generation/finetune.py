@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from raysys.core.context import Checkpoint, step_seed
 from raysys.generation.components import load_pipeline
 from raysys.generation.difficulty_encoder import DifficultyEncoder
-from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline, check_prompt_template
+from raysys.generation.pipeline import LORA_WEIGHTS, DifficultyDiffusionPipeline
+from raysys.generation.prompts import check_prompt_template, fill_prompt
 from raysys.generation.training import diffusion_loss, training_scheduler
 from raysys.data.stream import Decode, stream_refs
 
@@ -199,8 +200,16 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
-def prompts_for(labels: np.ndarray, class_names: list[str], template: str) -> list[str]:
-    return [template.format(name=class_names[int(label)]) for label in labels]
+def prompts_for(labels: np.ndarray, class_names: list[str], template: str,
+                captions: Optional[Sequence[Optional[str]]] = None) -> list[str]:
+    """The fine-tuning text of each row: `template` filled with its class name and, if given, its
+    caption (None: none; see `fill_prompt`)."""
+    captions = [None] * len(labels) if captions is None else captions
+    return [fill_prompt(template, class_names[int(label)], caption) for label, caption in zip(labels, captions)]
+
+
+PROMPTS_KEPT = 8
+"""How many of the first step's prompts a fine-tune's checkpoint state keeps, to show what the UNet saw."""
 
 
 VARIANTS = ("difficulty", "plain")
@@ -252,12 +261,12 @@ class FinetuneJob:
 
 def finetune_rows(job: FinetuneJob, rank: int, world: int) -> tuple[list[str], pa.Table]:
     """(the manifest's files, this worker's disjoint share of the scored train rows without their
-    images: file, row, label, difficulty)."""
+    images: file, row, label, difficulty, caption (null where a row has none))."""
     from raysys.core.schema import manifest_files
     from raysys.data.stream import index_rows
 
     files = manifest_files(job.manifest)
-    rows = index_rows(files, ["label", "difficulty", "split"], where=pc.field("split") == "train")
+    rows = index_rows(files, ["label", "difficulty", "caption", "split"], where=pc.field("split") == "train")
     mine = rows.take(pa.array(np.arange(rank, rows.num_rows, world)))
     if mine["difficulty"].null_count or np.isnan(mine["difficulty"].to_numpy(zero_copy_only=False)).any():
         raise ValueError(f"{job.manifest}: train rows without a measured difficulty; run the score stage first")
@@ -282,6 +291,7 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
     autocast = torch.bfloat16 if on_gpu and cfg.mixed_precision == "bf16" else None
     files, mine = finetune_rows(job, rank, ctx.world_size)
     difficulty = torch.from_numpy(mine["difficulty"].to_numpy().astype(np.float32))
+    captions = mine["caption"].to_pylist()
     weights = sampling_weights(difficulty, cfg.sampling)
     scheduler = training_scheduler(pipe)
     params = trainable_parameters(pipe)
@@ -290,7 +300,7 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, cfg.steps) / cfg.steps)))
 
-    start, losses, resumes = 0, [], []
+    start, losses, resumes, seen = 0, [], [], []
     restored = ctx.restore()
     if restored is not None:
         tensors, state = restored
@@ -298,6 +308,7 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
         opt.load_state_dict(tensors["opt"])
         sched.load_state_dict(tensors["sched"])
         start, losses, resumes = state["step"], state["losses"], state["resumes"] + [state["step"]]
+        seen = state.get("prompts", [])
         if rank == 0:
             print(f"[{job.name}] resuming at step {start + 1}/{cfg.steps}", flush=True)
 
@@ -310,8 +321,11 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
     for step, idx, batch in zip(range(start, cfg.steps), drawn, batches):
         labels = batch["label"]
         rows = FinetuneRows(images=batch["image"].float().div_(127.5).sub_(1.0),
-                            prompts=prompts_for(labels.numpy(), job.class_names, job.prompt_template),
+                            prompts=prompts_for(labels.numpy(), job.class_names, job.prompt_template,
+                                                [captions[int(i)] for i in idx]),
                             labels=labels, difficulty=difficulty[idx])
+        if rank == 0 and not seen:  # what the UNet is shown (before condition dropout), kept in the state
+            seen = rows.prompts[:PROMPTS_KEPT]
         g = torch.Generator().manual_seed(step_seed(job.seed, step, rank, 3))
         loss = finetune_step(pipe, scheduler, rows, torch.arange(len(idx)), use_difficulty=use_difficulty,
                              condition_dropout=cfg.condition_dropout, difficulty_dropout=cfg.difficulty_dropout,
@@ -335,6 +349,6 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
                   f"ETA {(cfg.steps - step - 1) / rate:.0f}s", flush=True)
             checkpoint = Checkpoint(
                 tensors={"adapters": adapter_state(pipe), "opt": opt.state_dict(), "sched": sched.state_dict()},
-                state={"step": step + 1, "losses": losses, "resumes": resumes},
+                state={"step": step + 1, "losses": losses, "resumes": resumes, "prompts": seen},
                 files=(lambda d: save_adapters(pipe, os.path.join(d, "adapters"))) if last else None)
         ctx.report({"step": step + 1, "loss": window, "steps_per_s": rate}, checkpoint)

@@ -36,7 +36,6 @@ included) round-trips through one directory.
 from __future__ import annotations
 
 import os
-import string
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -56,6 +55,7 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from raysys.generation.difficulty_encoder import DifficultyEncoder
+from raysys.generation.prompts import check_prompt_template
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -467,32 +467,6 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
             return GenerationOutput(images=images.cpu())
         arr = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return GenerationOutput(images=arr)
-
-
-def _placeholders(template: str) -> list[str]:
-    """The fields `template.format(...)` fills, those in format specs (`{name:{width}}`) included."""
-    out = []
-    for _, field, spec, _ in string.Formatter().parse(template):
-        if field is not None:
-            out += [field, *_placeholders(spec or "")]
-    return out
-
-
-def check_prompt_template(template: str) -> list[str]:
-    """Problems of `generator.prompt_template`: it is filled with the class name alone, as `{name}`."""
-    literal = "a literal brace is written {{ or }}"
-    try:
-        fields = _placeholders(template)
-    except ValueError as exc:
-        return [f"generator.prompt_template '{template}' is not a format string ({exc}); {literal}"]
-    others = sorted({f for f in fields if f != "name"})
-    if others:
-        shown = ", ".join("{" + f + "}" for f in others)
-        return [f"generator.prompt_template '{template}' has placeholder(s) {shown}: only {{name}} (the class name) "
-                f"is filled in; {literal}"]
-    if "name" not in fields:
-        return [f"generator.prompt_template must contain {{name}} (the class name), got '{template}'"]
-    return []
 
 
 def check_generator(g) -> list[str]:

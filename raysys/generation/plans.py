@@ -3,7 +3,13 @@
 A plan row says everything that determines one synthetic image: class, prompt, requested
 difficulty s (or none), source image and image guidance λ (or none), seed and generator. Its
 `sample_id` is a hash of exactly those fields, so the same config always plans the same ids
-and a rerun can tell what is already written.
+and a rerun can tell what is already written. A row also carries its negative prompt (the
+plan's, or the generator's); like the sampling settings it is not in the id but in the digest
+that names the plan's version folder (raysys.generation.plan_versions).
+
+Prompts are `generator.prompt_template` filled with the class name and, where the template uses
+`{caption}`, a real image's caption (raysys.generation.prompts), or drawn from a descriptions
+file, or a caption alone (`PlanConfig.prompts`).
 
 Two kinds of plan (`PlanConfig.kind`):
 
@@ -30,6 +36,7 @@ import yaml
 from raysys.core import io
 from raysys.core.config import PlanConfig
 from raysys.core.schema import sample_id
+from raysys.generation.prompts import fill_prompt, uses_caption
 
 PLAN_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),
@@ -38,6 +45,7 @@ PLAN_SCHEMA = pa.schema([
     pa.field("label", pa.int32(), nullable=False),
     pa.field("class_name", pa.string(), nullable=False),
     pa.field("prompt", pa.string(), nullable=False),
+    pa.field("negative_prompt", pa.string()),  # null: the sampling config's
     pa.field("requested_difficulty", pa.float32()),  # s, null: no difficulty condition
     pa.field("guidance", pa.float32()),  # λ, null: text only
     pa.field("source_id", pa.string()),  # real image that guides this row
@@ -123,8 +131,22 @@ def load_descriptions(location: str, class_names: Sequence[str]) -> dict[str, li
     return {c: [str(d) for d in data[c]] for c in class_names}
 
 
+def real_captions(train: pa.Table) -> list[Optional[str]]:
+    """Each real row's caption: its `caption` column, else its `prompt` column (older manifests
+    kept captions there); None where it has neither."""
+    def column(name: str) -> list[Optional[str]]:
+        return train[name].to_pylist() if name in train.column_names else [None] * len(train)
+
+    return [caption or prompt or None for caption, prompt in zip(column("caption"), column("prompt"))]
+
+
 class Prompter:
-    """Chooses each row's prompt the way the plan says (template, file:<path> or caption)."""
+    """Chooses each row's prompt the way the plan says (template, file:<path> or caption).
+
+    template: `generator.prompt_template` with the class name and, where it uses `{caption}`, the
+    source's caption (image-guided rows) or one caption of the row's class drawn at random (text
+    rows); without one the field is dropped (`fill_prompt`). caption: the source's caption, else
+    one of the row's class."""
 
     def __init__(self, plan: PlanConfig, template: str, class_names: Sequence[str], rng: np.random.Generator,
                  captions: Optional[dict[int, list[str]]] = None):
@@ -132,21 +154,29 @@ class Prompter:
         self.descriptions = load_descriptions(plan.prompts[5:], class_names) if plan.prompts.startswith("file:") else None
         self.captions = captions or {}
         if plan.prompts == "caption" and not any(self.captions.values()):
-            raise ValueError(f"plan '{plan.name}': prompts=caption, but the train split has no `prompt` column values")
+            raise ValueError(f"plan '{plan.name}': prompts=caption, but no train image has a caption (the `caption` "
+                             "column the caption stage writes when captions.model is set)")
 
-    def __call__(self, label: int, source_caption: Optional[str] = None) -> str:
+    def _class_caption(self, label: int) -> Optional[str]:
+        """One caption of a train image of class `label`, drawn at random (None: it has none)."""
+        options = self.captions.get(label) or []
+        return options[int(self.rng.integers(len(options)))] if options else None
+
+    def __call__(self, label: int, source_caption: Optional[str] = None, guided: bool = False) -> str:
+        """The prompt of one row of class `label`; `guided`: the row has a source image, whose
+        caption is `source_caption` (None: it has none)."""
         name = self.class_names[label]
         if self.descriptions is not None:
             options = self.descriptions[name]
             return options[int(self.rng.integers(len(options)))]
         if self.mode == "caption":
-            if source_caption:
-                return source_caption
-            options = self.captions.get(label) or []
-            if not options:
+            caption = source_caption or self._class_caption(label)
+            if not caption:
                 raise ValueError(f"prompts=caption: no train image of class '{name}' has a caption")
-            return options[int(self.rng.integers(len(options)))]
-        return self.template.format(name=name)
+            return caption
+        if not guided and uses_caption(self.template):
+            source_caption = self._class_caption(label)
+        return fill_prompt(self.template, name, source_caption)
 
 
 def choose_sources(plan: PlanConfig, train: pa.Table, few_classes: Sequence[int]) -> np.ndarray:
@@ -175,19 +205,22 @@ def build_plan(
     few_classes: Sequence[int],
     prompt_template: str,
     run_seed: int,
+    negative_prompt: Optional[str] = None,
 ) -> pa.Table:
     """The plan's rows as a PLAN_SCHEMA table.
 
-    `train`: the real train rows of the scored manifest (sample_id, label, difficulty, prompt, and
-    `image` if the rows should carry their source's bytes; without it `with_source_images` adds
-    them later, for the rows still to generate). Deterministic: the same arguments give the same
-    table, ids and seeds included.
+    `train`: the real train rows of the scored manifest (sample_id, label, difficulty, caption
+    and/or prompt, and `image` if the rows should carry their source's bytes; without it
+    `with_source_images` adds them later, for the rows still to generate). `negative_prompt`: the
+    generator's, every row's unless the plan sets its own (None: the sampling config's at
+    generation). Deterministic: the same arguments give the same table, ids and seeds included.
     """
     with_images = "image" in train.column_names
     labels = train["label"].to_numpy()
     difficulty = train["difficulty"].to_numpy(zero_copy_only=False).astype(np.float64)
     empirical = difficulty[~np.isnan(difficulty)]
-    captions_col = train["prompt"].to_pylist() if "prompt" in train.column_names else [None] * len(train)
+    negative = plan.negative_prompt if plan.negative_prompt is not None else negative_prompt
+    captions_col = real_captions(train)
     captions: dict[int, list[str]] = {}
     for label, caption in zip(labels, captions_col):
         if caption:
@@ -211,6 +244,7 @@ def build_plan(
         rows["label"].append(int(label))
         rows["class_name"].append(class_names[label])
         rows["prompt"].append(prompt)
+        rows["negative_prompt"].append(negative)
         rows["requested_difficulty"].append(s_value)
         rows["guidance"].append(lam_value)
         rows["source_id"].append(source_id)
@@ -232,7 +266,7 @@ def build_plan(
             for lam in plan.guidance_levels:
                 for k in range(plan.seeds_per_source):
                     add(label, k, next(s_values), lam, int(source_row),
-                        prompter(label, captions_col[source_row]))
+                        prompter(label, captions_col[source_row], guided=True))
     else:
         raise ValueError(f"unknown plan kind '{plan.kind}'")
     table = pa.table(rows, schema=PLAN_SCHEMA)

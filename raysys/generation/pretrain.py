@@ -36,6 +36,7 @@ from raysys.core.config import PretrainConfig
 from raysys.core.context import Checkpoint, LocalContext, read_checkpoint
 from raysys.data.stream import Decode, stream_refs
 from raysys.generation.components import ComponentSpec, build_components
+from raysys.generation.prompts import fill_prompt, template_words
 from raysys.generation.training import diffusion_loss, training_scheduler
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def pretrain_loop(ctx: "TrainContext", job: PretrainJob) -> None:
         raise ValueError(f"images are {first.shape[-2:]} but pretrain.image_size is {cfg.image_size}")
     device = ctx.device
     torch.manual_seed(job.seed)
-    words = job.prompt_template.replace("{name}", " ").split() + [w for n in job.class_names for w in n.split()]
+    words = template_words(job.prompt_template) + [w for n in job.class_names for w in n.split()]
     pipe = build_components(ComponentSpec(
         image_size=cfg.image_size, image_channels=int(first.shape[1]),
         block_out_channels=list(cfg.block_out_channels), cross_attention_levels=list(cfg.cross_attention_levels),
@@ -98,7 +99,7 @@ def pretrain_loop(ctx: "TrainContext", job: PretrainJob) -> None:
     average_params = list(average.unet.parameters()) + list(average.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
-    prompts = [job.prompt_template.format(name=n) for n in job.class_names]
+    prompts = [fill_prompt(job.prompt_template, n) for n in job.class_names]
     g = torch.Generator().manual_seed(job.seed)
 
     start, losses, resumes, seconds = 0, [], [], 0.0

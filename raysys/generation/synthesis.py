@@ -4,8 +4,8 @@ Three callable classes, each loading its models once in `__init__` and mapping a
 to a pyarrow batch. Ray Data runs them as actor pools (`raysys/ray/synthesis.py`); a GPU
 benchmark or a plain loop calls them directly.
 
-- `GenerateBatch`: plan rows -> encoded images (PNG or lossless WebP), per-row seeds, each
-  row's model (difficulty / plain / base) loaded lazily once.
+- `GenerateBatch`: plan rows -> encoded images (PNG or lossless WebP), per-row seeds and
+  negative prompts, each row's model (difficulty / plain / base) loaded lazily once.
 - `ClipFilter`: CLIP image-text similarity (and image-source similarity for image-guided rows)
   from transformers' `CLIPModel`; `keep` is set by the thresholds.
 - `RescoreAndWrite`: the baseline classifier re-scores every image (the measured difficulty
@@ -130,11 +130,12 @@ class GenerateBatch:
             at = [i for i, e in enumerate(encoded) if e is not None]
             sources[at] = torch.from_numpy(pixels).float() / 127.5 - 1.0
         s = self.sampling
+        negatives = [s.negative_prompt if n is None else n for n in rows["negative_prompt"].to_pylist()]
         return pipe(
             rows["prompt"].to_pylist(), seeds=rows["seed"].to_pylist(),
             class_labels=rows["label"].to_pylist(),
             difficulty=None if all(d is None for d in difficulty) else difficulty,
-            source_images=sources, guidance=guidance, negative_prompt=s.negative_prompt,
+            source_images=sources, guidance=guidance, negative_prompt=negatives,
             guidance_scale=s.guidance_scale, difficulty_guidance_scale=s.difficulty_guidance_scale,
             num_inference_steps=s.num_inference_steps, scheduler=s.scheduler,
         ).images

@@ -59,11 +59,12 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
     from raysys.generation.components import load_pipeline
     from raysys.generation.control import control_grid, hard_factor_grid
     from raysys.generation.finetune import load_finetuned
+    from raysys.generation.prompts import fill_prompt
     from raysys.scoring.difficulty import DifficultyScorer
 
     device = "cuda" if cfg.finetune.use_gpu else "cpu"
     opts = cfg.generator.sampling()
-    prompts = [cfg.generator.prompt_template.format(name=n) for n in class_names]
+    prompts = [fill_prompt(cfg.generator.prompt_template, n) for n in class_names]
     scorer = DifficultyScorer({"baseline": classifier_dir})
     out: dict = {"variants": {}}
     if pretrain is not None:

@@ -5,6 +5,11 @@ trains on the scored manifest's train rows and writes <root>/finetune/<variant>/
 (`pytorch_lora_weights.safetensors` in diffusers' format, plus `difficulty_encoder/`). A killed
 run resumes from its last checkpoint. The proof of control is the next stage, `control`: a
 sampling setting re-renders it and never retrains a LoRA.
+
+Each row's text is `generator.prompt_template` filled with its class name and its `caption`
+(raysys.generation.prompts.fill_prompt). The metrics give, per variant, `prompts_seen` (the
+first step's prompts, up to 8), and `prompts_cut`: how many train rows' prompts are longer
+than the base's text encoder takes, which cuts them.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import functools
 import time
 
 import numpy as np
+import pyarrow.compute as pc
 
 from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
+from raysys.core.schema import read_manifest
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop
+from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop, prompts_for
+from raysys.generation.prompts import cut_prompts, prompt_tokenizer
 from raysys.generation.memory_checks import finetune_problems
 from raysys.ray.train import Workers, fit, run_concurrently
 from raysys.ray.tracking import check_tracking, tracked
@@ -46,10 +54,26 @@ def _run(ctx: Context) -> dict:
         print(f"[finetune] {len(f.variants)} variants, {min(f.concurrent_variants, len(f.variants))} at a time",
               flush=True)
     with run_layout.local_base_model(cfg) as base:  # Train workers (and a restarted one) load the base from it
+        cut = _prompts_cut(cfg, base, class_names)
         calls = [functools.partial(_finetune, cfg, variant, base, class_names, f"finetune-{variant}-{ctx.digest}",
                                    ctx.file("ray"), ctx.file(variant, "adapters")) for variant in f.variants]
         metrics = run_concurrently(calls, f.concurrent_variants, [f"finetune {v}" for v in f.variants])
-    return {"variants": dict(zip(f.variants, metrics))}
+    return {"variants": dict(zip(f.variants, metrics)), "prompts_cut": cut}
+
+
+def _prompts_cut(cfg: RaysysConfig, base: str, class_names: list[str]) -> int:
+    """How many of the train rows' fine-tune prompts are longer than the base's text encoder takes
+    (it cuts them); prints one line when some are."""
+    train = read_manifest(run_layout.scored_manifest(cfg), columns=["label", "caption"],
+                          where=pc.field("split") == "train")
+    prompts = prompts_for(train["label"].to_numpy(), class_names, cfg.generator.prompt_template,
+                          train["caption"].to_pylist())
+    tokenizer = prompt_tokenizer(base)
+    cut = cut_prompts(tokenizer, prompts)
+    if cut:
+        print(f"[finetune] {cut} of {len(prompts)} fine-tune prompts are longer than the text encoder's "
+              f"{tokenizer.model_max_length} tokens and were cut", flush=True)
+    return cut
 
 
 def _finetune(cfg: RaysysConfig, variant: str, base: str, class_names: list[str], run_name: str, ray_dir: str,
@@ -70,7 +94,7 @@ def _finetune(cfg: RaysysConfig, variant: str, base: str, class_names: list[str]
     metrics = {
         "seconds": round(time.time() - t0, 2), "steps": f.steps, "losses_logged": len(losses),
         "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
-        "resumed_at_steps": state["resumes"],
+        "resumed_at_steps": state["resumes"], "prompts_seen": state.get("prompts", []),
     }
     print(f"[finetune] {variant}: {f.steps} steps in {metrics['seconds']:.0f}s, loss "
           f"{metrics['loss_start']:.4f} -> {metrics['loss_end']:.4f}")

@@ -17,7 +17,7 @@ import numpy as np
 from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.generation.pipeline import check_prompt_template
+from raysys.generation.prompts import check_prompt_template
 from raysys.generation.pretrain import (PIPELINE_DIR, PretrainJob, StreamedImages, check_pretrain, pretrain_loop,
                                        pretrain_metrics, print_progress)
 from raysys.ray.train import Workers, fit

@@ -14,7 +14,8 @@
    then does `<output>/<plan>/latest.json` name the version this run wrote.
 
 Writes metrics.json (`planned`, `generated`, `filtered`, `written`, `duplicates`,
-`images_per_s`, per plan its `version` and `path`, and per actor) and difficulty_hist.png
+`images_per_s`, per plan its `version`, `path` and `prompts_cut`: how many of its prompts are
+longer than the text encoder takes, which cuts them, and per actor) and difficulty_hist.png
 (real vs requested vs measured). Read a plan's images with `read_plan(plan_dir(cfg, name))`;
 export them to an image folder with `raysys export <output>/<plan> OUT` (the version that
 latest.json names) or `raysys export <output>/<plan>/<digest> OUT`.
@@ -39,6 +40,7 @@ from raysys.generation.memory_checks import generation_batch_size, generation_pr
 from raysys.generation.pipeline import check_generator
 from raysys.generation.plan_versions import open_version, output_root, plan_digest, plan_dir, plan_folder
 from raysys.generation.plans import check_plans
+from raysys.generation.prompts import cut_prompts, prompt_tokenizer
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
@@ -83,17 +85,24 @@ def _run(stage: Context) -> dict:
         check_clip_model(cfg.synthesis.filter.clip_model)  # before any plan is built or any actor starts
 
     prep = run_layout.stage_metrics(cfg, "prepare")
-    # The train rows' ids, labels and scores; image bytes only for the sources still to generate from.
-    train = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "label", "difficulty", "prompt"],
+    # The train rows' ids, labels, scores and captions; image bytes only for the sources still to generate from.
+    train = read_manifest(run_layout.scored_manifest(cfg),
+                          columns=["sample_id", "label", "difficulty", "caption", "prompt"],
                           where=pc.field("split") == "train")
+    with run_layout.local_base_model(cfg) as base:  # every plan's generator conditions on the base's text encoder
+        tokenizer = prompt_tokenizer(base)
 
     # 1-2. Plans, and what is still to do.
     t0 = time.time()
-    plans, todo, already, folders, versions = {}, [], {}, {}, {}
+    plans, todo, already, folders, versions, cut = {}, [], {}, {}, {}, {}
     for p in cfg.synthesis.plans:
         rows = build_plan(p, train, prep["class_names"], prep["groups"]["few"], cfg.generator.prompt_template,
-                          cfg.run.seed)
+                          cfg.run.seed, negative_prompt=cfg.generator.negative_prompt)
         plans[p.name] = rows
+        cut[p.name] = cut_prompts(tokenizer, rows["prompt"].to_pylist())
+        if cut[p.name]:
+            print(f"[synthesize] plan {p.name}: {cut[p.name]} of {len(rows)} prompts are longer than the text "
+                  f"encoder's {tokenizer.model_max_length} tokens and were cut")
         folders[p.name], versions[p.name] = open_version(cfg, p), plan_digest(cfg, p)
         done = written_ids(folders[p.name])
         already[p.name] = sum(1 for sid in rows["sample_id"].to_pylist() if sid in done)
@@ -147,7 +156,7 @@ def _run(stage: Context) -> dict:
             "measured_difficulty_mean": float(np.mean(measured[keep])) if keep.any() else None,
             "requested_difficulty_mean": float(np.nanmean(requested[keep])) if keep.any() and not np.isnan(requested[keep]).all() else None,
             "version": versions[name], "path": directory,
-            "reused": already[name] == len(rows),
+            "reused": already[name] == len(rows), "prompts_cut": cut[name],
         }
     for name, version in versions.items():  # every version complete: each plan folder names the one this run wrote
         io.write_json(io.join(plan_folder(cfg, name), LATEST), {"version": version})

@@ -130,8 +130,8 @@ def test_bad_input_is_refused_before_any_work(override, key, advice, commands, t
     assert not root.exists()
 
 
-def test_a_prompt_template_is_filled_with_the_class_name_alone():
-    from raysys.generation.pipeline import check_prompt_template
+def test_a_prompt_template_is_filled_with_the_class_name_and_caption_alone():
+    from raysys.generation.prompts import check_prompt_template
 
     assert check_prompt_template("a photo of {name}") == []
     assert check_prompt_template("{{literal}} {name!r:>10}") == []

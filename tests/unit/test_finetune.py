@@ -229,3 +229,67 @@ def test_difficulty_balanced_sampling_draws_every_bin_equally():
     assert torch.equal(idx, ft.batch_indices(100, 3000, seed=0, step=0, rank=0, weights=weights))
     with pytest.raises(ValueError, match="unknown sampling"):
         ft.sampling_weights(difficulty, "by_class")
+
+
+def test_fine_tune_prompts_carry_each_rows_caption():
+    names = ["zero", "one", "two"]
+    labels = np.array([2, 0, 1])
+    template = "photo of {name}, {caption}"
+    assert ft.prompts_for(labels, names, template, ["a bold stroke", None, ""]) == [
+        "photo of two, a bold stroke", "photo of zero", "photo of one"]
+    assert ft.prompts_for(labels, names, template) == ["photo of two", "photo of zero", "photo of one"]
+    assert ft.prompts_for(labels, names, "a photo of the digit {name}", ["ignored"] * 3) == [
+        "a photo of the digit two", "a photo of the digit zero", "a photo of the digit one"]
+
+
+def test_finetune_rows_read_the_caption_column_or_nulls(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {"label": pa.array([0, 1, 1], pa.int32()), "difficulty": pa.array([0.1, 0.5, 0.9], pa.float32()),
+            "split": ["train", "val", "train"], "image": [b"", b"", b""]}
+    for name, extra in [("captioned", {"caption": ["a thin zero", "a one", None]}), ("older", {})]:
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({**rows, **extra}), tmp_path / name / "part-00000.parquet")
+    job = ft.FinetuneJob(variant="plain", base="", manifest=str(tmp_path / "captioned"), class_names=["0", "1"],
+                         prompt_template="{name}, {caption}", cfg=None, seed=0)
+    _, mine = ft.finetune_rows(job, rank=0, world=1)
+    assert mine["caption"].to_pylist() == ["a thin zero", None] and mine["label"].to_pylist() == [0, 1]
+    job.manifest = str(tmp_path / "older")
+    _, mine = ft.finetune_rows(job, rank=0, world=1)
+    assert mine["caption"].to_pylist() == [None, None]
+
+
+def test_the_checkpoint_keeps_the_first_steps_prompts_across_a_resume(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysys.core.config import FinetuneConfig
+    from raysys.core.context import LocalContext, read_checkpoint
+    from raysys.data.images import encode_png
+    from tests.unit.test_checkpoint import Killed, KilledAfter
+
+    base = str(tmp_path / "base")
+    base_pipeline(vae=False).save_pretrained(base)
+    names = ["zero", "one", "two", "three"]
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    captions = ["a thin zero", None, "a curly two", "a three", "a wide zero", "a slanted one"]
+    difficulty = np.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.2], np.float32)
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pa.table({
+        "label": pa.array(labels, pa.int32()), "difficulty": pa.array(difficulty), "split": ["train"] * 6,
+        "caption": captions, "image": [encode_png(np.full((16, 16), 40 * i, np.uint8)) for i in range(6)],
+    }), tmp_path / "manifest" / "part-00000.parquet")
+    cfg = FinetuneConfig(variants=["plain"], steps=3, batch_size=2, lora_rank=2, lora_alpha=2, checkpoint_every=1,
+                         sampling="uniform")
+    job = ft.FinetuneJob(variant="plain", base=base, manifest=str(tmp_path / "manifest"), class_names=names,
+                         prompt_template="photo of {name}, {caption}", cfg=cfg, seed=0)
+    with pytest.raises(Killed):
+        ft.finetune_loop(KilledAfter(str(tmp_path / "ckpt"), 1), job)
+    first = ft.batch_indices(6, 2, seed=0, step=0, rank=0).numpy()
+    expected = ft.prompts_for(labels[first], names, job.prompt_template, [captions[i] for i in first])
+    assert read_checkpoint(str(tmp_path / "ckpt"))[1]["prompts"] == expected
+    resumed = LocalContext(str(tmp_path / "ckpt"))
+    ft.finetune_loop(resumed, job)
+    _, state = read_checkpoint(resumed.directory)
+    assert state["step"] == 3 and state["resumes"] == [1] and state["prompts"] == expected

@@ -1,30 +1,46 @@
 """Sampling plans: budgets, class shares, difficulty distributions, DisCL sources, prompts, ids."""
 
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 import pytest
+from transformers import CLIPTokenizer
 
 from raysys.core.config import PlanConfig
 from raysys.core.loading import ConfigError
 from raysys.stages import load_config
 from raysys.data.images import encode_png
 from raysys.generation.plans import allocate, build_plan, choose_sources, class_counts, sample_difficulty
+from raysys.generation.prompts import check_prompt_template, cut_prompts, fill_prompt, prompt_tokenizer
+from raysys.generation.tokenizer import make_clip_tokenizer
+
+REAL_FAKE = "photo of {name}, {caption}, best quality"
 
 NAMES = [f"c{i}" for i in range(4)]
 TRAIN_COUNTS = [40, 20, 8, 2]
 
 
-def train_table(with_prompts: bool = False) -> pa.Table:
+def train_table(with_prompts: bool = False, captions: Optional[list[Optional[str]]] = None) -> pa.Table:
+    """The real train rows of a scored manifest: 40, 20, 8 and 2 images of classes c0..c3; `captions`
+    adds a `caption` column (one value a row)."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), TRAIN_COUNTS)
     n = len(labels)
-    return pa.table({
+    table = pa.table({
         "sample_id": [f"real{i:03d}" for i in range(n)],
         "label": pa.array(labels, pa.int32()),
         "image": [encode_png(np.full((8, 8), i % 256, np.uint8)) for i in range(n)],
         "difficulty": pa.array(rng.uniform(0, 1, n), pa.float32()),
         "prompt": [f"caption {i}" for i in range(n)] if with_prompts else [None] * n,
     })
+    return table if captions is None else table.append_column("caption", pa.array(captions, pa.string()))
+
+
+def class_captions() -> list[Optional[str]]:
+    """A caption per train row that names its class and row (`c1 thing 45`); class c3 has none."""
+    labels = np.repeat(np.arange(4), TRAIN_COUNTS)
+    return [None if label == 3 else f"c{label} thing {i}" for i, label in enumerate(labels)]
 
 
 def test_allocate_is_exact_and_proportional():
@@ -136,3 +152,99 @@ def test_bad_plans_are_config_errors():
         load_config(None, ["synthesis.plans=[{name: a, prompts: 'file:/nonexistent.yaml'}]"])
     with pytest.raises(ConfigError, match="min_actors"):
         load_config(None, ["synthesis.min_actors=0"])
+
+
+@pytest.mark.parametrize("template,caption,expected", [
+    (REAL_FAKE, "a red fox in snow", "photo of seven, a red fox in snow, best quality"),
+    (REAL_FAKE, None, "photo of seven, best quality"),
+    (REAL_FAKE, "", "photo of seven, best quality"),
+    (REAL_FAKE, "  ", "photo of seven, best quality"),
+    ("{name}, {caption}", None, "seven"),
+    ("{name} {caption}", None, "seven"),
+    ("{name} {caption}", "on grass", "seven on grass"),
+    ("{caption} {name}", None, "seven"),
+    ("a photo of the digit {name}", "ignored", "a photo of the digit seven"),
+    ("a photo of the digit {name}", None, "a photo of the digit seven"),
+])
+def test_fill_prompt_drops_a_missing_caption_and_its_comma(template, caption, expected):
+    assert fill_prompt(template, "seven", caption) == expected
+
+
+def test_a_prompt_template_may_use_the_caption_and_nothing_else():
+    assert check_prompt_template(REAL_FAKE) == []
+    assert check_prompt_template("{caption!r} {name}") == []
+    (problem,) = check_prompt_template("{name}, {caption}, {style}")
+    assert "placeholder(s) {style}: only {name} (the class name) and {caption}" in problem
+    assert check_prompt_template("{caption}") == ["generator.prompt_template must contain {name} (the class name), "
+                                                  "got '{caption}'"]
+
+
+def test_a_discl_plan_puts_each_source_caption_in_its_prompts():
+    captions = class_captions()
+    train = train_table(captions=captions)
+    plan = PlanConfig(name="g", model="plain", kind="discl", sources="tail", guidance_levels=[0.3, 0.7],
+                      seeds_per_source=2)
+    rows = build_plan(plan, train, NAMES, [2], REAL_FAKE, 0)
+    by_id = dict(zip(train["sample_id"].to_pylist(), captions))
+    assert len(rows) == 8 * 2 * 2
+    for sid, label, prompt in zip(rows["source_id"].to_pylist(), rows["label"].to_pylist(),
+                                  rows["prompt"].to_pylist()):
+        assert prompt == f"photo of c{label}, {by_id[sid]}, best quality"
+    uncaptioned = build_plan(plan, train, NAMES, [3], REAL_FAKE, 0)  # class c3's sources have no caption
+    assert set(uncaptioned["prompt"].to_pylist()) == {"photo of c3, best quality"}
+    older = build_plan(plan, train_table(with_prompts=True), NAMES, [3], REAL_FAKE, 0)  # captions in `prompt`
+    assert set(older["prompt"].to_pylist()) == {f"photo of c3, caption {i}, best quality" for i in (68, 69)}
+
+
+def test_a_text_plan_draws_captions_of_the_rows_own_class():
+    captions = class_captions()
+    train = train_table(captions=captions)
+    rows = build_plan(PlanConfig(name="t", model="plain", ratio=1.0), train, NAMES, [], "{name}, {caption}", 0)
+    assert len(rows) == 70
+    drawn = {}
+    for label, prompt in zip(rows["label"].to_pylist(), rows["prompt"].to_pylist()):
+        if label == 3:
+            assert prompt == "c3"  # no caption of its class: the field and its comma are dropped
+            continue
+        name, caption = prompt.split(", ")
+        assert name == f"c{label}" and caption in captions and caption.startswith(f"c{label} thing ")
+        drawn.setdefault(label, set()).add(caption)
+    assert all(len(drawn[label]) > 5 for label in (0, 1, 2))  # drawn, not one caption repeated
+    again = build_plan(PlanConfig(name="t", model="plain", ratio=1.0), train, NAMES, [], "{name}, {caption}", 0)
+    assert again.equals(rows)
+    plain = build_plan(PlanConfig(name="t", model="plain", ratio=1.0), train, NAMES, [], "a photo of {name}", 0)
+    assert set(plain["prompt"].to_pylist()) == {f"a photo of c{i}" for i in range(4)}
+
+
+def test_a_plan_negative_prompt_overrides_the_generators():
+    train = train_table()
+    own = build_plan(PlanConfig(name="n", model="plain", ratio=0.2, negative_prompt="blurry, low quality"), train,
+                     NAMES, [], "{name}", 0, negative_prompt="ugly")
+    assert set(own["negative_prompt"].to_pylist()) == {"blurry, low quality"} and len(own) == 14
+    generators = build_plan(PlanConfig(name="n", model="plain", ratio=0.2), train, NAMES, [], "{name}", 0,
+                            negative_prompt="ugly")
+    assert set(generators["negative_prompt"].to_pylist()) == {"ugly"}
+    none = build_plan(PlanConfig(name="n", model="plain", ratio=0.2), train, NAMES, [], "{name}", 0)
+    assert none["negative_prompt"].null_count == len(none)
+    assert own["sample_id"].equals(generators["sample_id"])  # the version folder (the plan's digest) tells them apart
+
+
+def test_cut_prompts_counts_the_prompts_longer_than_the_text_encoders_window(tmp_path):
+    tokenizer = make_clip_tokenizer(str(tmp_path / "tok"), "a photo of cat dog".split(), model_max_length=8)
+    short, exact, long = "a photo of cat", "a photo of cat dog cat", "a photo of cat dog cat dog"
+    assert [len(tokenizer(p).input_ids) for p in (short, exact, long)] == [6, 8, 9]  # BOS and EOS included
+    assert cut_prompts(tokenizer, [short] * 3 + [exact] * 2 + [long] * 4 + ["photo of a dog, " * 3]) == 5
+    assert cut_prompts(tokenizer, [short, exact]) == 0
+    assert cut_prompts(tokenizer, []) == 0
+
+
+def test_prompt_tokenizer_is_the_one_the_unet_is_conditioned_through(tmp_path):
+    make_clip_tokenizer(str(tmp_path / "sd" / "tokenizer"), ["one"], model_max_length=12)
+    (tmp_path / "sd" / "model_index.json").write_text(
+        '{"text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}')
+    make_clip_tokenizer(str(tmp_path / "refiner" / "tokenizer_2"), ["two"], model_max_length=20)
+    (tmp_path / "refiner" / "model_index.json").write_text(
+        '{"text_encoder": [null, null], "tokenizer": [null, null], "text_encoder_2": '
+        '["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"]}')
+    sd, refiner = prompt_tokenizer(str(tmp_path / "sd")), prompt_tokenizer(str(tmp_path / "refiner"))
+    assert isinstance(sd, CLIPTokenizer) and (sd.model_max_length, refiner.model_max_length) == (12, 20)

@@ -4,6 +4,7 @@ exactly-once parts, and the image-folder export."""
 import csv
 import io
 import os
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -122,6 +123,21 @@ def test_image_guided_rows_use_their_source(generator_dir):
                                    pa.array([None, None], pa.float32())))
     for a, b in zip(guided["image"].to_pylist(), unguided["image"].to_pylist()):
         assert decode(a).tobytes() != decode(b).tobytes()
+
+
+def test_each_row_is_guided_away_from_its_own_negative_prompt(generator_dir):
+    rows = plan_rows().slice(0, 4)
+    column = rows.schema.get_field_index("negative_prompt")
+
+    def with_negatives(values):
+        return rows.set_column(column, "negative_prompt", pa.array(values, pa.string()))
+
+    gen = GenerateBatch({"difficulty": GeneratorSpec(generator_dir)}, replace(SAMPLING, negative_prompt="c3"))
+    images = [[decode(b).tobytes() for b in gen(table)["image"].to_pylist()]
+              for table in (rows, with_negatives(["c3"] * 4), with_negatives(["c3", "c2", "c3", "c1"]))]
+    assert rows["negative_prompt"].null_count == 4
+    assert images[0] == images[1]  # a null: the sampling config's negative prompt
+    assert [a == b for a, b in zip(images[1], images[2])] == [True, False, True, False]
 
 
 def test_rescore_and_write_records_measured_difficulty_and_filters(generator_dir, classifier_dir, tmp_path):
