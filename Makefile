@@ -35,6 +35,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/memory_plan.py
 	$(BIN)/python benchmarks/stage_digests.py
 	$(BIN)/python benchmarks/feature_extraction.py
+	$(BIN)/python benchmarks/captioning_throughput.py
 
 clean:
 	rm -rf runs/ .pytest_cache

@@ -202,6 +202,42 @@ class ScoreConfig:
 
 
 @dataclass
+class CaptionsConfig:
+    """The caption stage: a transformers captioner (BLIP or BLIP-2) describes every real image of the
+    chosen splits on a Ray Data actor pool; prompts use the text as `{caption}`."""
+
+    model: Optional[str] = None
+    """A hub id or local folder of a BlipForConditionalGeneration or Blip2ForConditionalGeneration
+    (from_pretrained; e.g. Salesforce/blip2-opt-2.7b). None: no caption stage."""
+    prompt: Optional[str] = None
+    """Text every caption continues (BLIP: "a photograph of"; BLIP-2: "Question: what is shown? Answer:"); the
+    caption is the generated continuation alone. None: unprompted."""
+    max_new_tokens: int = 30
+    """Longest caption, in the captioner's tokens."""
+    num_beams: int = 1
+    """Beam search width (1: greedy). Decoding is deterministic either way."""
+    repetition_penalty: float = 1.0
+    """transformers' repetition penalty (1.0: none; BLIP-2's card suggests 1.5 with beams)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """What the captioner runs in: float32, or float16 / bfloat16 on GPUs (half the weights' memory)."""
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    """The splits captioned: train, whose rows the fine-tune and the synthesis plans (their sources) read."""
+    batch_size: Union[int, Literal["auto"]] = runtime(16)
+    """Images per forward pass; auto: the largest the memory plan fits on `gpu`."""
+    gpu: Optional[str] = runtime(None)
+    """The GPU an actor gets, for `batch_size: auto` and the memory check: a name (A10G, L4, A100-40, A100-80,
+    H100, H200). None: not checked."""
+    min_actors: int = runtime(1)
+    """Smallest captioning actor pool."""
+    max_actors: int = runtime(1)
+    """Largest captioning actor pool (autoscaled between min and max)."""
+    num_gpus: float = runtime(0.0)
+    """GPUs per captioning actor (fractions allowed)."""
+    cpus_per_actor: float = runtime(1.0)
+    """CPUs reserved per captioning actor; Ray sets the actor's torch threads to match."""
+
+
+@dataclass
 class SamplingConfig:
     """How images are sampled from a generator: the proof-of-control grid and synthesis alike."""
 
@@ -587,6 +623,7 @@ class RaysysConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

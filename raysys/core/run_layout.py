@@ -4,6 +4,7 @@ read each other's outputs without importing each other.
 Every stage writes under `<run.root>/<stage>/`; the paths here name what later stages read:
 
     prepare/manifest/               the real images and their splits (Parquet parts)
+    caption/manifest/               the same with a caption per image (captions.model set)
     train_classifier/model/         the baseline classifier
     score/manifest/                 the manifest with measured difficulty
     pretrain_generator/pipeline/    the built-in base generator (generator.base: builtin)
@@ -36,6 +37,21 @@ def stage_metrics(cfg: RaysysConfig, stage: str) -> dict[str, Any]:
 def real_manifest(cfg: RaysysConfig) -> str:
     """The prepared manifest: the real images and their splits."""
     return io.join(stage_folder(cfg, "prepare"), "manifest")
+
+
+def captioned(cfg: RaysysConfig) -> bool:
+    """Whether the run captions its images (the caption stage runs)."""
+    return cfg.captions.model is not None
+
+
+def captioned_manifest(cfg: RaysysConfig) -> str:
+    """The prepared manifest with a caption for every row of captions.splits."""
+    return io.join(stage_folder(cfg, "caption"), "manifest")
+
+
+def described_manifest(cfg: RaysysConfig) -> str:
+    """The real manifest that scoring carries forward: captioned when the run captions, else prepared."""
+    return captioned_manifest(cfg) if captioned(cfg) else real_manifest(cfg)
 
 
 def scored_manifest(cfg: RaysysConfig) -> str:

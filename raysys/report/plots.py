@@ -119,3 +119,29 @@ def quality_curves(curves: dict[str, tuple[list[float], dict[str, list]]], locat
     fig.savefig(buf, format="png")
     plt.close(fig)
     io.write_bytes(location, buf.getvalue())
+
+
+def captioned_images(images: list[np.ndarray], captions: list[str], labels: list[str], location: str,
+                     title: str) -> None:
+    """Each uint8 image (H, W, C) with its class and caption beside it, one row each, written as PNG."""
+    import textwrap
+
+    rows = max(1, len(images))
+    fig, axes = plt.subplots(rows, 2, figsize=(7, 0.35 + 0.9 * rows), dpi=100, squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 6]})
+    for r in range(rows):
+        picture, text = axes[r][0], axes[r][1]
+        picture.axis("off")
+        text.axis("off")
+        if r >= len(images):
+            continue
+        image = images[r]
+        picture.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+        wrapped = textwrap.fill(captions[r] or "(no caption)", 70)
+        text.text(0.0, 0.5, f"{labels[r]}: {wrapped}", va="center", ha="left", fontsize=8, transform=text.transAxes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    io.write_bytes(location, buf.getvalue())

@@ -12,10 +12,10 @@ from pathlib import Path
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import read_config
 from raysys.core.stage import Stage, check_chain, register
-from raysys.stages import (control, curriculum, evaluate, finetune, prepare, pretrain_generator, quality, report,
+from raysys.stages import (caption, control, curriculum, evaluate, finetune, prepare, pretrain_generator, quality, report,
                            score, synthesize, train_classifier, tune)
 
-STAGES: tuple[Stage, ...] = (prepare.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
+STAGES: tuple[Stage, ...] = (prepare.STAGE, caption.STAGE, train_classifier.STAGE, score.STAGE, pretrain_generator.STAGE,
                              finetune.STAGE, control.STAGE, synthesize.STAGE, quality.STAGE, curriculum.STAGE,
                              evaluate.STAGE, report.STAGE, tune.STAGE)
 """Every stage, in the order `raysys run` takes them where the graph leaves a choice."""

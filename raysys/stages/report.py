@@ -114,7 +114,9 @@ def _run(stage: Context) -> dict:
     seconds = _stage_seconds(cfg)
 
     figures = []  # (file in the report folder, caption)
-    copies = [(stage_named("score").dir(cfg), "difficulty_hist.png", "real_difficulty_hist.png",
+    copies = [(stage_named("caption").dir(cfg), "captions.png", "captions.png",
+               "Sample real images beside their captions (the caption stage's), which prompts use as {caption}."),
+              (stage_named("score").dir(cfg), "difficulty_hist.png", "real_difficulty_hist.png",
                "Measured difficulty of the real images (out-of-fold), by class group."),
               (stage_named("synthesize").dir(cfg), "difficulty_hist.png", "synthetic_difficulty_hist.png",
                "Difficulty: real train vs synthetic, requested vs measured, per synthesis plan."),
@@ -131,18 +133,22 @@ def _run(stage: Context) -> dict:
                "Samples of the pretrained base generator, one row per class.")]
     if not run_layout.builtin_generator(cfg):  # a samples.png left from a built-in base is not this run's
         copies = [c for c in copies if c[1] != "samples.png"]
+    if not run_layout.captioned(cfg):  # nor captions.png from a run that captioned
+        copies = [c for c in copies if c[1] != "captions.png"]
     for source, name, target, caption in copies:
         if source.is_complete() and io.exists(source.file(name)):
             io.write_bytes(stage.file(target), io.read_bytes(source.file(name)))
             figures.append((target, caption))
     if syn is not None and guidance_grid(cfg, stage.file("class_x_lambda_grid.png")):
-        figures.insert(5, ("class_x_lambda_grid.png", "Class x λ (DisCL plan): a hard real tail-class image (left), then "
-                                                       "its synthetic images by image guidance λ, from diverse (low λ) to "
-                                                       "specific (high λ; 1 would return the source). Blank: filtered out."))
+        at = 6 if figures and figures[0][0] == "captions.png" else 5  # after the class x s grid
+        figures.insert(at, ("class_x_lambda_grid.png", "Class x λ (DisCL plan): a hard real tail-class image (left), "
+                                                       "then its synthetic images by image guidance λ, from diverse (low "
+                                                       "λ) to specific (high λ; 1 would return the source). Blank: "
+                                                       "filtered out."))
         if guidance_grid(cfg, stage.file("domain_x_lambda_grid.png"), by="domain"):
-            figures.insert(6, ("domain_x_lambda_grid.png", "Domain x λ (DisCL plan): one hard real image per camera / "
-                                                            "site as that camera saw it (left), then its synthetic "
-                                                            "images by image guidance λ. Blank: filtered out."))
+            figures.insert(at + 1, ("domain_x_lambda_grid.png", "Domain x λ (DisCL plan): one hard real image per "
+                                                                "camera / site as that camera saw it (left), then its "
+                                                                "synthetic images by image guidance λ. Blank: filtered out."))
 
     base = ev["baseline"]
     rows = []

@@ -3,7 +3,8 @@
 Mode `oof` (default): train rows are split into k stratified folds; fold i is scored by a
 classifier trained (on Ray Train) on the other k-1 folds, so no row is scored by a model
 that memorised it. Other splits are scored by the train_classifier stage's model, which never
-saw them. Mode `full` scores everything with that model. Scoring runs on a Ray Data actor
+saw them. Mode `full` scores everything with that model. With captions.model set it reads the
+caption stage's manifest, so the scored manifest carries the captions on. Scoring runs on a Ray Data actor
 pool, part by part: the driver holds sample ids and scores, never images. Writes
 <root>/score/manifest/part-*.parquet and difficulty_hist.png.
 """
@@ -119,7 +120,7 @@ def _run(stage: Context) -> dict:
     wanted = int(pc.sum(pc.is_in(rows["split"], pa.array(splits))).as_py() or 0)
     t0 = time.time()
     # oof: the same train rows are scored by the full model too, which shows what out-of-fold corrects.
-    scored = score_manifest(run_layout.real_manifest(cfg), output, model_dirs, keys, splits, cfg.score, total=wanted,
+    scored = score_manifest(run_layout.described_manifest(cfg), output, model_dirs, keys, splits, cfg.score, total=wanted,
                             with_full=oof)
     score_seconds = time.time() - t0
     if len(scored) != wanted:
@@ -163,7 +164,7 @@ def _run(stage: Context) -> dict:
 
 
 STAGE = Stage(
-    name="score", reads=("prepare", "train_classifier"), run=_run,
+    name="score", reads=("prepare", "caption", "train_classifier"), run=_run,
     config=("score",), check=lambda cfg: check_score(cfg.score) + check_classifier(cfg.classifier) + check_tracking(cfg),
     describe="measured difficulty s = 1 - p(y|x) of every row (out-of-fold for train): manifest/",
 )

@@ -14,7 +14,8 @@ from raysys.stages import STAGES, load_config
 from tests.conftest import TINY
 from tests.unit.test_stage_graph import COMPARE
 
-EVERY_STAGE = [*COMPARE, "compare.seeds=[0]", "tune.space={curriculum.loss: {choice: [ce, balanced_softmax]}}"]
+EVERY_STAGE = [*COMPARE, "compare.seeds=[0]", "tune.space={curriculum.loss: {choice: [ce, balanced_softmax]}}",
+               "captions.model=Salesforce/blip-image-captioning-base"]
 
 
 def _leaves(obj: Any, path: str = "") -> Iterator[tuple[str, Any, str, Any, bool]]:
@@ -74,7 +75,7 @@ def _digests(cfg: RaysysConfig) -> dict[str, str]:
 def test_every_field_changes_a_stage_digest_unless_declared_runtime():
     cfg = load_config(TINY, EVERY_STAGE)
     before = _digests(cfg)
-    assert {"prepare", "pretrain_generator", "finetune", "control", "synthesize", "quality", "evaluate", "report",
+    assert {"prepare", "caption", "pretrain_generator", "finetune", "control", "synthesize", "quality", "evaluate", "report",
             "tune/sweep"} <= set(before), "the config must apply every stage, or some fields go unchecked"
     unread, runtime_that_reruns, runtime = [], [], 0
     for path, _, name, hint, is_runtime in _leaves(cfg):

@@ -146,3 +146,15 @@ def test_a_prompts_file_plan_digest_follows_the_file_content(tmp_path):
     prompts.write_text("zero: [a round zero]\none: [a thin one]\n")
     assert digests() == before
     assert synthesize.plan_dir(cfg, "f") == f"{synthesize.plan_folder(cfg, 'f')}/{before[0]}"  # its version's folder
+
+
+def test_captions_run_between_prepare_and_score_and_rerun_what_reads_them_never_the_classifier():
+    on = ["captions.model=Salesforce/blip-image-captioning-base"]
+    order = [s.name for s in chain(STAGES, load_config(TINY, on))]
+    assert order[:4] == ["prepare", "caption", "train_classifier", "score"]
+    base = _digests(*on)
+    other = _digests(*on, "captions.max_new_tokens=12")
+    changed = {name for name in base if base[name] != other[name]}
+    assert changed == set(base) - {"prepare", "train_classifier", "pretrain_generator"}  # all that reads score
+    assert {name for name in base if base[name] != _digests(*on, "captions.max_actors=4")[name]} == set()
+    assert "caption" not in _digests() and _digests()["score"] != base["score"]  # off: score reads prepare's
