@@ -14,7 +14,7 @@ from raysys.core.schema import list_parts, read_manifest
 from raysys.core.loading import ConfigError
 from raysys.generation.plan_versions import plan_dir
 from raysys.generation.prompts import fill_prompt
-from raysys.stages import caption, finetune, load_config, prepare, pretrain_generator, score, synthesize
+from raysys.stages import caption, finetune, load_config, prepare, score, synthesize
 from tests.captioners import make_tiny_blip
 from tests.conftest import TINY, kill_driver, start_driver
 
@@ -85,18 +85,19 @@ def test_a_captioner_that_cannot_load_is_refused_in_one_line(tiny_run, tmp_path)
     assert not os.path.exists(run_layout.captioned_manifest(cfg))  # refused before any part
 
 
-def test_captions_reach_the_fine_tune_and_the_synthesis_prompts(tiny_run, blip, tmp_path):
+def test_captions_reach_the_fine_tune_and_the_synthesis_prompts(tiny_generator, blip, tmp_path):
+    cfg0 = tiny_generator[0]
     root = tmp_path / "captioned"
-    _copy(tiny_run[0], root, "prepare", "train_classifier")
+    _copy(cfg0, root, "prepare", "train_classifier")
     template = "a photo of the digit {name}, {caption}"
+    base = os.path.join(cfg0.run.root, "pretrain_generator", "pipeline")  # a local base: nothing to pretrain
     cfg = load_config(TINY, [
         f"run.root={root}", f"captions.model={blip}", f"generator.prompt_template={template}", "score.mode=full",
-        "finetune.variants=[plain]", "finetune.steps=2", "finetune.checkpoint_every=2",
+        f"generator.base={base}", "finetune.variants=[plain]", "finetune.steps=2", "finetune.checkpoint_every=2",
         "synthesis.plans=[{name: discl, model: plain, kind: discl, sources: top_k, source_k: 3, "
         "guidance_levels: [0.5], seeds_per_source: 1, negative_prompt: blurry}, "
         "{name: text, model: plain, kind: text, ratio: 0.05}]"])
     caption.run(cfg)
-    pretrain_generator.run(cfg)  # the template is in its fingerprint
     assert score.run(cfg)["rows_scored"] > 0  # scoring reads the captioned manifest and carries it on
     scored = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "label", "split", "caption"],
                            where=pc.field("split") == "train")
