@@ -506,7 +506,7 @@ class CurriculumConfig:
     name: Optional[str] = None
     """Folder and `variant` name of this run under <root>/curriculum/ (None: the schedule's name)."""
     schedule: str = "diverse_to_specific"
-    """A schedule of raysys.curriculum.registry (λ, s, two_axis, adaptive, real_only; see docs/curriculum.md)."""
+    """A schedule of raysys.schedules.registry (λ, s, two_axis, adaptive, real_only; see docs/curriculum.md)."""
     plans: list[str] = field(default_factory=list)
     """Synthesis plans whose kept images form the synthetic pool ([]: every plan)."""
     guidance_levels: Optional[list[float]] = None

@@ -78,8 +78,8 @@ class StageDir:
 
 
 @dataclass
-class Context:
-    """What `Stage.run` gets: the config of this stage (or unit) and its output folder."""
+class StageRun:
+    """One run of a stage (or of one of its units): what `Stage.run` gets, its config and its output folder."""
 
     cfg: RaysysConfig
     dir: StageDir
@@ -127,7 +127,7 @@ class Stage:
     config: tuple[str, ...]
     """The config it reads: sections (`train`) or fields (`generator.prompt_template`). Their values,
     less `runtime` fields, are its fingerprint; what reaches it through `reads` need not be named."""
-    run: Callable[[Context], dict]
+    run: Callable[[StageRun], dict]
     """Does the work and returns the metrics; the runner writes metrics.json after it."""
     derived: Optional[Callable[[RaysysConfig], Any]] = None
     """What the fingerprint needs beyond `config`: values computed from it (the baseline variant
@@ -243,7 +243,7 @@ def run_unit(stage: Stage, unit_cfg: RaysysConfig) -> dict:
     started = time.time()
     if io.exists(out.file("metrics.json")):  # outputs of another config: no longer done once touched
         io.write_json(out.file("metrics.json"), {"stage": stage.name, "status": "running", "config_digest": out.digest})
-    metrics = stage.run(Context(unit_cfg, out))  # nothing is written before the stage writes (bad input: no folder)
+    metrics = stage.run(StageRun(unit_cfg, out))  # nothing is written before the stage writes (bad input: no folder)
     io.write_text(out.file("config.yaml"), to_yaml(unit_cfg))
     done = {"stage": stage.name, "status": "done", "config_digest": out.digest,
             "seconds": round(time.time() - started, 3), **metrics}

@@ -82,7 +82,7 @@ def measure(fn) -> int:
     return mode.peak
 
 
-def _context(layout: str, rows: int, unet):
+def _condition(layout: str, rows: int, unet):
     import torch
 
     width = unet.config.cross_attention_dim
@@ -102,7 +102,7 @@ def measure_unet(unet, layout: str, side: int, train: bool, rows: int = 1) -> in
 
     x = torch.randn(rows, unet.config.in_channels, side, side)
     t = torch.full((rows,), 500)
-    tokens, added = _context(layout, rows, unet)
+    tokens, added = _condition(layout, rows, unet)
     if not train:
         with torch.no_grad():
             return measure(lambda: unet(x, t, encoder_hidden_states=tokens, added_cond_kwargs=added))

@@ -21,10 +21,10 @@ quickstart model) it works on pixels in [-1, 1].
 
 **SDXL layout** (the refiner that DisCL's released code uses for img2img): the prompt goes through
 `text_encoder_2` (OpenCLIP bigG with projection; there is no `text_encoder`). As diffusers' SDXL
-pipelines do, its penultimate hidden states are the cross-attention context, and its pooled
+pipelines do, its penultimate hidden states are the cross-attention condition, and its pooled
 projection plus the "time ids" (original size, crop, and the aesthetic score for the refiner or
 the target size for the base model) are the UNet's added conditioning. The difficulty tokens
-are appended to the context, as for SD 1.x/2.x.
+are appended to the condition, as for SD 1.x/2.x.
 
 **LoRA**: the pipeline has diffusers' `StableDiffusionLoraLoaderMixin`, so `load_lora_weights`
 / `save_lora_weights` read and write the standard `pytorch_lora_weights.safetensors`.
@@ -113,7 +113,7 @@ class Condition:
     """What the UNet is conditioned on, one row per image."""
 
     tokens: torch.Tensor
-    """(B, L, D) the cross-attention context: text tokens, then the difficulty tokens if any."""
+    """(B, L, D) the cross-attention condition: text tokens, then the difficulty tokens if any."""
     pooled: Optional[torch.Tensor] = None
     """(B, P) the pooled text embedding (SDXL layout only)."""
 
@@ -250,7 +250,7 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         class_labels: Optional[torch.Tensor],
         difficulty: Optional[torch.Tensor],
     ) -> Condition:
-        """Cross-attention context: text tokens, then k difficulty tokens if there is an encoder.
+        """Cross-attention condition: text tokens, then k difficulty tokens if there is an encoder.
 
         difficulty: (B,) float with NaN where a row has no difficulty; None: no row has one.
         """
@@ -330,15 +330,15 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
 
     # ---- sampling ----------------------------------------------------------------------
 
-    def _denoise(self, latents, context, uncond, timesteps, guidance_scale, text_only=None,
+    def _denoise(self, latents, cond, uncond, timesteps, guidance_scale, text_only=None,
                  difficulty_guidance_scale=None):
         """`uncond`: negative prompt + null tokens (None: no text guidance). `text_only`: the
         prompt + null tokens, for a separate difficulty guidance scale (None: s is guided with
         the text)."""
-        branches = [c for c in (uncond, text_only) if c is not None] + [context]
+        branches = [c for c in (uncond, text_only) if c is not None] + [cond]
         n = len(latents)
         joint = Condition(torch.cat([b.tokens for b in branches]),
-                          None if context.pooled is None else torch.cat([b.pooled for b in branches]))
+                          None if cond.pooled is None else torch.cat([b.pooled for b in branches]))
         aesthetic = torch.tensor([NEGATIVE_AESTHETIC_SCORE if b is uncond else AESTHETIC_SCORE
                                   for b in branches]).repeat_interleave(n)
         for t in timesteps:
@@ -420,7 +420,7 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
         if any(g > 0 for g in lambdas) and source_images is None:
             raise ValueError("image guidance λ > 0 needs source_images")
 
-        context = self.condition(prompt, labels_t, diff_t).to(dtype)
+        cond = self.condition(prompt, labels_t, diff_t).to(dtype)
         negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
         uncond = self.unconditional(negatives).to(dtype) if guidance_scale > 1.0 else None
         text_only = None
@@ -456,7 +456,7 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
                 t0 = timesteps[:1].repeat(len(rows))
                 latents = self.scheduler.add_noise(source_latents[rows], noise[rows], t0)
             out[rows] = self._denoise(
-                latents, context.rows(rows), None if uncond is None else uncond.rows(rows), timesteps, guidance_scale,
+                latents, cond.rows(rows), None if uncond is None else uncond.rows(rows), timesteps, guidance_scale,
                 None if text_only is None else text_only.rows(rows), difficulty_guidance_scale,
             )
 

@@ -72,8 +72,8 @@ def diffusion_loss(
             drop_s |= torch.rand(n, generator=generator) < difficulty_dropout
         difficulty = difficulty.clone().float()
         difficulty[drop_s] = float("nan")
-    context = pipe.condition(prompts, class_labels, difficulty)
-    pred = pipe.predict(noisy, t, context.to(pipe.unet.dtype))
+    cond = pipe.condition(prompts, class_labels, difficulty)
+    pred = pipe.predict(noisy, t, cond.to(pipe.unet.dtype))
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise

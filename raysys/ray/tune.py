@@ -24,7 +24,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysys.core.config import RaysysConfig
 from raysys.core.stage import Interrupted
-from raysys.curriculum.search import apply_tune_params
+from raysys.schedules.search import apply_tune_params
 from raysys.ray.tracking import Tracking, end_run, for_trial, scalars
 from raysys.ray.train import Workers, trainer
 from raysys.training.curriculum import CurriculumJob, curriculum_loop

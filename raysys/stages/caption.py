@@ -24,7 +24,7 @@ from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import ConfigError
 from raysys.core.schema import claim_folder, list_parts, read_manifest
-from raysys.core.stage import Context, Stage, run_stage
+from raysys.core.stage import StageRun, Stage, run_stage
 from raysys.data.captions import written_summary
 from raysys.data.images import decode
 from raysys.models.captioner import captioner_problem
@@ -40,7 +40,7 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _samples(stage: Context, captioned: pa.Table, class_names: list[str]) -> list[dict]:
+def _samples(stage: StageRun, captioned: pa.Table, class_names: list[str]) -> list[dict]:
     """The first SAMPLES captioned rows by sample id, drawn into captions.png; their ids and captions."""
     order = np.argsort(np.asarray(captioned["sample_id"].to_pylist(), dtype=object), kind="stable")[:SAMPLES]
     ids = [captioned["sample_id"][int(i)].as_py() for i in order]
@@ -58,7 +58,7 @@ def _samples(stage: Context, captioned: pa.Table, class_names: list[str]) -> lis
     return [{"sample_id": sid, "class_name": label, "caption": text} for sid, label, text in zip(ids, labels, captions)]
 
 
-def _run(stage: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     cfg, c = stage.cfg, stage.cfg.captions
     problem = captioner_problem(c.model)
     if problem is not None:  # before any actor starts

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.generation.control import check_control, encode_images
 from raysys.generation.pipeline import check_generator
 from raysys.ray.train import remote_task
@@ -110,11 +110,11 @@ def _measure(cfg: RaysysConfig, base: str, adapters: dict[str, str], classifier_
     return out
 
 
-def _run(ctx: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     from raysys.generation.control import spearman, within_class_spearman
     from raysys.report.plots import difficulty_histogram, image_grid, requested_vs_measured
 
-    cfg, f = ctx.cfg, ctx.cfg.finetune
+    cfg, f = stage.cfg, stage.cfg.finetune
     class_names = run_layout.stage_metrics(cfg, "prepare")["class_names"]
     pretrain = (manifest_rows(run_layout.real_manifest(cfg), ["pretrain"]) if run_layout.builtin_generator(cfg)
                 else None)
@@ -126,7 +126,7 @@ def _run(ctx: Context) -> dict:
     metrics: dict = {"control_seconds": round(time.time() - t0, 2)}
     if "recognition" in out:
         metrics.update(out["recognition"])
-        image_grid(out["samples"][:, :10], ctx.file("samples.png"), row_labels=class_names,
+        image_grid(out["samples"][:, :10], stage.file("samples.png"), row_labels=class_names,
                    col_labels=[f"seed {i}" for i in range(10)], title="pretrained base generator: prompt per row")
         print(f"[control] the baseline classifier recognises {metrics['recognition']:.1%} of "
               f"{metrics['recognition_images']} images of the base generator (real pretrain images: "
@@ -154,21 +154,21 @@ def _run(ctx: Context) -> dict:
         metrics["difficulty_spearman_within_class"] = within_class_spearman(grid["labels"], grid["requested"],
                                                                             grid["measured"])
         level_labels = [f"s={s:g}" for s in levels]
-        image_grid(grid["images"][:, :, 0], ctx.file("control_grid.png"), row_labels=class_names,
+        image_grid(grid["images"][:, :, 0], stage.file("control_grid.png"), row_labels=class_names,
                    col_labels=level_labels, title="difficulty model: prompt + requested s (seed 0)",
                    col_title=f"Spearman(requested, measured) = {metrics['difficulty_spearman']}")
         if f.class_input:
             hard_rows, hard_title = class_names, f"seed {HARD_FACTOR_SEED}"
         else:  # tokens depend on s alone: one row per seed
             hard_rows, hard_title = [f"seed {HARD_FACTOR_SEED + r}" for r in range(len(class_names))], "no class input"
-        image_grid(grid["hard"], ctx.file("hard_factors.png"), row_labels=hard_rows, col_labels=level_labels,
+        image_grid(grid["hard"], stage.file("hard_factors.png"), row_labels=hard_rows, col_labels=level_labels,
                    title=f"hard factors: difficulty tokens only, empty prompt, {hard_title}")
     histograms = {"real train": real}
     histograms.update({f"{v} model grid": g["measured"].ravel() for v, g in grids.items()})
-    difficulty_histogram(histograms, ctx.file("difficulty_control_hist.png"),
+    difficulty_histogram(histograms, stage.file("difficulty_control_hist.png"),
                          "measured difficulty: real train vs generated grids")
     requested_vs_measured(levels, {v: c["measured_mean_by_level"] for v, c in control.items()},
-                          ctx.file("requested_vs_measured.png"), "proof of control")
+                          stage.file("requested_vs_measured.png"), "proof of control")
     print(f"[control] proof of control: Spearman(requested, measured) = {metrics['difficulty_spearman']} "
           f"(within class {metrics['difficulty_spearman_within_class']}); mean measured by s: "
           + "; ".join(f"{v}: {c['measured_mean_by_level']}" for v, c in control.items()))

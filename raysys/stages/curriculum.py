@@ -2,7 +2,7 @@
 
 One unit per run of the comparison: every `compare.variants` x `compare.seeds` (or, with no
 variants, the `curriculum` section once), `compare.concurrent` at a time on Ray. Each run trains
-one schedule (see raysys/curriculum/) on the scored real train split and the kept images of
+one schedule (see raysys/schedules/) on the scored real train split and the kept images of
 `curriculum.plans`, on Ray Train, into <root>/curriculum/<name>/ (`<variant>-seed<n>`, or
 `curriculum.name`, default the schedule): `model/`, and `metrics.json` with the final test metrics
 under the names tools rely on (acc, acc_many, acc_medium, acc_few, macro_f1, worst_<k>_acc,
@@ -22,8 +22,8 @@ from raysys.core import run_layout
 from raysys.core.comparison import compare_variants, curriculum_configs, plan_names, variant_config, variant_name
 from raysys.core.config import CurriculumConfig, RaysysConfig
 from raysys.core.io import FOLDER_NAME
-from raysys.core.stage import Context, Stage, StageDir, missing_inputs, run_stage, run_unit
-from raysys.curriculum.registry import check_curriculum
+from raysys.core.stage import StageRun, Stage, StageDir, missing_inputs, run_stage, run_unit
+from raysys.schedules.registry import check_curriculum
 from raysys.models.classifiers import check_classifier
 from raysys.generation.plan_versions import plan_dir
 from raysys.ray.train import Workers, fit, run_concurrently
@@ -49,16 +49,16 @@ def run_all(cfg: RaysysConfig) -> list[dict]:
     return run_stage(STAGE, cfg)
 
 
-def _run(ctx: Context) -> dict:
-    cfg, c = ctx.cfg, ctx.cfg.curriculum
+def _run(stage: StageRun) -> dict:
+    cfg, c = stage.cfg, stage.cfg.curriculum
     prep = run_layout.stage_metrics(cfg, "prepare")
     name = variant_name(cfg)
     job = CurriculumJob(cfg=cfg, manifest=run_layout.scored_manifest(cfg),
                         plan_dirs={n: plan_dir(cfg, n) for n in plan_names(cfg)},
                         num_classes=prep["num_classes"], groups=prep["groups"], name=f"curriculum {name}")
     workers = Workers.for_training(cfg.train, c.num_workers)
-    state = fit(curriculum_loop, job, workers, f"curriculum-{name}-{ctx.digest}",
-                ctx.file("ray"), outputs={"model": ctx.file("model")}, tracking=tracked(cfg, STAGE))
+    state = fit(curriculum_loop, job, workers, f"curriculum-{name}-{stage.digest}",
+                stage.file("ray"), outputs={"model": stage.file("model")}, tracking=tracked(cfg, STAGE))
     history = state["history"]
     final = history[-1]["test"]
     keys = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1", f"worst_{c.worst_k}_acc", "per_class_acc")
@@ -76,7 +76,7 @@ def _run(ctx: Context) -> dict:
     }
     few = metrics["acc_few"]
     print(f"[curriculum] {name}: test acc {metrics['acc']:.4f}, few {few if few is None else round(few, 4)}, "
-          f"macro-F1 {metrics['macro_f1']:.4f} -> {ctx.dir.path}")
+          f"macro-F1 {metrics['macro_f1']:.4f} -> {stage.dir.path}")
     return metrics
 
 

@@ -20,7 +20,7 @@ from raysys.core import io
 from raysys.core.config import RaysysConfig
 from raysys.core.comparison import (REFERENCE, compare_variants, curriculum_configs, generator_training_split,
                                     plan_names, variants)
-from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage, stage_named
 from raysys.report.statistics import (METRICS, QUALITY, by_test_split, compare, compare_splits, fmt, headroom,
                                       mean_std, mean_std_of, pct, results_csv)
 
@@ -36,7 +36,7 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(stage: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     cfg = stage.cfg
     runs = variants(cfg)
     table = {}

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.generation.finetune import FinetuneJob, check_finetune, finetune_loop, prompts_for
 from raysys.generation.prompts import cut_prompts, prompt_tokenizer
 from raysys.generation.memory_checks import finetune_problems
@@ -43,8 +43,8 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(ctx: Context) -> dict:
-    cfg, f = ctx.cfg, ctx.cfg.finetune
+def _run(stage: StageRun) -> dict:
+    cfg, f = stage.cfg, stage.cfg.finetune
     if not run_layout.builtin_generator(cfg):
         from raysys.generation.components import check_base
 
@@ -55,8 +55,8 @@ def _run(ctx: Context) -> dict:
               flush=True)
     with run_layout.local_base_model(cfg) as base:  # Train workers (and a restarted one) load the base from it
         cut = _prompts_cut(cfg, base, class_names)
-        calls = [functools.partial(_finetune, cfg, variant, base, class_names, f"finetune-{variant}-{ctx.digest}",
-                                   ctx.file("ray"), ctx.file(variant, "adapters")) for variant in f.variants]
+        calls = [functools.partial(_finetune, cfg, variant, base, class_names, f"finetune-{variant}-{stage.digest}",
+                                   stage.file("ray"), stage.file(variant, "adapters")) for variant in f.variants]
         metrics = run_concurrently(calls, f.concurrent_variants, [f"finetune {v}" for v in f.variants])
     return {"variants": dict(zip(f.variants, metrics)), "prompts_cut": cut}
 

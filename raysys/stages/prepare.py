@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import claim_folder, list_parts, part_file
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.data.ingest import finished_part_summary, selection_rows, write_part_of_selection, write_selection
 from raysys.data.longtail import class_groups
 from raysys.data.sources import DataError, list_source, shared_strings
@@ -48,8 +48,8 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(ctx: Context) -> dict:
-    cfg, d = ctx.cfg, ctx.cfg.data
+def _run(stage: StageRun) -> dict:
+    cfg, d = stage.cfg, stage.cfg.data
     listing = list_source(d)  # raises DataError on unusable input, before any image is read
     listing, plan = plan_splits(listing, d, cfg.run.seed)
     selected = with_splits(listing, plan)
@@ -68,12 +68,12 @@ def _run(ctx: Context) -> dict:
 
     # The selected rows go to one file that each task reads its part from: the driver keeps no
     # per-image state while the parts are written (and none goes through the object store).
-    selection = ctx.file("selection.parquet")
+    selection = stage.file("selection.parquet")
     n_selected = len(selected)
     n_parts = write_selection(selected, selection, d.rows_per_part)
     del selected
     directory = manifest_path(cfg)
-    resumed = claim_folder(directory, ctx.digest)
+    resumed = claim_folder(directory, stage.digest)
     names = [part_file(i) for i in range(n_parts)]
     done = set(io.filesystem(p)[1].rsplit("/", 1)[-1] for p in list_parts(directory)) if resumed else set()
     todo = [i for i, name in enumerate(names) if name not in done]
@@ -97,7 +97,7 @@ def _run(ctx: Context) -> dict:
     ok = summary["ok"].to_numpy(zero_copy_only=False)
     bad_rows = summary.filter(pc.invert(summary["ok"]))
     bad = [{"path": p, "error": e} for p, e in zip(bad_rows["path"].to_pylist(), bad_rows["error"].to_pylist())]
-    io.write_json(ctx.file("bad_files.json"), bad)
+    io.write_json(stage.file("bad_files.json"), bad)
     good = summary.filter(summary["ok"])
     split_arr = shared_strings(good["split"])
     labels_arr = good["label"].to_numpy()

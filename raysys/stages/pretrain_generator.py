@@ -16,7 +16,7 @@ import numpy as np
 
 from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.generation.prompts import check_prompt_template
 from raysys.generation.pretrain import (PIPELINE_DIR, PretrainJob, StreamedImages, check_pretrain, pretrain_loop,
                                        pretrain_metrics, print_progress)
@@ -36,10 +36,10 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(ctx: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     from raysys.training.classifier import manifest_rows
 
-    cfg, p = ctx.cfg, ctx.cfg.pretrain
+    cfg, p = stage.cfg, stage.cfg.pretrain
     files, rows = manifest_rows(run_layout.real_manifest(cfg), ["pretrain"])  # without images
     if rows.num_rows == 0:
         raise ValueError("the pretrain split is empty: set data.pretrain_per_class > 0 to pretrain the built-in generator")
@@ -49,13 +49,13 @@ def _run(ctx: Context) -> dict:
                       class_names=run_layout.stage_metrics(cfg, "prepare")["class_names"], cfg=p,
                       prompt_template=cfg.generator.prompt_template, seed=cfg.run.seed, log=print_progress)
     workers = Workers(num_workers=1, use_gpu=p.use_gpu, cpus_per_worker=p.cpus, max_failures=p.max_failures)
-    state = fit(pretrain_loop, job, workers, f"pretrain-{ctx.digest}", ctx.file("ray"),
-                outputs={PIPELINE_DIR: ctx.file("pipeline")}, tracking=tracked(cfg, STAGE))
+    state = fit(pretrain_loop, job, workers, f"pretrain-{stage.digest}", stage.file("ray"),
+                outputs={PIPELINE_DIR: stage.file("pipeline")}, tracking=tracked(cfg, STAGE))
     if state["step"] != p.steps:
         raise RuntimeError(f"pretrain: last checkpoint is at step {state['step']}, expected {p.steps}")
     metrics = pretrain_metrics(state)
     print(f"[pretrain_generator] {metrics['steps']} steps in {metrics['train_seconds']:.0f}s, loss "
-          f"{metrics['loss_start']:.4f} -> {metrics['loss_end']:.4f} -> {ctx.file('pipeline')}")
+          f"{metrics['loss_start']:.4f} -> {metrics['loss_end']:.4f} -> {stage.file('pipeline')}")
     return {"pretrain_images": int(rows.num_rows), "image_size": p.image_size, **metrics}
 
 

@@ -29,7 +29,7 @@ import torch
 from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import list_parts, read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.quality.features import FeatureExtractor, extractor_problems
 from raysys.generation.plan_versions import plan_dir
 from raysys.quality.groups import FIGURES, REAL, FeatureSet, Reference, closest_pairs, measure
@@ -71,10 +71,10 @@ def _aligned(ids: list[str], found: dict[str, np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack([found[i] for i in ids]).astype(np.float32)) if ids else torch.zeros(0, 1)
 
 
-def _run(ctx: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     from raysys.ray.features import KEPT, extract_features
 
-    cfg, q = ctx.cfg, ctx.cfg.quality
+    cfg, q = stage.cfg, stage.cfg.quality
     prep = run_layout.stage_metrics(cfg, "prepare")
     class_names = prep["class_names"]
     class_group = {int(c): g for g, members in prep["groups"].items() for c in members}
@@ -125,12 +125,12 @@ def _run(ctx: Context) -> dict:
         rows[name] = measure(sets[name], train, test, **settings)
 
     # 3. Files.
-    _write_csv(ctx.file("quality.csv"), rows)
-    figures = _plots(ctx, rows)
+    _write_csv(stage.file("quality.csv"), rows)
+    figures = _plots(stage, rows)
     part_of = {sid: part for part, (ids_of_part, _) in extracted.items() for sid in ids_of_part}
     for name, fake in sets.items():
         pairs = closest_pairs(set_ids[name], train_ids, fake, train, CLOSEST_PAIRS)
-        _closest_grid(cfg, pairs, part_of, ctx.file(f"closest_{name}.png"), name)
+        _closest_grid(cfg, pairs, part_of, stage.file(f"closest_{name}.png"), name)
         figures.append(f"closest_{name}.png")
     metrics = {"extractor": q.extractor, "feature_dim": int(train.images.features.shape[1]), "k": q.k,
                "copy_threshold": q.copy_threshold, "min_images": q.min_images, "test_split": test_split,
@@ -158,7 +158,7 @@ def _write_csv(location: str, rows: dict[str, list[dict]]) -> None:
     io.write_text(location, buf.getvalue())
 
 
-def _plots(ctx: Context, rows: dict[str, list[dict]]) -> list[str]:
+def _plots(stage: StageRun, rows: dict[str, list[dict]]) -> list[str]:
     """quality_by_lambda.png and quality_by_s.png, for the plans that have those groups."""
     from raysys.report.plots import quality_curves
 
@@ -181,7 +181,7 @@ def _plots(ctx: Context, rows: dict[str, list[dict]]) -> list[str]:
             real = rows[REAL][0] if REAL in rows else {}
             level = {"fid": real.get("train_fid"), "precision": real.get("train_precision"),
                      "recall": real.get("train_recall"), "copies": real.get("copies")}
-            quality_curves(curves, ctx.file(file), axis, f"synthetic-set quality by {axis}", level)
+            quality_curves(curves, stage.file(file), axis, f"synthetic-set quality by {axis}", level)
             written.append(file)
     return written
 

@@ -28,7 +28,7 @@ from raysys.core import io, run_layout
 from raysys.core.comparison import curriculum_configs
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named, stage_seconds, upstream
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage, stage_named, stage_seconds, upstream
 from raysys.generation.plan_versions import plan_dir
 from raysys.quality.groups import REAL
 from raysys.report.page import (QUALITY_COLUMNS, headroom_blocks, pct_cell, quality_cell, round_cell, signed,
@@ -105,7 +105,7 @@ def guidance_grid(cfg: RaysysConfig, location: str, by: str = "label") -> bool:
     return True
 
 
-def _run(stage: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     cfg = stage.cfg
     ev = stage_named("evaluate").dir(cfg).metrics()
     syn = stage_named("synthesize").dir(cfg).metrics() if stage_named("synthesize").dir(cfg).is_complete() else None
@@ -244,7 +244,7 @@ def _run(stage: Context) -> dict:
     return metrics
 
 
-def _quality_blocks(cfg: RaysysConfig, stage: Context, ev: dict) -> list:
+def _quality_blocks(cfg: RaysysConfig, stage: StageRun, ev: dict) -> list:
     """Each variant's set quality beside its result, then the quality stage's tables (one per plan, the
     real test images first) and figures."""
     q = stage_named("quality").dir(cfg)

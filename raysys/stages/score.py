@@ -22,7 +22,7 @@ from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import ConfigError, digest
 from raysys.core.schema import claim_folder, read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage, stage_named
 from raysys.models.classifiers import check_classifier
 from raysys.ray.scoring import score_manifest
 from raysys.ray.train import Workers, fit, run_concurrently
@@ -57,7 +57,7 @@ def fold_digest(cfg: RaysysConfig) -> str:
     return digest(stage_named("train_classifier").digest(cfg), cfg.score.folds, cfg.score.fold_epochs)
 
 
-def _fit_fold_models(cfg: RaysysConfig, stage: Context, prep: dict) -> tuple[dict[str, str], list[dict]]:
+def _fit_fold_models(cfg: RaysysConfig, stage: StageRun, prep: dict) -> tuple[dict[str, str], list[dict]]:
     """Train the k fold models, `score.concurrent_folds` at a time (each resumes if killed)."""
     k = cfg.score.folds
     fd = fold_digest(cfg)
@@ -88,7 +88,7 @@ def score_splits(cfg: RaysysConfig) -> list[str]:
     return list(dict.fromkeys(["train", cfg.data.val_split, *cfg.data.test_splits]))
 
 
-def _run(stage: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     cfg = stage.cfg
     rows = read_manifest(run_layout.real_manifest(cfg), columns=["sample_id", "label", "split"])  # no images
     prep = run_layout.stage_metrics(cfg, "prepare")

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from raysys.core import io, run_layout
 from raysys.core.config import RaysysConfig
 from raysys.core.schema import read_manifest
-from raysys.core.stage import Context, Stage, StageDir, run_stage, stage_named
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage, stage_named
 from raysys.data.export import LATEST
 from raysys.generation.memory_checks import generation_batch_size, generation_problems
 from raysys.generation.pipeline import check_generator
@@ -75,7 +75,7 @@ def _generator_specs(cfg: RaysysConfig, models: set[str], copies: contextlib.Exi
     return specs
 
 
-def _run(stage: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     cfg = stage.cfg
     from raysys.generation.plans import build_plan, with_source_images
     from raysys.generation.synthesis import check_clip_model, read_plan, remove_duplicates, written_ids
@@ -188,7 +188,7 @@ def _run(stage: Context) -> dict:
     return metrics
 
 
-def _plot(cfg: RaysysConfig, stage: Context, plans: dict) -> None:
+def _plot(cfg: RaysysConfig, stage: StageRun, plans: dict) -> None:
     """Requested vs measured difficulty of the kept images of every plan that requested s."""
     from raysys.generation.synthesis import read_plan
     from raysys.report.plots import difficulty_histogram

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from raysys.core import run_layout
 from raysys.core.config import RaysysConfig
-from raysys.core.stage import Context, Stage, StageDir, run_stage
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.models.classifiers import check_classifier
 from raysys.ray.train import Workers, fit
 from raysys.ray.tracking import check_tracking, tracked
@@ -27,13 +27,13 @@ def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(ctx: Context) -> dict:
-    cfg = ctx.cfg
+def _run(stage: StageRun) -> dict:
+    cfg = stage.cfg
     prep = run_layout.stage_metrics(cfg, "prepare")
     job = ClassifierJob(cfg=cfg, manifest=run_layout.real_manifest(cfg), num_classes=prep["num_classes"],
                         groups=prep["groups"], epochs=cfg.train.epochs, name="train_classifier")
-    state = fit(classifier_loop, job, Workers.for_training(cfg.train), f"classifier-{ctx.digest}", ctx.file("ray"),
-                outputs={"model": ctx.file("model")}, tracking=tracked(cfg, STAGE))
+    state = fit(classifier_loop, job, Workers.for_training(cfg.train), f"classifier-{stage.digest}", stage.file("ray"),
+                outputs={"model": stage.file("model")}, tracking=tracked(cfg, STAGE))
     history = state["history"]
     if len(history) != cfg.train.epochs:
         raise RuntimeError(f"train_classifier: the last checkpoint has {len(history)} epochs, expected {cfg.train.epochs}")

@@ -32,8 +32,8 @@ from raysys.core import io, run_layout
 from raysys.core.comparison import plan_names
 from raysys.core.config import RaysysConfig
 from raysys.core.loading import to_yaml
-from raysys.core.stage import Context, Stage, StageDir, run_stage
-from raysys.curriculum.search import apply_tune_params, check_tune
+from raysys.core.stage import StageRun, Stage, StageDir, run_stage
+from raysys.schedules.search import apply_tune_params, check_tune
 from raysys.generation.plan_versions import plan_dir
 from raysys.models.classifiers import check_classifier
 from raysys.ray.tracking import check_tracking, tracked
@@ -95,7 +95,7 @@ def best_config(cfg: RaysysConfig, best: dict) -> RaysysConfig:
     return replace(tuned, compare=replace(tuned.compare, variants={}, baseline=None))
 
 
-def _run(stage: Context) -> dict:
+def _run(stage: StageRun) -> dict:
     from raysys.ray.tune import SweepJob, run_sweep
 
     cfg, t = stage.cfg, stage.cfg.tune

@@ -1,5 +1,5 @@
 """DisCL's adaptive probe: p(y|x) of the guidance-validation images per λ before and after a short
-real-only training probe, what `raysys.curriculum.adaptive.Adaptive.record` chooses each stage's λ from.
+real-only training probe, what `raysys.schedules.adaptive.Adaptive.record` chooses each stage's λ from.
 It runs a model (prediction from raysys.training), so it sits here, a layer above its schedule.
 """
 

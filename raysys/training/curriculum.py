@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from raysys.core.context import Checkpoint, step_seed
-from raysys.curriculum.base import Schedule, Selection
-from raysys.curriculum.registry import create_schedule
+from raysys.schedules.base import Schedule, Selection
+from raysys.schedules.registry import create_schedule
 from raysys.data.stream import Decode, row_seeds, split_rows, stream_refs
 from raysys.models.classifiers import create_classifier, save_classifier
 from raysys.training.adaptive_probe import probe_gains_inputs

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysys.core.schema import list_parts
-from raysys.curriculum.base import REAL_ONLY, Level, Schedule, Selection
-from raysys.curriculum.difficulty import bin_of
+from raysys.schedules.base import REAL_ONLY, Level, Schedule, Selection
+from raysys.schedules.difficulty import bin_of
 from raysys.data.stream import REF_COLUMNS, index_rows
 
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from raysys.curriculum.adaptive import Adaptive, choose_level, inlier_mask, level_gains
-from raysys.curriculum.base import Level
-from raysys.curriculum.difficulty import bin_of
-from raysys.curriculum.registry import SCHEDULES, create_schedule
+from raysys.schedules.adaptive import Adaptive, choose_level, inlier_mask, level_gains
+from raysys.schedules.base import Level
+from raysys.schedules.difficulty import bin_of
+from raysys.schedules.registry import SCHEDULES, create_schedule
 
 LAMBDAS = [0.9, 0.1, 0.5]  # any order in config; schedules sort them
 BINS = [0.0, 1 / 3, 2 / 3, 1.0]

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raysys.curriculum.base import REAL_ONLY, Level, Selection
+from raysys.schedules.base import REAL_ONLY, Level, Selection
 from raysys.training.curriculum import log_prior, worst_k_accuracy
 from raysys.training.guidance_validation import split_guidance_val
 from raysys.training.synthetic_pool import (
@@ -141,7 +141,7 @@ def test_weighted_draws_and_equal_steps_in_the_epoch_mix():
 def test_the_lr_schedule_counts_the_steps_a_run_takes():
     """A real-only epoch takes only its real rows' steps, so the LR schedule is sized without synthetic
     rows there: a real-only run's cosine ends at zero where the run ends."""
-    from raysys.curriculum.registry import create_schedule
+    from raysys.schedules.registry import create_schedule
 
     real, syn = tables()
     pool = build_pool(real, syn, few=[2], difficulty_bins=BINS)  # 34 real rows
@@ -164,7 +164,7 @@ def test_select_measured_keeps_rows_in_the_range():
 
 
 def test_a_schedule_that_can_never_draw_a_synthetic_image_is_an_error():
-    from raysys.curriculum.registry import create_schedule
+    from raysys.schedules.registry import create_schedule
     from raysys.training.synthetic_pool import check_selections_match
 
     real, syn = tables()

@@ -76,7 +76,7 @@ def test_no_import_cycle_between_modules_or_packages():
 
 
 def test_layers_run_one_way():
-    order = ["core", "data", "models", "scoring", "quality", "generation", "curriculum", "report", "training", "ray", "stages",
+    order = ["core", "data", "models", "scoring", "quality", "generation", "schedules", "report", "training", "ray", "stages",
              "cli"]
     packages = _raysys_edges(_imports(), "package")
     for package, targets in packages.items():

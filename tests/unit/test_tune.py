@@ -8,7 +8,7 @@ import pytest
 
 from raysys.core.loading import ConfigError
 from raysys.stages import load_config
-from raysys.curriculum.search import apply_tune_params
+from raysys.schedules.search import apply_tune_params
 from raysys.stages.tune import best_config, rank_trials, results_tables
 from tests.conftest import TINY
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Sequence
 
 from raysys.core.io import FOLDER_NAME
-from raysys.curriculum.adaptive import Adaptive
-from raysys.curriculum.all_levels import AllLevels
-from raysys.curriculum.base import Level, Schedule
-from raysys.curriculum.difficulty import DifficultyOrder
-from raysys.curriculum.fixed import ORDERS, FixedOrder
-from raysys.curriculum.real_only import RealOnly
-from raysys.curriculum.two_axis import TwoAxis
+from raysys.schedules.adaptive import Adaptive
+from raysys.schedules.all_levels import AllLevels
+from raysys.schedules.base import Level, Schedule
+from raysys.schedules.difficulty import DifficultyOrder
+from raysys.schedules.fixed import ORDERS, FixedOrder
+from raysys.schedules.real_only import RealOnly
+from raysys.schedules.two_axis import TwoAxis
 
 SCHEDULES = ("real_only", "all_levels", *ORDERS, "easy_to_hard", "hard_to_easy", "two_axis", "adaptive")
 

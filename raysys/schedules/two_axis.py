@@ -5,7 +5,7 @@ floor(k·L/K) and the s bin floor(k·B/K), with K = max(L, B) stages; then real 
 
 from typing import Sequence
 
-from raysys.curriculum.base import Level, Phases, Schedule, Selection
+from raysys.schedules.base import Level, Phases, Schedule, Selection
 
 
 class TwoAxis(Schedule):

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from raysys.curriculum.base import REAL_ONLY, Level, Schedule, Selection
+from raysys.schedules.base import REAL_ONLY, Level, Schedule, Selection
 
 
 def inlier_mask(values: np.ndarray, k: float = 1.5) -> np.ndarray:

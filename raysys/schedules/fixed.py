@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from raysys.curriculum.base import Level, Phases, Schedule, Selection
+from raysys.schedules.base import Level, Phases, Schedule, Selection
 
 ORDERS = ("diverse_to_specific", "specific_to_diverse", "random_order", "text_only")
 

@@ -3,7 +3,7 @@
 
 from typing import Sequence
 
-from raysys.curriculum.base import Level, Phases, Schedule, Selection
+from raysys.schedules.base import Level, Phases, Schedule, Selection
 
 
 class AllLevels(Schedule):

@@ -1,6 +1,6 @@
 """real_only: the baseline; no synthetic image in any epoch."""
 
-from raysys.curriculum.base import REAL_ONLY, Schedule, Selection
+from raysys.schedules.base import REAL_ONLY, Schedule, Selection
 
 
 class RealOnly(Schedule):

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from raysys.curriculum.base import Level, Phases, Schedule, Selection
+from raysys.schedules.base import Level, Phases, Schedule, Selection
 
 
 def bin_of(s: np.ndarray, edges: Sequence[float]) -> np.ndarray:

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from raysys.core.config import CurriculumConfig, RaysysConfig
 from raysys.core.io import FOLDER_NAME
-from raysys.curriculum.registry import check_curriculum
+from raysys.schedules.registry import check_curriculum
 
 DOMAINS = {"choice": None, "grid": None, "uniform": 2, "loguniform": 2, "randint": 2}
 """Domain kind -> how many values it takes (None: a non-empty list)."""
