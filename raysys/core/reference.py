@@ -81,7 +81,7 @@ def all_field_paths() -> list[str]:
 
 def reference() -> str:
     lines = ["# Configuration reference", "",
-             "Generated from the field docstrings in `raysys/core/config.py` by "
+             "Generated from the field docstrings in `raysys/core/config/` by "
              "`python -m raysys.core.reference > docs/configuration.md`; do not edit by hand.", "",
              "Every key can be set in the YAML file or on the command line as `section.key=value` "
              "(lists and mappings in YAML flow syntax, e.g. `compare.seeds=[0, 1, 2]`; a list item by its index, "
