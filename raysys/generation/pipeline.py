@@ -405,51 +405,27 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
             self.use_scheduler(scheduler)
         elif not isinstance(self.scheduler, tuple(SCHEDULERS.values())):
             self.use_scheduler("ddim")  # the saved training scheduler (DDPM) samples with extra noise
-        device = self.unet.device
-        dtype = self.unet.dtype
+        device, dtype = self.unet.device, self.unet.dtype
         labels_t = torch.as_tensor(list(class_labels) if class_labels is not None else [0] * n, dtype=torch.long)
-        diff_t = None
-        if difficulty is not None:
-            diff_t = torch.tensor([float("nan") if d is None else float(d) for d in difficulty], dtype=torch.float32)
-            bad = diff_t[~torch.isnan(diff_t)]
-            if ((bad < 0) | (bad > 1)).any():
-                raise ValueError("difficulty values must lie in [0, 1]")
-        lambdas = [0.0 if g is None else float(g) for g in (guidance or [None] * n)]
-        if any(not 0.0 <= g <= 1.0 for g in lambdas):
-            raise ValueError("guidance (λ) values must lie in [0, 1]")
-        if any(g > 0 for g in lambdas) and source_images is None:
-            raise ValueError("image guidance λ > 0 needs source_images")
+        diff_t = _difficulty_tensor(difficulty)
+        lambdas = _guidance_values(guidance, n, has_sources=source_images is not None)
 
-        cond = self.condition(prompt, labels_t, diff_t).to(dtype)
-        negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
-        uncond = self.unconditional(negatives).to(dtype) if guidance_scale > 1.0 else None
-        text_only = None
-        if difficulty_guidance_scale is not None and self.difficulty_encoder is not None and diff_t is not None:
-            text_only = self.condition(prompt, labels_t, None).to(dtype)
+        cond, uncond, text_only = self._conditions(prompt, labels_t, diff_t, negative_prompt, guidance_scale,
+                                                   difficulty_guidance_scale)
 
-        size = self.unet.config.sample_size
-        if image_size is not None:
-            if image_size % (8 * self.vae_scale_factor):
-                raise ValueError(f"image_size {image_size} is not a multiple of {8 * self.vae_scale_factor} "
-                                 "(8 x the VAE's downsampling)")
-            size = image_size // self.vae_scale_factor
+        size = self._latent_side(image_size)
         noise = self.noise_for(seeds, (self.unet.config.in_channels, size, size)).to(device, dtype)
         out = torch.empty(n, self.unet.config.in_channels, size, size, device=device, dtype=dtype)
         source_latents = None
         if source_images is not None:
             source_latents = self.encode_images(source_images.to(device, dtype))
 
-        for lam in sorted(set(lambdas)):
+        for lam in sorted(set(lambdas)):  # rows of one λ share their timesteps
             rows = torch.tensor([i for i, g in enumerate(lambdas) if g == lam], device=device)
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            start_steps = int(round(num_inference_steps * (1.0 - lam)))
-            if lam > 0 and start_steps == 0:  # λ = 1: the source itself
+            timesteps = self._timesteps_from(lam, num_inference_steps, device)
+            if timesteps is None:  # λ = 1: the source itself
                 out[rows] = source_latents[rows]
                 continue
-            t_start = num_inference_steps - start_steps
-            timesteps = self.scheduler.timesteps[t_start * self.scheduler.order:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(t_start * self.scheduler.order)
             if lam == 0:
                 latents = noise[rows] * self.scheduler.init_noise_sigma
             else:
@@ -459,14 +435,70 @@ class DifficultyDiffusionPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMi
                 latents, cond.rows(rows), None if uncond is None else uncond.rows(rows), timesteps, guidance_scale,
                 None if text_only is None else text_only.rows(rows), difficulty_guidance_scale,
             )
+        return self._output(out, output_type)
 
+    def _conditions(self, prompt, labels_t, diff_t, negative_prompt, guidance_scale, difficulty_guidance_scale):
+        """(the rows' condition, the negative one if text guidance is on, the prompt's without difficulty tokens if
+        s is guided on its own), in the UNet's dtype."""
+        dtype = self.unet.dtype
+        cond = self.condition(prompt, labels_t, diff_t).to(dtype)
+        negatives = [negative_prompt] * len(prompt) if isinstance(negative_prompt, str) else list(negative_prompt)
+        uncond = self.unconditional(negatives).to(dtype) if guidance_scale > 1.0 else None
+        text_only = None
+        if difficulty_guidance_scale is not None and self.difficulty_encoder is not None and diff_t is not None:
+            text_only = self.condition(prompt, labels_t, None).to(dtype)
+        return cond, uncond, text_only
+
+    def _latent_side(self, image_size: Optional[int]) -> int:
+        """The latent side for images of `image_size` pixels (None: the model's own)."""
+        if image_size is None:
+            return self.unet.config.sample_size
+        if image_size % (8 * self.vae_scale_factor):
+            raise ValueError(f"image_size {image_size} is not a multiple of {8 * self.vae_scale_factor} "
+                             "(8 x the VAE's downsampling)")
+        return image_size // self.vae_scale_factor
+
+    def _timesteps_from(self, lam: float, num_inference_steps: int, device) -> Optional[torch.Tensor]:
+        """The timesteps that image guidance λ leaves to denoise (λ = 0: all; None: λ = 1 leaves none), with the
+        scheduler set to begin at the first of them."""
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        start_steps = int(round(num_inference_steps * (1.0 - lam)))
+        if lam > 0 and start_steps == 0:
+            return None
+        t_start = num_inference_steps - start_steps
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * self.scheduler.order)
+        return self.scheduler.timesteps[t_start * self.scheduler.order:]
+
+    def _output(self, latents: torch.Tensor, output_type: str) -> GenerationOutput:
         if output_type == "latent":
-            return GenerationOutput(images=out.float().cpu())
-        images = self.decode_latents(out).float()
+            return GenerationOutput(images=latents.float().cpu())
+        images = self.decode_latents(latents).float()
         if output_type == "pt":
             return GenerationOutput(images=images.cpu())
         arr = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return GenerationOutput(images=arr)
+
+
+def _difficulty_tensor(difficulty: Optional[Sequence[Optional[float]]]) -> Optional[torch.Tensor]:
+    """(B,) float32 of the requested s, NaN where a row has none; None without any."""
+    if difficulty is None:
+        return None
+    diff_t = torch.tensor([float("nan") if d is None else float(d) for d in difficulty], dtype=torch.float32)
+    given = diff_t[~torch.isnan(diff_t)]
+    if ((given < 0) | (given > 1)).any():
+        raise ValueError("difficulty values must lie in [0, 1]")
+    return diff_t
+
+
+def _guidance_values(guidance: Optional[Sequence[Optional[float]]], n: int, has_sources: bool) -> list[float]:
+    """λ per row (None: text only, 0), checked."""
+    lambdas = [0.0 if g is None else float(g) for g in (guidance or [None] * n)]
+    if any(not 0.0 <= g <= 1.0 for g in lambdas):
+        raise ValueError("guidance (λ) values must lie in [0, 1]")
+    if any(g > 0 for g in lambdas) and not has_sources:
+        raise ValueError("image guidance λ > 0 needs source_images")
+    return lambdas
 
 
 def check_generator(g) -> list[str]:

@@ -102,23 +102,7 @@ def pretrain_loop(ctx: "TrainContext", job: PretrainJob) -> None:
     prompts = [fill_prompt(job.prompt_template, n) for n in job.class_names]
     g = torch.Generator().manual_seed(job.seed)
 
-    start, losses, resumes, seconds = 0, [], [], 0.0
-    restored = ctx.restore()
-    if restored is not None:
-        tensors, state = restored
-        for name, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
-            model.load_state_dict(tensors[name])
-            if average is not pipe:
-                getattr(average, name).load_state_dict(tensors[f"average_{name}"])
-        opt.load_state_dict(tensors["opt"])
-        sched.load_state_dict(tensors["sched"])
-        g.set_state(tensors["generator"])
-        torch.set_rng_state(tensors["torch_rng"])
-        start, losses, seconds = state["step"], state["losses"], state["train_seconds"]
-        resumes = state["resumes"] + [start]
-        if ctx.rank == 0 and job.log:
-            job.log(f"[pretrain] resuming at step {start + 1}/{cfg.steps}" if start < cfg.steps
-                    else f"[pretrain] restored the finished run ({start} steps)")
+    start, losses, resumes, seconds = _restore(ctx, job, pipe, average, opt, sched, g)
 
     pipe.unet.train()
     pipe.text_encoder.train()
@@ -161,6 +145,28 @@ def pretrain_loop(ctx: "TrainContext", job: PretrainJob) -> None:
             checkpoint = Checkpoint(tensors=tensors, state=state,
                                     files=(lambda d: _save(average, os.path.join(d, PIPELINE_DIR))) if last else None)
         ctx.report({"step": step, "loss": float(np.mean(losses[-cfg.checkpoint_every:]))}, checkpoint)
+
+
+def _restore(ctx: "TrainContext", job: PretrainJob, pipe, average, opt, sched, g) -> tuple[int, list, list, float]:
+    """Load the latest checkpoint into the models, optimizer, LR schedule and generators; (steps done, losses,
+    steps resumed at, train seconds) so far, zeros for a fresh run."""
+    restored = ctx.restore()
+    if restored is None:
+        return 0, [], [], 0.0
+    tensors, state = restored
+    for name, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        model.load_state_dict(tensors[name])
+        if average is not pipe:
+            getattr(average, name).load_state_dict(tensors[f"average_{name}"])
+    opt.load_state_dict(tensors["opt"])
+    sched.load_state_dict(tensors["sched"])
+    g.set_state(tensors["generator"])
+    torch.set_rng_state(tensors["torch_rng"])
+    start, steps = state["step"], job.cfg.steps
+    if ctx.rank == 0 and job.log:
+        job.log(f"[pretrain] resuming at step {start + 1}/{steps}" if start < steps
+                else f"[pretrain] restored the finished run ({start} steps)")
+    return start, state["losses"], state["resumes"] + [start], state["train_seconds"]
 
 
 def _save(average, directory: str) -> None:
