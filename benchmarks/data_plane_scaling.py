@@ -147,11 +147,11 @@ def _model_dir(size: int) -> str:
 def _score_inputs(args):
     import pyarrow.compute as pc
 
+    from raysys.core import run_layout
     from raysys.core.schema import list_parts, read_manifest
-    from raysys.stages import prepare
 
     cfg = _config(Path(args.folder), Path(args.root), args.size, args.rows_per_part, args.cpus)
-    source = prepare.manifest_path(cfg)
+    source = run_layout.real_manifest(cfg)
     splits = ["train", "val", "test"]
     n = len(read_manifest(source, columns=["split"], where=pc.field("split").isin(splits)))
     return source, list_parts(source), splits, n

@@ -52,12 +52,13 @@ def _config(folder: Path, root: Path, args):
 
 
 def _job(cfg):
+    from raysys.core import run_layout
     from raysys.stages import prepare
-    from raysys.training.classifier import ClassifierJob
+    from raysys.training.classifier import ClassifierJob, ClassifierSetup
 
     prep = prepare.stage_dir(cfg).metrics()
-    return ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
-                         groups=prep["groups"], epochs=cfg.train.epochs, name="bench")
+    return ClassifierJob(setup=ClassifierSetup.of(cfg), manifest=run_layout.real_manifest(cfg),
+                         num_classes=prep["num_classes"], groups=prep["groups"], epochs=cfg.train.epochs, name="bench")
 
 
 def _rates(history: list[dict], train_images: int) -> dict:

@@ -27,6 +27,7 @@ from raysys.core.stage import Interrupted
 from raysys.schedules.search import apply_tune_params
 from raysys.ray.tracking import Tracking, end_run, for_trial, scalars
 from raysys.ray.train import Workers, trainer
+from raysys.training.classifier import ClassifierSetup
 from raysys.training.curriculum import CurriculumJob, curriculum_loop
 
 
@@ -88,21 +89,21 @@ def derive_concurrency(resources: dict[str, float], workers: int, cpus_per_worke
     return max(1, int(n))
 
 
-def trial_job(job: SweepJob, params: dict[str, Any], trial_id: str) -> CurriculumJob:
-    cfg = apply_tune_params(job.cfg, params, name=f"trial-{trial_id}")
-    return CurriculumJob(cfg=cfg, manifest=job.manifest, plan_dirs=job.plan_dirs, num_classes=job.num_classes,
-                         groups=job.groups, name=trial_id)
+def trial_job(job: SweepJob, cfg: RaysysConfig, trial_id: str) -> CurriculumJob:
+    """The curriculum run of a trial whose config (the sweep's, its params applied) is `cfg`."""
+    return CurriculumJob(setup=ClassifierSetup.of(cfg), curriculum=cfg.curriculum, manifest=job.manifest,
+                         plan_dirs=job.plan_dirs, num_classes=job.num_classes, groups=job.groups, name=trial_id)
 
 
 def _trial(params: dict[str, Any], job: SweepJob) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    trial = trial_job(job, params, trial_id)
-    workers = Workers.for_training(trial.cfg.train, trial.cfg.curriculum.num_workers)
+    cfg = apply_tune_params(job.cfg, params, name=f"trial-{trial_id}")
+    workers = Workers.for_training(cfg.train, cfg.curriculum.num_workers)
     t = sweep_tracking(job)
-    trainer(curriculum_loop, trial, workers, trial_id, trials_storage(job), callbacks=[TuneReportCallback()],
-            tracking=None if t is None else for_trial(t, trial.cfg, trial_id)).fit()
+    trainer(curriculum_loop, trial_job(job, cfg, trial_id), workers, trial_id, trials_storage(job),
+            callbacks=[TuneReportCallback()], tracking=None if t is None else for_trial(t, cfg, trial_id)).fit()
 
 
 class _Progress(tune.Callback):

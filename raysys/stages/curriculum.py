@@ -28,7 +28,7 @@ from raysys.models.classifiers import check_classifier
 from raysys.generation.plan_versions import plan_dir
 from raysys.ray.train import Workers, fit, run_concurrently
 from raysys.ray.tracking import check_tracking, tracked
-from raysys.training.classifier import check_train
+from raysys.training.classifier import ClassifierSetup, check_train
 from raysys.training.curriculum import CurriculumJob, curriculum_loop, schedule_for
 
 
@@ -53,7 +53,7 @@ def _run(stage: StageRun) -> dict:
     cfg, c = stage.cfg, stage.cfg.curriculum
     prep = run_layout.stage_metrics(cfg, "prepare")
     name = variant_name(cfg)
-    job = CurriculumJob(cfg=cfg, manifest=run_layout.scored_manifest(cfg),
+    job = CurriculumJob(setup=ClassifierSetup.of(cfg), curriculum=c, manifest=run_layout.scored_manifest(cfg),
                         plan_dirs={n: plan_dir(cfg, n) for n in plan_names(cfg)},
                         num_classes=prep["num_classes"], groups=prep["groups"], name=f"curriculum {name}")
     workers = Workers.for_training(cfg.train, c.num_workers)
@@ -125,7 +125,7 @@ def _schedule_problems(cfg: RaysysConfig) -> list[str]:
     planned = sorted({float(g) for p in cfg.synthesis.plans if p.name in plan_names(cfg) and p.kind == "discl"
                       for g in p.guidance_levels})
     try:
-        schedule_for(cfg, planned)
+        schedule_for(cfg.curriculum, cfg.train.epochs, cfg.run.seed, planned)
     except ValueError as exc:
         return [f"curriculum.schedule {cfg.curriculum.schedule} ({variant_name(cfg)}): {exc}"]
     return []

@@ -35,10 +35,6 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
     return STAGE.dir(cfg)
 
 
-def adapters_dir(cfg: RaysysConfig, variant: str) -> str:
-    return run_layout.adapters(cfg, variant)
-
-
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 

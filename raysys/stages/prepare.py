@@ -16,13 +16,14 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysys.core import io, run_layout
-from raysys.core.config import RaysysConfig
+from raysys.core.config import DataConfig, RaysysConfig
 from raysys.core.schema import claim_folder, list_parts, part_file
 from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.data.ingest import finished_part_summary, selection_rows, write_part_of_selection, write_selection
@@ -39,40 +40,49 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
     return STAGE.dir(cfg)
 
 
-def manifest_path(cfg: RaysysConfig) -> str:
-    """The prepared manifest: a folder of Parquet parts."""
-    return run_layout.real_manifest(cfg)
-
-
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 
 
-def _run(stage: StageRun) -> dict:
-    cfg, d = stage.cfg, stage.cfg.data
-    listing = list_source(d)  # raises DataError on unusable input, before any image is read
-    listing, plan = plan_splits(listing, d, cfg.run.seed)
+@dataclass
+class _Listed:
+    """What the metrics keep of the source's listing, once its rows are selected."""
+
+    class_names: list[str]
+    listed: int
+    """Images listed in the source."""
+    dropped: dict[str, int]
+    has_domains: bool
+    capped: dict[str, list[str]]
+    """Split drawn from train -> the classes whose draw data.carve_out_share capped."""
+
+
+def _select(d: DataConfig, seed: int) -> tuple[pa.Table, _Listed]:
+    """(the rows the splits select, what the metrics keep of the listing); raises DataError on
+    unusable input, before any image is read."""
+    listing = list_source(d)
+    listing, plan = plan_splits(listing, d, seed)
     selected = with_splits(listing, plan)
     if pc.count_distinct(selected["path"]).as_py() != len(selected):  # ids are hashes of the paths
         counts = pc.value_counts(selected["path"])
         dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
         raise DataError(f"{d.source}: the image '{dup}' is listed twice")
-    num_classes, class_names, dropped, listed = len(listing.class_names), listing.class_names, listing.dropped, len(listing)
+    class_names, listed = listing.class_names, len(listing)
     has_domains = bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if listed else False
     capped = {s: [class_names[c] for c in classes] for s, classes in plan.capped.items()}
     if capped:
         print(f"[prepare] data.carve_out_share {d.carve_out_share} capped what was drawn from train, to keep the "
               "tail's train images: " + "; ".join(f"{s} for {len(names)} classes ({_first(names)})"
                                                    for s, names in capped.items()), flush=True)
-    del listing, plan  # from here on the driver holds the selected rows' listing and small summaries only
+    # The full listing and the plan end here: from here on the driver holds the selected rows and small summaries.
+    return selected, _Listed(class_names, listed, listing.dropped, has_domains, capped)
 
-    # The selected rows go to one file that each task reads its part from: the driver keeps no
-    # per-image state while the parts are written (and none goes through the object store).
-    selection = stage.file("selection.parquet")
-    n_selected = len(selected)
-    n_parts = write_selection(selected, selection, d.rows_per_part)
-    del selected
-    directory = manifest_path(cfg)
+
+def _write_parts(stage: StageRun, selection: str, directory: str, n_parts: int, n_selected: int,
+                 listed: int) -> pa.Table:
+    """Write the manifest's parts into `directory` from the `selection` file (skipping the parts a
+    killed run finished), then delete the file; returns the summary row of every image read."""
+    d = stage.cfg.data
     resumed = claim_folder(directory, stage.digest)
     names = [part_file(i) for i in range(n_parts)]
     done = set(io.filesystem(p)[1].rsplit("/", 1)[-1] for p in list_parts(directory)) if resumed else set()
@@ -92,13 +102,13 @@ def _run(stage: StageRun) -> dict:
         summaries.append(written)
     fs, path = io.filesystem(selection)
     fs.delete_file(path)  # every part is written: the manifest holds the rows now
-    summary = pa.concat_tables(summaries)
+    return pa.concat_tables(summaries)
 
-    ok = summary["ok"].to_numpy(zero_copy_only=False)
-    bad_rows = summary.filter(pc.invert(summary["ok"]))
-    bad = [{"path": p, "error": e} for p, e in zip(bad_rows["path"].to_pylist(), bad_rows["error"].to_pylist())]
-    io.write_json(stage.file("bad_files.json"), bad)
-    good = summary.filter(summary["ok"])
+
+def _split_counts(d: DataConfig, good: pa.Table, class_names: list[str]) -> dict[str, list[int]]:
+    """Readable images per split and class (train first); raises DataError when a class has no
+    readable train image or the validation or a test split none at all."""
+    num_classes = len(class_names)
     split_arr = shared_strings(good["split"])
     labels_arr = good["label"].to_numpy()
     split_names = sorted(set(split_arr.tolist()), key=lambda s: (s != "train", s))
@@ -110,15 +120,38 @@ def _run(stage: StageRun) -> dict:
     for s in [d.val_split, *d.test_splits]:
         if s not in counts:
             raise DataError(f"{d.source}: the split '{s}' has no readable image")
+    return counts
+
+
+def _run(stage: StageRun) -> dict:
+    cfg, d = stage.cfg, stage.cfg.data
+    selected, source = _select(d, cfg.run.seed)
+    num_classes, class_names = len(source.class_names), source.class_names
+
+    # The selected rows go to one file that each task reads its part from: the driver keeps no
+    # per-image state while the parts are written (and none goes through the object store).
+    selection = stage.file("selection.parquet")
+    n_selected = len(selected)
+    n_parts = write_selection(selected, selection, d.rows_per_part)
+    del selected
+    directory = run_layout.real_manifest(cfg)
+    summary = _write_parts(stage, selection, directory, n_parts, n_selected, source.listed)
+
+    ok = summary["ok"].to_numpy(zero_copy_only=False)
+    bad_rows = summary.filter(pc.invert(summary["ok"]))
+    bad = [{"path": p, "error": e} for p, e in zip(bad_rows["path"].to_pylist(), bad_rows["error"].to_pylist())]
+    io.write_json(stage.file("bad_files.json"), bad)
+    counts = _split_counts(d, summary.filter(summary["ok"]), class_names)
+    train_counts = counts.get("train", [0] * num_classes)
     groups = class_groups(train_counts, d.many_threshold, d.few_threshold)
     metrics = {
         "source": d.source,
         "splits": d.splits,
         "num_classes": num_classes,
         "class_names": class_names,
-        "images_listed": listed,
+        "images_listed": source.listed,
         "images_read": int(len(summary)),
-        "dropped": dropped,
+        "dropped": source.dropped,
         "bad_files_count": len(bad),
         "bad_files": bad[:BAD_FILES_IN_METRICS],
         "rows": int(ok.sum()),
@@ -129,8 +162,8 @@ def _run(stage: StageRun) -> dict:
         "val_split": d.val_split,
         "test_splits": list(d.test_splits),
         "groups": groups,
-        "has_domains": has_domains,
-        "carve_out_capped": capped,
+        "has_domains": source.has_domains,
+        "carve_out_capped": source.capped,
     }
     sizes = ", ".join(f"{s} {sum(c)}" for s, c in counts.items())
     print(f"[prepare] {metrics['rows']} rows: {sizes}; train per class {train_counts}; "

@@ -28,10 +28,6 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
     return STAGE.dir(cfg)
 
 
-def pipeline_dir(cfg: RaysysConfig) -> str:
-    return run_layout.pretrained_pipeline(cfg)
-
-
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
 

@@ -29,18 +29,13 @@ from raysys.ray.train import Workers, fit, run_concurrently
 from raysys.ray.tracking import check_tracking, tracked
 from raysys.report.plots import difficulty_histogram
 from raysys.scoring.difficulty import assign_folds, check_score
-from raysys.training.classifier import ClassifierJob, classifier_loop, history_summary
+from raysys.training.classifier import ClassifierJob, ClassifierSetup, classifier_loop, history_summary
 
 FULL = "full"
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
     return STAGE.dir(cfg)
-
-
-def manifest_path(cfg: RaysysConfig) -> str:
-    """The scored manifest: a folder of Parquet parts, one per part of prepare's."""
-    return run_layout.scored_manifest(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
@@ -64,8 +59,9 @@ def _fit_fold_models(cfg: RaysysConfig, stage: StageRun, prep: dict) -> tuple[di
     keys = [fold_key(k, fold) for fold in range(k)]
     model_dirs = {key: stage.file("folds", fd, f"fold{fold}", "model") for fold, key in enumerate(keys)}
     epochs = cfg.score.fold_epochs or cfg.train.epochs
-    jobs = [ClassifierJob(cfg=cfg, manifest=run_layout.real_manifest(cfg), num_classes=prep["num_classes"],
-                          groups=prep["groups"], epochs=epochs, fold=fold, folds=k, name=key)
+    jobs = [ClassifierJob(setup=ClassifierSetup.of(cfg), manifest=run_layout.real_manifest(cfg),
+                          num_classes=prep["num_classes"], groups=prep["groups"], epochs=epochs, fold=fold, folds=k,
+                          name=key)
             for fold, key in enumerate(keys)]
     print(f"[score] {k} fold models, {min(cfg.score.concurrent_folds, k)} at a time", flush=True)
     tracking = tracked(cfg, STAGE, "classifier", "train", "run.seed")  # a fold model's params: its recipe too
@@ -115,7 +111,7 @@ def _run(stage: StageRun) -> dict:
         folds = assign_folds(train_ids, train["label"].to_numpy(), cfg.score.folds, cfg.run.seed)
         keys = {sid: fold_key(cfg.score.folds, int(f)) for sid, f in zip(train_ids, folds)}
 
-    output = manifest_path(cfg)
+    output = run_layout.scored_manifest(cfg)
     claim_folder(output, stage.digest)
     wanted = int(pc.sum(pc.is_in(rows["split"], pa.array(splits))).as_py() or 0)
     t0 = time.time()

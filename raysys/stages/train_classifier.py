@@ -12,15 +12,11 @@ from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.models.classifiers import check_classifier
 from raysys.ray.train import Workers, fit
 from raysys.ray.tracking import check_tracking, tracked
-from raysys.training.classifier import ClassifierJob, check_train, classifier_loop, history_summary
+from raysys.training.classifier import ClassifierJob, ClassifierSetup, check_train, classifier_loop, history_summary
 
 
 def stage_dir(cfg: RaysysConfig) -> StageDir:
     return STAGE.dir(cfg)
-
-
-def model_dir(cfg: RaysysConfig) -> str:
-    return run_layout.classifier_model(cfg)
 
 
 def run(cfg: RaysysConfig) -> dict:
@@ -30,8 +26,9 @@ def run(cfg: RaysysConfig) -> dict:
 def _run(stage: StageRun) -> dict:
     cfg = stage.cfg
     prep = run_layout.stage_metrics(cfg, "prepare")
-    job = ClassifierJob(cfg=cfg, manifest=run_layout.real_manifest(cfg), num_classes=prep["num_classes"],
-                        groups=prep["groups"], epochs=cfg.train.epochs, name="train_classifier")
+    job = ClassifierJob(setup=ClassifierSetup.of(cfg), manifest=run_layout.real_manifest(cfg),
+                        num_classes=prep["num_classes"], groups=prep["groups"], epochs=cfg.train.epochs,
+                        name="train_classifier")
     state = fit(classifier_loop, job, Workers.for_training(cfg.train), f"classifier-{stage.digest}", stage.file("ray"),
                 outputs={"model": stage.file("model")}, tracking=tracked(cfg, STAGE))
     history = state["history"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysys.core.config import TrainConfig
+from raysys.core.config import ClassifierConfig, TrainConfig
 from raysys.core.context import Checkpoint, step_seed
 from raysys.core.schema import manifest_files
 from raysys.models.classifiers import create_classifier, normalize, save_classifier
@@ -41,11 +41,6 @@ def manifest_rows(manifest: str, splits: Sequence[str], extra: Sequence[str] = (
     files = manifest_files(manifest)
     where = pc.field("split").isin(list(splits))
     return files, index_rows(files, ["sample_id", "label", "split", *extra], where=where)
-
-
-def eval_split_names(cfg: "RaysysConfig") -> list[str]:
-    """The validation split and the test splits (the headline first)."""
-    return [cfg.data.val_split, *cfg.data.test_splits]
 
 
 def make_optimizer(model: nn.Module, t: TrainConfig, steps_per_epoch: int):
@@ -173,10 +168,54 @@ def check_train(t: TrainConfig) -> list[str]:
 
 
 @dataclass
+class ClassifierSetup:
+    """What a classifier fit reads of the config, and nothing more: the model, its recipe, the
+    images it sees, the splits it is measured on and its seed (`of` picks them from a config)."""
+
+    classifier: ClassifierConfig
+    """The `classifier` section: the model's name, width and starting weights."""
+    train: TrainConfig
+    """The `train` section: optimizer, LR schedule, batch size, augmentation, checkpoint cadence."""
+    image_size: int
+    """data.image_size: the side of the square images the model sees."""
+    channels: int
+    """data.channels: 1 grayscale, 3 RGB."""
+    val_split: str
+    """data.val_split: measured after every epoch."""
+    test_splits: list[str]
+    """data.test_splits: measured after the last epoch, the first of them the headline."""
+    seed: int
+    """run.seed: initial weights, folds, shuffles and augmentation draws."""
+
+    @staticmethod
+    def of(cfg: "RaysysConfig") -> "ClassifierSetup":
+        """The setup `cfg` describes."""
+        return ClassifierSetup(classifier=cfg.classifier, train=cfg.train, image_size=cfg.data.image_size,
+                               channels=cfg.data.channels, val_split=cfg.data.val_split,
+                               test_splits=list(cfg.data.test_splits), seed=cfg.run.seed)
+
+    def eval_splits(self) -> list[str]:
+        """The validation split and the test splits (the headline first)."""
+        return [self.val_split, *self.test_splits]
+
+    def create_model(self, num_classes: int) -> nn.Module:
+        """A new classifier of this setup (weights from `classifier.weights`, else torch's RNG)."""
+        c = self.classifier
+        return create_classifier(c.name, num_classes, self.channels, width=c.width, weights=c.weights,
+                                 image_size=self.image_size)
+
+    def meta(self, num_classes: int) -> dict:
+        """What `save_classifier` records beside the weights, so `load_classifier` rebuilds the model."""
+        return {"name": self.classifier.name, "num_classes": num_classes, "in_chans": self.channels,
+                "width": self.classifier.width, "image_size": self.image_size}
+
+
+@dataclass
 class ClassifierJob:
     """One classifier fit: which rows it trains on, for how long."""
 
-    cfg: "RaysysConfig"
+    setup: ClassifierSetup
+    """The model, its recipe, images, splits and seed."""
     manifest: str
     """Prepared manifest (local path or URI)."""
     num_classes: int
@@ -190,51 +229,43 @@ class ClassifierJob:
     """Shown in progress lines."""
 
 
-def classifier_meta(cfg: "RaysysConfig", num_classes: int) -> dict:
-    """What `save_classifier` records beside the weights, so `load_classifier` rebuilds the model."""
-    return {"name": cfg.classifier.name, "num_classes": num_classes, "in_chans": cfg.data.channels,
-            "width": cfg.classifier.width, "image_size": cfg.data.image_size}
-
-
 def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
     """Train (or resume) the classifier, one report per epoch; the last checkpoint holds `model/`
     and the whole history (per-epoch train loss, validation metrics, test metrics at the end)."""
-    cfg = job.cfg
+    s, seed = job.setup, job.setup.seed
     rank, world = ctx.rank, ctx.world_size
-    torch.manual_seed(cfg.run.seed)
-    files, rows = manifest_rows(job.manifest, ["train", *eval_split_names(cfg)], extra=["domain"])
+    torch.manual_seed(seed)
+    files, rows = manifest_rows(job.manifest, ["train", *s.eval_splits()], extra=["domain"])
     train = split_rows(rows, "train")
     if job.fold is not None:
-        folds = assign_folds(train["sample_id"].to_pylist(), train["label"].to_numpy(), job.folds, cfg.run.seed)
+        folds = assign_folds(train["sample_id"].to_pylist(), train["label"].to_numpy(), job.folds, seed)
         train = train.filter(pa.array(folds != job.fold))
-    evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
-    size, chans = cfg.data.image_size, cfg.data.channels
-    decode_train, decode_eval = Decode(files, size, chans, tuple(cfg.train.augment)), Decode(files, size, chans)
+    evals = {name: split_rows(rows, name) for name in s.eval_splits()}
+    size, chans = s.image_size, s.channels
+    decode_train, decode_eval = Decode(files, size, chans, tuple(s.train.augment)), Decode(files, size, chans)
 
-    model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
-                              weights=cfg.classifier.weights, image_size=size)
-    model = ctx.prepare_model(for_device(model, ctx.device))
+    model = ctx.prepare_model(for_device(s.create_model(job.num_classes), ctx.device))
     bare = getattr(model, "module", model)
     per_rank = len(train) // world
-    opt, sched = make_optimizer(model, replace(cfg.train, epochs=job.epochs), -(-per_rank // cfg.train.batch_size))
+    opt, sched = make_optimizer(model, replace(s.train, epochs=job.epochs), -(-per_rank // s.train.batch_size))
     start, history, resumes = restore_training(ctx, bare, opt, sched, job.name, job.epochs)
 
     for epoch in range(start, job.epochs):
         t0 = time.time()
-        torch.manual_seed(step_seed(cfg.run.seed, epoch, rank))
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, 0, 1)))
+        torch.manual_seed(step_seed(seed, epoch, rank))
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(step_seed(seed, epoch, 0, 1)))
         shard = perm[rank * per_rank: (rank + 1) * per_rank].numpy()
-        refs = stream_refs(train, shard, row_seeds(len(shard), cfg.run.seed, epoch, rank, 2))
-        gen = torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, rank, 2))
-        loss = train_epoch(model, ctx, refs, decode_train, opt, sched, recipe=cfg.train, num_classes=job.num_classes,
+        refs = stream_refs(train, shard, row_seeds(len(shard), seed, epoch, rank, 2))
+        gen = torch.Generator().manual_seed(step_seed(seed, epoch, rank, 2))
+        loss = train_epoch(model, ctx, refs, decode_train, opt, sched, recipe=s.train, num_classes=job.num_classes,
                            generator=gen, device=ctx.device)
-        val_m = evaluate(bare, ctx, evals[cfg.data.val_split], decode_eval, job.num_classes, job.groups, ctx.device)
+        val_m = evaluate(bare, ctx, evals[s.val_split], decode_eval, job.num_classes, job.groups, ctx.device)
         record = {"epoch": epoch + 1, "train_loss": round(loss, 6), "seconds": round(time.time() - t0, 3), "val": val_m}
         last = epoch == job.epochs - 1
         if last:
             record["tests"] = {name: evaluate(bare, ctx, evals[name], decode_eval, job.num_classes, job.groups,
-                                              ctx.device) for name in cfg.data.test_splits}
-            record["test"] = record["tests"][cfg.data.test_splits[0]]
+                                              ctx.device) for name in s.test_splits}
+            record["test"] = record["tests"][s.test_splits[0]]
         history.append(record)
         if rank == 0:
             few = val_m["acc_few"]
@@ -242,8 +273,8 @@ def classifier_loop(ctx: "TrainContext", job: ClassifierJob) -> None:
                   f" few {few if few is None else round(few, 4)} ({record['seconds']:.1f}s)", flush=True)
         metrics = {"epoch": epoch + 1, "train_loss": loss, "val_acc": val_m["acc"], "val_acc_few": val_m["acc_few"]}
         checkpoint = None
-        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
-            meta = classifier_meta(cfg, job.num_classes)
+        if rank == 0 and (last or (epoch + 1) % s.train.checkpoint_every == 0):
+            meta = s.meta(job.num_classes)
             checkpoint = Checkpoint(
                 tensors={"model": bare.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
                 state={"epoch": epoch, "history": history, "resumes": resumes},

@@ -24,21 +24,21 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from raysys.core.config import CurriculumConfig
 from raysys.core.context import Checkpoint, step_seed
 from raysys.schedules.base import Schedule, Selection
 from raysys.schedules.registry import create_schedule
 from raysys.data.stream import Decode, row_seeds, split_rows, stream_refs
-from raysys.models.classifiers import create_classifier, save_classifier
+from raysys.models.classifiers import save_classifier
 from raysys.training.adaptive_probe import probe_gains_inputs
-from raysys.training.classifier import (classifier_meta, eval_split_names, evaluate, for_device, make_optimizer,
-                                        manifest_rows, restore_training, train_epoch)
+from raysys.training.classifier import (ClassifierSetup, evaluate, for_device, make_optimizer, manifest_rows,
+                                        restore_training, train_epoch)
 from raysys.training.guidance_validation import GuidanceVal, build_guidance_val, guidance_accuracy, split_guidance_val
 from raysys.training.synthetic_pool import (Mix, Pool, build_pool, check_selections_match, difficulty_weights,
                                             epoch_mix, select_measured, steps_per_epoch, subsample_pool,
                                             synthetic_rows)
 
 if TYPE_CHECKING:
-    from raysys.core.config import RaysysConfig
     from raysys.core.context import TrainContext
 
 
@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 class CurriculumJob:
     """One curriculum run: the real rows, the synthetic plans, the class groups."""
 
-    cfg: "RaysysConfig"
+    setup: ClassifierSetup
+    """The model, its recipe (`train`), images, splits and run.seed."""
+    curriculum: CurriculumConfig
+    """The `curriculum` section: schedule, pool, each epoch's mix, loss."""
     manifest: str
     """Scored manifest (real rows)."""
     plan_dirs: dict[str, str]
@@ -57,18 +60,25 @@ class CurriculumJob:
     """Shown in progress lines."""
 
 
-def curriculum_seed(cfg: "RaysysConfig") -> int:
-    return cfg.curriculum.seed if cfg.curriculum.seed is not None else cfg.run.seed
+def curriculum_seed(c: CurriculumConfig, run_seed: int) -> int:
+    """The run's seed: curriculum.seed, or else run.seed."""
+    return c.seed if c.seed is not None else run_seed
 
 
-def schedule_for(cfg: "RaysysConfig", guidance_levels: list[float]) -> Schedule:
-    """The run's schedule, over `curriculum.guidance_levels` or else the λ levels of its pool."""
-    c = cfg.curriculum
-    epochs = c.epochs or cfg.train.epochs
+def run_epochs(c: CurriculumConfig, train_epochs: int) -> int:
+    """The run's epochs: curriculum.epochs, or else train.epochs."""
+    return c.epochs or train_epochs
+
+
+def schedule_for(c: CurriculumConfig, train_epochs: int, run_seed: int, guidance_levels: list[float]) -> Schedule:
+    """The schedule of the run of section `c` (with train.epochs and run.seed), over
+    `curriculum.guidance_levels` or else the λ levels of its pool."""
+    epochs = run_epochs(c, train_epochs)
     curriculum_epochs = c.curriculum_epochs if c.curriculum_epochs is not None else epochs - max(1, epochs // 13)
     levels = c.guidance_levels if c.guidance_levels is not None else guidance_levels
     return create_schedule(c.schedule, epochs=epochs, curriculum_epochs=curriculum_epochs, guidance_levels=levels,
-                           difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs, seed=curriculum_seed(cfg))
+                           difficulty_bins=c.difficulty_bins, stage_epochs=c.stage_epochs,
+                           seed=curriculum_seed(c, run_seed))
 
 
 def reported_metrics(record: dict) -> dict:
@@ -113,15 +123,15 @@ class CurriculumRun:
 def load_run(job: CurriculumJob, seed: int) -> CurriculumRun:
     """The run's rows without images, its pool, schedule and guidance-validation set; raises when
     the manifest lacks an extra real split or no selection of the schedule can draw a synthetic row."""
-    cfg, c = job.cfg, job.cfg.curriculum
-    size, chans = cfg.data.image_size, cfg.data.channels
+    s, c = job.setup, job.curriculum
+    size, chans = s.image_size, s.channels
     plan_names = list(job.plan_dirs)
-    files, rows = manifest_rows(job.manifest, ["train", *c.extra_real_splits, *eval_split_names(cfg)], extra=["domain"])
+    files, rows = manifest_rows(job.manifest, ["train", *c.extra_real_splits, *s.eval_splits()], extra=["domain"])
     real_train = pa.concat_tables([split_rows(rows, split) for split in ["train", *c.extra_real_splits]])
     missing = [split for split in c.extra_real_splits if not len(split_rows(rows, split))]
     if missing:
         raise ValueError(f"curriculum.extra_real_splits: the manifest {job.manifest} has no rows of split(s) {missing}")
-    evals = {name: split_rows(rows, name) for name in eval_split_names(cfg)}
+    evals = {name: split_rows(rows, name) for name in s.eval_splits()}
     plan_folders = list(job.plan_dirs.values()) if c.schedule != "real_only" else []
     plan_files, synthetic = synthetic_rows(plan_folders, len(files))
     files = files + plan_files
@@ -132,10 +142,10 @@ def load_run(job: CurriculumJob, seed: int) -> CurriculumRun:
         synthetic = subsample_pool(synthetic, int(round(c.synthetic_pool_share * len(real_train))), seed)
     gval = build_guidance_val(held_real, held_syn) if len(held_real) else None
     pool = build_pool(real_train, synthetic, job.groups["few"], c.difficulty_bins)
-    decode_train, decode_eval = Decode(files, size, chans, tuple(cfg.train.augment)), Decode(files, size, chans)
+    decode_train, decode_eval = Decode(files, size, chans, tuple(s.train.augment)), Decode(files, size, chans)
     lam = pool.guidance[~np.isnan(pool.guidance)]
-    schedule = schedule_for(cfg, sorted(set(np.round(lam, 4).tolist())))
-    epochs = c.epochs or cfg.train.epochs
+    schedule = schedule_for(c, s.train.epochs, s.seed, sorted(set(np.round(lam, 4).tolist())))
+    epochs = run_epochs(c, s.train.epochs)
     if gval is not None and c.guidance_levels is not None:
         gval = gval.only_levels(c.guidance_levels)  # adaptive measures (and chooses among) these only
     weights = difficulty_weights(pool.requested, c.difficulty_distribution, c.difficulty_params) \
@@ -148,11 +158,11 @@ def choose_stage_level(ctx: "TrainContext", job: CurriculumJob, run: CurriculumR
                        epoch: int) -> dict:
     """The adaptive schedule's choice for the stage that starts at `epoch`: measured by the probe on
     rank 0, broadcast, recorded in the schedule. Returns the epoch's record of it."""
-    cfg, c, schedule = job.cfg, job.cfg.curriculum, run.schedule
+    t, schedule = job.setup.train, run.schedule
     choice = None
     if ctx.rank == 0:
-        before, after = probe_gains_inputs(model, ctx, run.gval, run.real_train, run.decode_eval, c.probe_steps,
-                                           cfg.train.batch_size, cfg.train.lr, seed, epoch, ctx.device)
+        before, after = probe_gains_inputs(model, ctx, run.gval, run.real_train, run.decode_eval,
+                                           job.curriculum.probe_steps, t.batch_size, t.lr, seed, epoch, ctx.device)
         choice = {"before": before, "after": after}
     choice = ctx.broadcast(choice)
     chosen = schedule.record(epoch, choice["before"], choice["after"])
@@ -162,7 +172,7 @@ def choose_stage_level(ctx: "TrainContext", job: CurriculumJob, run: CurriculumR
 def train_on_mix(ctx: "TrainContext", job: CurriculumJob, run: CurriculumRun, model: nn.Module, opt, sched,
                  selection: Selection, epoch: int, seed: int) -> tuple[Mix, float]:
     """The epoch's mix, this rank's shard of it, and one epoch of training on the shard: (mix, loss)."""
-    cfg, c, pool = job.cfg, job.cfg.curriculum, run.pool
+    c, pool = job.curriculum, run.pool
     rank, world = ctx.rank, ctx.world_size
     mix = epoch_mix(pool, selection, epoch, seed, c.synthetic_per_epoch, c.undersample, run.weights, c.equal_steps)
     if rank == 0 and not selection.real_only and mix.matching == 0:
@@ -177,14 +187,14 @@ def train_on_mix(ctx: "TrainContext", job: CurriculumJob, run: CurriculumRun, mo
     gen = torch.Generator().manual_seed(step_seed(seed, epoch, rank, 2))
     prior_rows = mix.indices if c.balanced_softmax_prior == "mix" else mix.indices[mix.indices < pool.n_real]
     prior = log_prior(pool.labels[prior_rows], job.num_classes) if c.loss == "balanced_softmax" else None
-    loss = train_epoch(model, ctx, refs, run.decode_train, opt, sched, recipe=cfg.train, num_classes=job.num_classes,
-                       generator=gen, device=ctx.device, log_prior=prior)
+    loss = train_epoch(model, ctx, refs, run.decode_train, opt, sched, recipe=job.setup.train,
+                       num_classes=job.num_classes, generator=gen, device=ctx.device, log_prior=prior)
     return mix, loss
 
 
 def evaluate_split(model: nn.Module, ctx: "TrainContext", job: CurriculumJob, run: CurriculumRun, split: str) -> dict:
     """Classification metrics on `split`, with the worst-k class accuracy."""
-    k = job.cfg.curriculum.worst_k
+    k = job.curriculum.worst_k
     m = evaluate(model, ctx, run.evals[split], run.decode_eval, job.num_classes, job.groups, ctx.device)
     m[f"worst_{k}_acc"] = worst_k_accuracy(m["per_class_acc"], k)
     return m
@@ -193,7 +203,7 @@ def evaluate_split(model: nn.Module, ctx: "TrainContext", job: CurriculumJob, ru
 def epoch_checkpoint(job: CurriculumJob, model: nn.Module, opt, sched, epoch: int, history: list, resumes,
                      schedule: Schedule) -> Checkpoint:
     """Model, optimizer, LR schedule, history and the schedule's state, and the model as a classifier folder."""
-    meta = classifier_meta(job.cfg, job.num_classes)
+    meta = job.setup.meta(job.num_classes)
     return Checkpoint(
         tensors={"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
         state={"epoch": epoch, "history": history, "resumes": resumes, "schedule": schedule.state()},
@@ -208,19 +218,17 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
     (seed, epoch)), one shard per rank, then evaluation. The checkpoint holds the model, optimizer,
     LR schedule, history and the schedule's state, so a resumed run makes the same choices and
     continues as the uninterrupted one would."""
-    cfg, c = job.cfg, job.cfg.curriculum
-    seed = curriculum_seed(cfg)
+    s, c = job.setup, job.curriculum
+    seed = curriculum_seed(c, s.seed)
     run = load_run(job, seed)
-    schedule, epochs, chans = run.schedule, run.epochs, cfg.data.channels
+    schedule, epochs = run.schedule, run.epochs
 
     torch.manual_seed(seed)  # the same initial weights in every run of this config
-    model = create_classifier(cfg.classifier.name, job.num_classes, chans, width=cfg.classifier.width,
-                              weights=cfg.classifier.weights, image_size=cfg.data.image_size)
-    model = ctx.prepare_model(for_device(model, ctx.device))
+    model = ctx.prepare_model(for_device(s.create_model(job.num_classes), ctx.device))
     bare = getattr(model, "module", model)
     steps = steps_per_epoch(run.pool, schedule, epochs, c.synthetic_per_epoch, c.undersample, c.equal_steps,
-                            ctx.world_size, cfg.train.batch_size)
-    opt, sched = make_optimizer(model, replace(cfg.train, epochs=epochs), steps)
+                            ctx.world_size, s.train.batch_size)
+    opt, sched = make_optimizer(model, replace(s.train, epochs=epochs), steps)
     start, history, resumes = restore_training(ctx, bare, opt, sched, job.name, epochs, schedule)
     if start >= epochs and history:  # a finished run restored: its caller (a Tune trial) may have missed the
         ctx.report(reported_metrics(history[-1]))  # last report (a hard kill), so it hears it again
@@ -232,7 +240,7 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
             record["adaptive"] = choose_stage_level(ctx, job, run, bare, seed, epoch)
         selection = schedule.selection(epoch)
         mix, loss = train_on_mix(ctx, job, run, model, opt, sched, selection, epoch, seed)
-        val_m = evaluate_split(bare, ctx, job, run, cfg.data.val_split)
+        val_m = evaluate_split(bare, ctx, job, run, s.val_split)
         record.update({"selection": str(selection), "real": mix.real, "synthetic": mix.synthetic,
                        "matching": mix.matching, "train_loss": round(loss, 6), "val": val_m})
         if run.gval is not None:
@@ -240,9 +248,9 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
         last = epoch == epochs - 1
         if last:
             record["tests"] = {}
-            for split in cfg.data.test_splits:
+            for split in s.test_splits:
                 record["tests"][split] = evaluate_split(bare, ctx, job, run, split)
-            record["test"] = record["tests"][cfg.data.test_splits[0]]
+            record["test"] = record["tests"][s.test_splits[0]]
         record["seconds"] = round(time.time() - t0, 3)
         history.append(record)
         if ctx.rank == 0:
@@ -251,6 +259,6 @@ def curriculum_loop(ctx: "TrainContext", job: CurriculumJob) -> None:
                   f"loss {loss:.4f} val acc {val_m['acc']:.4f} few {few if few is None else round(few, 4)}", flush=True)
         metrics = reported_metrics(record)
         checkpoint = None
-        if ctx.rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+        if ctx.rank == 0 and (last or (epoch + 1) % s.train.checkpoint_every == 0):
             checkpoint = epoch_checkpoint(job, bare, opt, sched, epoch, history, resumes, schedule)
         ctx.report(metrics, checkpoint)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from raysys.cli import main
-from raysys.core import io
+from raysys.core import io, run_layout
 from raysys.core.schema import MANIFEST_SCHEMA, list_parts, read_manifest
 from raysys.stages import load_config, prepare
 from tests.conftest import REPO, TINY, kill_driver, start_driver
@@ -53,7 +53,7 @@ def test_folder_with_its_own_splits_and_an_ood_split(tmp_path, ray_session):
     m = prepare.run(cfg)
     assert m["counts"] == {"train": [6, 3], "ood_test": [2, 2], "pretrain": [1, 1], "test": [3, 2], "val": [2, 2]}
     assert m["rows"] == 24 and m["parts"] == 4 and m["bad_files_count"] == 0  # 7 rows per part
-    folder = prepare.manifest_path(cfg)
+    folder = run_layout.real_manifest(cfg)
     table = read_manifest(folder)
     assert table.schema == MANIFEST_SCHEMA and len(table) == 24
     assert all(p.startswith("test/") for p in table.filter(pc.equal(table["split"], "test"))["path"].to_pylist())
@@ -93,7 +93,7 @@ def test_list_files_and_a_metadata_table_with_domains(tmp_path, ray_session):
         "data.split_names={test: ood_test}", "data.test_splits=[id_test, ood_test]", *GIVEN])
     m = prepare.run(cfg)
     assert m["counts"]["id_test"] == [2, 2] and m["counts"]["ood_test"] == [1, 1] and m["has_domains"]
-    table = read_manifest(prepare.manifest_path(cfg), columns=["split", "domain"])
+    table = read_manifest(run_layout.real_manifest(cfg), columns=["split", "domain"])
     domains = dict(zip(table["split"].to_pylist(), table["domain"].to_pylist()))
     assert domains["ood_test"] == "cam_z" and domains["id_test"] == "cam_a"
 
@@ -154,10 +154,10 @@ def test_a_killed_prepare_run_again_gives_the_same_manifest(tmp_path, ray_sessio
 
     clean = load_config(TINY, [f"run.root={tmp_path / 'clean'}", *overrides])
     assert prepare.run(clean)["counts"] == m["counts"]
-    resumed, uninterrupted = read_manifest(prepare.manifest_path(cfg)), read_manifest(prepare.manifest_path(clean))
+    resumed, uninterrupted = read_manifest(run_layout.real_manifest(cfg)), read_manifest(run_layout.real_manifest(clean))
     assert resumed.equals(uninterrupted)  # the same rows, in the same order, image bytes included
-    assert [os.path.basename(p) for p in list_parts(prepare.manifest_path(cfg))] == \
-        [os.path.basename(p) for p in list_parts(prepare.manifest_path(clean))]
+    assert [os.path.basename(p) for p in list_parts(run_layout.real_manifest(cfg))] == \
+        [os.path.basename(p) for p in list_parts(run_layout.real_manifest(clean))]
 
 
 @pytest.mark.slow
@@ -171,7 +171,7 @@ def test_a_folder_with_train_and_test_runs_end_to_end_on_its_own_test_images(fol
     prep = prepare.stage_dir(cfg).metrics()
     assert prep["counts"]["test"] == [15] * 10 and prep["counts"]["val"] == [10] * 10
     assert prep["counts"]["pretrain"] == [20] * 10
-    table = read_manifest(prepare.manifest_path(cfg), columns=["split", "path"])
+    table = read_manifest(run_layout.real_manifest(cfg), columns=["split", "path"])
     paths = dict(zip(table["path"].to_pylist(), table["split"].to_pylist()))
     assert {s for p, s in paths.items() if p.startswith("test/")} == {"test"}
     assert all(p.startswith("train/") for p, s in paths.items() if s != "test")

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from raysys.core import run_layout
 from raysys.stages import load_config
 from raysys.generation.pipeline import LORA_WEIGHTS
 from raysys.stages import control, finetune, pretrain_generator
@@ -26,7 +27,7 @@ def test_pretrained_base_is_a_pipeline_and_recognition_is_measured(tiny_generato
     assert 0.0 <= ctl["recognition"] <= 1.0 and len(ctl["recognition_per_class"]) == 10
     assert ctl["recognition_images"] == 10 * control.RECOGNITION_SEEDS
     assert 0.0 <= ctl["recognition_real_same_size"] <= 1.0
-    assert os.path.isfile(os.path.join(pretrain_generator.pipeline_dir(cfg), "model_index.json"))
+    assert os.path.isfile(os.path.join(run_layout.pretrained_pipeline(cfg), "model_index.json"))
     assert os.path.getsize(control.stage_dir(cfg).file("samples.png")) > 1000
 
 
@@ -34,7 +35,7 @@ def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
     cfg, _, fine, ctl = tiny_generator
     assert set(fine["variants"]) == {"difficulty", "plain"}
     for variant in ("difficulty", "plain"):
-        adapters = finetune.adapters_dir(cfg, variant)
+        adapters = run_layout.adapters(cfg, variant)
         assert os.path.isfile(os.path.join(adapters, LORA_WEIGHTS))
         assert os.path.isdir(os.path.join(adapters, "difficulty_encoder")) == (variant == "difficulty")
         v = fine["variants"][variant]
@@ -50,7 +51,7 @@ def test_finetune_writes_standard_lora_and_the_proof_of_control(tiny_generator):
     # The fine-tuned generator loads from its files alone and honours the difficulty condition.
     from raysys.generation.finetune import load_finetuned
 
-    pipe = load_finetuned(pretrain_generator.pipeline_dir(cfg), finetune.adapters_dir(cfg, "difficulty"))
+    pipe = load_finetuned(run_layout.pretrained_pipeline(cfg), run_layout.adapters(cfg, "difficulty"))
     out = pipe(["a photo of the digit one"] * 2, seeds=[3, 3], class_labels=[1, 1], difficulty=[0.1, 0.9],
                num_inference_steps=4, output_type="pt").images
     assert out.shape == (2, 1, 8, 8) and (out[0] - out[1]).abs().max() > 0
@@ -103,11 +104,11 @@ def test_killed_pretraining_resumes_and_ends_with_the_uninterrupted_weights(tiny
     assert metrics["steps"] == cfg.pretrain.steps
     # The resumed run drew the batches and noise of the uninterrupted one: the same losses, the same weights.
     assert (metrics["loss_start"], metrics["loss_end"]) == (pre["loss_start"], pre["loss_end"])
-    files = sorted(glob.glob("*/*.safetensors", root_dir=pretrain_generator.pipeline_dir(cfg)))
+    files = sorted(glob.glob("*/*.safetensors", root_dir=run_layout.pretrained_pipeline(cfg)))
     assert len(files) == 2  # the UNet and the text encoder
-    assert sorted(glob.glob("*/*.safetensors", root_dir=pretrain_generator.pipeline_dir(again))) == files
+    assert sorted(glob.glob("*/*.safetensors", root_dir=run_layout.pretrained_pipeline(again))) == files
     for name in files:
-        a, b = (load_file(os.path.join(pretrain_generator.pipeline_dir(c), name)) for c in (cfg, again))
+        a, b = (load_file(os.path.join(run_layout.pretrained_pipeline(c), name)) for c in (cfg, again))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 

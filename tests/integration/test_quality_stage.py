@@ -10,12 +10,13 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
+from raysys.core import run_layout
 from raysys.core.loading import ConfigError
 from raysys.core.schema import read_manifest
 from raysys.data.images import encode_png
 from raysys.quality.features import FeatureExtractor
 from raysys.quality.groups import FeatureSet, Reference, measure
-from raysys.stages import load_config, quality, score, train_classifier
+from raysys.stages import load_config, quality
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.integration
@@ -66,8 +67,8 @@ def test_an_unknown_extractor_is_refused_before_any_work(tiny_cfg):
 
 def test_a_copying_generator_and_noise_through_the_run_classifier(tiny_run):
     cfg = tiny_run[0]
-    extract = FeatureExtractor("classifier", train_classifier.model_dir(cfg))
-    table = read_manifest(score.manifest_path(cfg), columns=["sample_id", "label", "image", "split"],
+    extract = FeatureExtractor("classifier", run_layout.classifier_model(cfg))
+    table = read_manifest(run_layout.scored_manifest(cfg), columns=["sample_id", "label", "image", "split"],
                           where=pc.field("split").isin(["train", "test"]))
     split = np.asarray(table["split"].to_pylist())
     labels = table["label"].to_numpy().astype(np.int64)

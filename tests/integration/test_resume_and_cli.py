@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from raysys.core import run_layout
 from raysys.stages import prepare, score, train_classifier
 from tests.conftest import REPO, TINY, kill_after_checkpoints, start_driver
 
@@ -51,7 +52,7 @@ def test_killed_score_resumes_its_fold_models_and_scores_as_the_uninterrupted_ru
     # Each fold model continued as the uninterrupted one: the same models, the same rows, ids and scores.
     assert [{k: v for k, v in fold.items() if k != "resumed_at_epochs"} for fold in metrics["fold_models"]] == \
         [{k: v for k, v in fold.items() if k != "resumed_at_epochs"} for fold in whole["fold_models"]]
-    a, b = (read_manifest(score.manifest_path(c)) for c in (cfg, again))
+    a, b = (read_manifest(run_layout.scored_manifest(c)) for c in (cfg, again))
     assert b.num_rows == a.num_rows and b["difficulty"].null_count == a["difficulty"].null_count
     assert b.num_rows - b["difficulty"].null_count == whole["rows_scored"]  # the pretrain rows are not scored
     assert b["sample_id"].to_pylist() == a["sample_id"].to_pylist()

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from raysys.core import run_layout
 from raysys.core.schema import MANIFEST_SCHEMA, read_manifest
 from raysys.stages import prepare, score, train_classifier
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def test_prepare_writes_splits_and_metrics(tiny_run):
     cfg, prep, _, _ = tiny_run
-    table = read_manifest(prepare.manifest_path(cfg))
+    table = read_manifest(run_layout.real_manifest(cfg))
     assert table.schema == MANIFEST_SCHEMA
     counts = prep["counts"]
     assert counts["train"][0] == 60 and counts["train"][-1] == 6
@@ -37,12 +38,12 @@ def test_classifier_metrics_per_epoch(tiny_run):
     assert last["train_loss"] < first["train_loss"]
     assert trained["acc"] > 0.5  # well above chance (0.1) on the balanced test split
     assert trained["acc_many"] > trained["acc_few"]  # the long tail shows
-    assert os.path.isfile(os.path.join(train_classifier.model_dir(cfg), "model.safetensors"))
+    assert os.path.isfile(os.path.join(run_layout.classifier_model(cfg), "model.safetensors"))
 
 
 def test_scores_cover_every_train_row_out_of_fold(tiny_run):
     cfg, prep, trained, scored = tiny_run
-    table = read_manifest(score.manifest_path(cfg))
+    table = read_manifest(run_layout.scored_manifest(cfg))
     train = table.filter(pc.equal(table["split"], "train"))
     d = train["difficulty"].to_numpy(zero_copy_only=False)
     assert len(train) == sum(prep["counts"]["train"]) and not np.isnan(d).any()
@@ -64,10 +65,10 @@ def test_scores_cover_every_train_row_out_of_fold(tiny_run):
 
 def test_rerun_of_complete_stages_is_skipped(tiny_run):
     cfg, prep, trained, scored = tiny_run
-    mtime = os.path.getmtime(score.manifest_path(cfg))
+    mtime = os.path.getmtime(run_layout.scored_manifest(cfg))
     assert train_classifier.run(cfg)["seconds"] == trained["seconds"]
     assert score.run(cfg)["seconds"] == scored["seconds"]
-    assert os.path.getmtime(score.manifest_path(cfg)) == mtime
+    assert os.path.getmtime(run_layout.scored_manifest(cfg)) == mtime
 
 
 def test_two_data_parallel_workers_train_one_model(tmp_path, ray_session):
@@ -89,13 +90,13 @@ def test_ray_data_input_trains_exactly_as_decoding_in_the_worker(tmp_path, ray_s
     one the worker's own decoding (input_tasks 0) gives, loss for loss."""
     from raysys.ray.train import Workers, fit
     from raysys.stages import load_config
-    from raysys.training.classifier import ClassifierJob, classifier_loop
+    from raysys.training.classifier import ClassifierJob, ClassifierSetup, classifier_loop
     from tests.conftest import TINY
 
     cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", "train.epochs=3", "train.batch_size=32"])
     prep = prepare.run(cfg)
-    job = ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
-                        groups=prep["groups"], epochs=3)
+    job = ClassifierJob(setup=ClassifierSetup.of(cfg), manifest=run_layout.real_manifest(cfg),
+                        num_classes=prep["num_classes"], groups=prep["groups"], epochs=3)
     histories = {}
     for tasks in (0, 2):
         workers = Workers(input_tasks=tasks, prefetch_batches=1)

@@ -18,12 +18,12 @@ import pyarrow.fs as pafs
 import pytest
 
 from raysys.stages import load_config
-from raysys.core import io
+from raysys.core import io, run_layout
 from raysys.core.schema import read_manifest
 from raysys.data.export import export_images, latest_version
 from raysys.data.images import decode
 from raysys.generation.synthesis import list_parts, read_plan, written_ids
-from raysys.stages import score, synthesize
+from raysys.stages import synthesize
 from tests.conftest import TINY, kill_driver, start_driver
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def _copy_finished(cfg, root, stages=("prepare", "train_classifier", "score", "p
 
 def test_synthesis_writes_exactly_the_plan(tiny_synthesis):
     cfg, m = tiny_synthesis
-    table = read_manifest(score.manifest_path(cfg))
+    table = read_manifest(run_layout.scored_manifest(cfg))
     train = table.filter(np.asarray(table["split"].to_pylist()) == "train")
     counts = np.bincount(train["label"].to_numpy(), minlength=10)
     # The plan's size by hand from configs/tiny.yaml, not from the planning code: a text plan is

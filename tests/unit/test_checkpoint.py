@@ -54,13 +54,14 @@ class KilledAfter(LocalContext):
 
 
 def test_a_classifier_loop_killed_and_resumed_continues_as_the_uninterrupted_one(tmp_path):
+    from raysys.core import run_layout
     from raysys.stages import prepare
-    from raysys.training.classifier import ClassifierJob, classifier_loop
+    from raysys.training.classifier import ClassifierJob, ClassifierSetup, classifier_loop
 
     cfg = load_config(TINY, [f"run.root={tmp_path / 'run'}", "train.epochs=4", "train.checkpoint_every=1"])
     prep = prepare.run(cfg)
-    job = ClassifierJob(cfg=cfg, manifest=prepare.manifest_path(cfg), num_classes=prep["num_classes"],
-                        groups=prep["groups"], epochs=4)
+    job = ClassifierJob(setup=ClassifierSetup.of(cfg), manifest=run_layout.real_manifest(cfg),
+                        num_classes=prep["num_classes"], groups=prep["groups"], epochs=4)
     whole = LocalContext(str(tmp_path / "whole"))
     classifier_loop(whole, job)
     with pytest.raises(Killed):
