@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from raysys.core.io import FOLDER_NAME
 from raysys.schedules.adaptive import Adaptive
@@ -13,7 +14,38 @@ from raysys.schedules.fixed import ORDERS, FixedOrder
 from raysys.schedules.real_only import RealOnly
 from raysys.schedules.two_axis import TwoAxis
 
-SCHEDULES = ("real_only", "all_levels", *ORDERS, "easy_to_hard", "hard_to_easy", "two_axis", "adaptive")
+
+@dataclass(frozen=True)
+class ScheduleArgs:
+    """What a schedule is built from: the curriculum settings and the pool's levels."""
+
+    epochs: int
+    curriculum_epochs: int
+    guidance_levels: Sequence[float]
+    difficulty_bins: Sequence[float]
+    stage_epochs: int
+    seed: int
+
+
+def _all_levels(a: ScheduleArgs) -> Schedule:
+    # Every λ level if the pool has image-guided rows, else every synthetic row (Level() is "any").
+    levels = [Level(guidance=g) for g in sorted(set(a.guidance_levels))] or [Level()]
+    return AllLevels(levels, a.epochs, a.curriculum_epochs)
+
+
+_BUILDERS: dict[str, Callable[[ScheduleArgs], Schedule]] = {
+    "real_only": lambda a: RealOnly(a.epochs),
+    "all_levels": _all_levels,
+    **{order: (lambda a, order=order: FixedOrder(order, a.guidance_levels, a.epochs, a.curriculum_epochs, a.seed))
+       for order in ORDERS},
+    **{order: (lambda a, order=order: DifficultyOrder(order, a.difficulty_bins, a.epochs, a.curriculum_epochs))
+       for order in ("easy_to_hard", "hard_to_easy")},
+    "two_axis": lambda a: TwoAxis(a.guidance_levels, a.difficulty_bins, a.epochs, a.curriculum_epochs),
+    "adaptive": lambda a: Adaptive(a.guidance_levels, a.epochs, a.curriculum_epochs, a.stage_epochs),
+}
+
+SCHEDULES = tuple(_BUILDERS)
+"""Every schedule's name, in the order the docs list them."""
 
 
 def create_schedule(
@@ -26,21 +58,10 @@ def create_schedule(
     stage_epochs: int = 1,
     seed: int = 0,
 ) -> Schedule:
-    if name == "real_only":
-        return RealOnly(epochs)
-    if name == "all_levels":
-        # Every λ level if the pool has image-guided rows, else every synthetic row (Level() is "any").
-        levels = [Level(guidance=g) for g in sorted(set(guidance_levels))] or [Level()]
-        return AllLevels(levels, epochs, curriculum_epochs)
-    if name in ORDERS:
-        return FixedOrder(name, guidance_levels, epochs, curriculum_epochs, seed)
-    if name in ("easy_to_hard", "hard_to_easy"):
-        return DifficultyOrder(name, difficulty_bins, epochs, curriculum_epochs)
-    if name == "two_axis":
-        return TwoAxis(guidance_levels, difficulty_bins, epochs, curriculum_epochs)
-    if name == "adaptive":
-        return Adaptive(guidance_levels, epochs, curriculum_epochs, stage_epochs)
-    raise ValueError(f"unknown curriculum schedule '{name}' (choose from {', '.join(SCHEDULES)})")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown curriculum schedule '{name}' (choose from {', '.join(SCHEDULES)})")
+    return _BUILDERS[name](ScheduleArgs(epochs, curriculum_epochs, guidance_levels, difficulty_bins, stage_epochs,
+                                        seed))
 
 
 def check_curriculum(cfg) -> list[str]:
