@@ -16,20 +16,19 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysys.core import io, run_layout
-from raysys.core.config import DataConfig, RaysysConfig
+from raysys.core.config import RaysysConfig
 from raysys.core.schema import claim_folder, list_parts, part_file
 from raysys.core.stage import StageRun, Stage, StageDir, run_stage
 from raysys.data.ingest import finished_part_summary, selection_rows, write_part_of_selection, write_selection
 from raysys.data.longtail import class_groups
-from raysys.data.sources import DataError, list_source, shared_strings
-from raysys.data.splits import check_data, plan_splits, with_splits
+from raysys.data.selection import select_rows, split_counts
+from raysys.data.splits import check_data
 from raysys.ray.parts import map_parts
 
 BAD_FILES_IN_METRICS = 100
@@ -42,40 +41,6 @@ def stage_dir(cfg: RaysysConfig) -> StageDir:
 
 def run(cfg: RaysysConfig) -> dict:
     return run_stage(STAGE, cfg)[0]
-
-
-@dataclass
-class _Listed:
-    """What the metrics keep of the source's listing, once its rows are selected."""
-
-    class_names: list[str]
-    listed: int
-    """Images listed in the source."""
-    dropped: dict[str, int]
-    has_domains: bool
-    capped: dict[str, list[str]]
-    """Split drawn from train -> the classes whose draw data.carve_out_share capped."""
-
-
-def _select(d: DataConfig, seed: int) -> tuple[pa.Table, _Listed]:
-    """(the rows the splits select, what the metrics keep of the listing); raises DataError on
-    unusable input, before any image is read."""
-    listing = list_source(d)
-    listing, plan = plan_splits(listing, d, seed)
-    selected = with_splits(listing, plan)
-    if pc.count_distinct(selected["path"]).as_py() != len(selected):  # ids are hashes of the paths
-        counts = pc.value_counts(selected["path"])
-        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-        raise DataError(f"{d.source}: the image '{dup}' is listed twice")
-    class_names, listed = listing.class_names, len(listing)
-    has_domains = bool(pc.any(pc.is_valid(listing.table["domain"])).as_py()) if listed else False
-    capped = {s: [class_names[c] for c in classes] for s, classes in plan.capped.items()}
-    if capped:
-        print(f"[prepare] data.carve_out_share {d.carve_out_share} capped what was drawn from train, to keep the "
-              "tail's train images: " + "; ".join(f"{s} for {len(names)} classes ({_first(names)})"
-                                                   for s, names in capped.items()), flush=True)
-    # The full listing and the plan end here: from here on the driver holds the selected rows and small summaries.
-    return selected, _Listed(class_names, listed, listing.dropped, has_domains, capped)
 
 
 def _write_parts(stage: StageRun, selection: str, directory: str, n_parts: int, n_selected: int,
@@ -105,27 +70,9 @@ def _write_parts(stage: StageRun, selection: str, directory: str, n_parts: int, 
     return pa.concat_tables(summaries)
 
 
-def _split_counts(d: DataConfig, good: pa.Table, class_names: list[str]) -> dict[str, list[int]]:
-    """Readable images per split and class (train first); raises DataError when a class has no
-    readable train image or the validation or a test split none at all."""
-    num_classes = len(class_names)
-    split_arr = shared_strings(good["split"])
-    labels_arr = good["label"].to_numpy()
-    split_names = sorted(set(split_arr.tolist()), key=lambda s: (s != "train", s))
-    counts = {s: np.bincount(labels_arr[split_arr == s], minlength=num_classes).tolist() for s in split_names}
-    train_counts = counts.get("train", [0] * num_classes)
-    empty = [class_names[c] for c in range(num_classes) if train_counts[c] == 0]
-    if empty:
-        raise DataError(f"{d.source}: class(es) {empty[:10]} have no readable train image (all their files are corrupt)")
-    for s in [d.val_split, *d.test_splits]:
-        if s not in counts:
-            raise DataError(f"{d.source}: the split '{s}' has no readable image")
-    return counts
-
-
 def _run(stage: StageRun) -> dict:
     cfg, d = stage.cfg, stage.cfg.data
-    selected, source = _select(d, cfg.run.seed)
+    selected, source = select_rows(d, cfg.run.seed)
     num_classes, class_names = len(source.class_names), source.class_names
 
     # The selected rows go to one file that each task reads its part from: the driver keeps no
@@ -141,7 +88,7 @@ def _run(stage: StageRun) -> dict:
     bad_rows = summary.filter(pc.invert(summary["ok"]))
     bad = [{"path": p, "error": e} for p, e in zip(bad_rows["path"].to_pylist(), bad_rows["error"].to_pylist())]
     io.write_json(stage.file("bad_files.json"), bad)
-    counts = _split_counts(d, summary.filter(summary["ok"]), class_names)
+    counts = split_counts(d, summary.filter(summary["ok"]), class_names)
     train_counts = counts.get("train", [0] * num_classes)
     groups = class_groups(train_counts, d.many_threshold, d.few_threshold)
     metrics = {
@@ -169,10 +116,6 @@ def _run(stage: StageRun) -> dict:
     print(f"[prepare] {metrics['rows']} rows: {sizes}; train per class {train_counts}; "
           f"{len(bad)} unreadable file(s) skipped -> {directory}")
     return metrics
-
-
-def _first(names: list[str], shown: int = 10) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 STAGE = Stage(
