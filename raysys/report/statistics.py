@@ -13,6 +13,15 @@ METRICS = ("acc", "acc_many", "acc_medium", "acc_few", "macro_f1")
 QUALITY = ("train_fid", "test_fid", "train_kid", "train_precision", "train_recall", "train_density", "train_coverage",
            "copies", "closer_than_source", "diversity")
 """The quality stage's overall figures of a plan that evaluate puts beside a variant's accuracy."""
+TIE = 1e-9
+"""Differences within this are ties, not wins or losses: two runs that get the same number of images right
+can differ in the last bits of their float accuracies (0.9450000000000001 against 0.945), while one
+image of a test split is at least 1e-6 of it."""
+
+
+def won(diffs: list[float]) -> int:
+    """Seeds on which the difference is a win: above TIE."""
+    return sum(d > TIE for d in diffs)
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -31,8 +40,8 @@ def compare(baseline: dict[str, list], other: dict[str, list]) -> dict:
     for key in ("acc", "acc_few"):
         diffs = [o - b for o, b in zip(other[key], baseline[key]) if o is not None and b is not None]
         mean, std = mean_std(diffs)
-        out[key] = {"mean_diff": mean, "std_diff": std, "seeds_won": sum(d > 0 for d in diffs), "seeds": len(diffs)}
-    beats = all(out[k]["mean_diff"] is not None and out[k]["mean_diff"] > 0 for k in ("acc", "acc_few"))
+        out[key] = {"mean_diff": mean, "std_diff": std, "seeds_won": won(diffs), "seeds": len(diffs)}
+    beats = all(out[k]["mean_diff"] is not None and out[k]["mean_diff"] > TIE for k in ("acc", "acc_few"))
     out["verdict"] = "beats" if beats else "does not beat"
     return out
 
@@ -49,10 +58,10 @@ def compare_splits(baseline: dict, other: dict) -> dict:
             pairs = zip(other.get(split, {}).get(key, {}).get("per_seed", []), baseline[split][key]["per_seed"])
             diffs = [o - b for o, b in pairs if o is not None and b is not None]
             mean, std = mean_std(diffs)
-            out[split][key] = {"mean_diff": mean, "std_diff": std, "seeds_won": sum(d > 0 for d in diffs),
+            out[split][key] = {"mean_diff": mean, "std_diff": std, "seeds_won": won(diffs),
                                "seeds": len(diffs)}
         f1 = out[split]["macro_f1"]["mean_diff"]
-        out[split]["verdict"] = "beats" if f1 is not None and f1 > 0 else "does not beat"
+        out[split]["verdict"] = "beats" if f1 is not None and f1 > TIE else "does not beat"
     return out
 
 

@@ -5,7 +5,8 @@ the single `curriculum` run when no variants are configured) and writes <root>/e
 `metrics.json` with, per variant, the mean and standard deviation over seeds of overall,
 many/medium/few accuracy and macro-F1 and the per-seed values; and, per variant against the
 baseline variant, the mean paired difference in overall and few-class accuracy, the seeds it
-won, and a plain verdict ("beats" only if the mean difference is > 0 on both); with several
+won (a seed with the same number of images right is a tie, not a win: report.statistics.TIE), and
+a plain verdict ("beats" only if the mean difference is > 0 on both); with several
 test splits (data.test_splits, e.g. ID and OOD), accuracy and macro-F1 of each, side by side;
 and `headroom`: each variant's headroom recovery against the `reference` run (real-only Balanced
 Softmax on train + the generator's own training images; see `headroom`), or why it cannot be

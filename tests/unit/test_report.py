@@ -32,6 +32,18 @@ def test_compare_pairs_seeds_and_only_beats_when_both_accuracies_rise():
     assert statistics.compare(base, worse_overall)["verdict"] == "does not beat"
 
 
+def test_equal_image_counts_are_ties_however_the_floats_round():
+    # 189 of 200 and 378 of 400 right are the same accuracy, but not the same float
+    base = {"acc": [189 / 200, 0.5, 0.5], "acc_few": [0.945, 0.5, 0.5]}
+    same = {"acc": [0.945, 0.5, 0.5], "acc_few": [0.9450000000000001, 0.5, 0.5]}
+    assert 189 / 200 != 0.9450000000000001
+    out = statistics.compare(base, same)
+    assert out["acc_few"]["seeds_won"] == 0 and out["acc"]["seeds_won"] == 0
+    assert out["verdict"] == "does not beat"
+    one_more = {"acc": [190 / 200, 0.5, 0.5], "acc_few": [0.95, 0.5, 0.5]}
+    assert statistics.compare(base, one_more)["acc_few"]["seeds_won"] == 1
+
+
 def test_verdicts_say_plainly_when_a_variant_does_not_beat_the_baseline():
     ev = {"baseline": "real_only", "comparisons": {
         "dts": {"acc": {"mean_diff": 0.01, "seeds_won": 2, "seeds": 3},
