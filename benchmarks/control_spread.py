@@ -17,6 +17,9 @@ with the run's baseline classifier, and prints each figure as mean ± std over t
 The run root must hold the prepare, train_classifier, score and pretrain_generator stages
 (`make quickstart` leaves them). Fine-tune fields come from the root's config.yaml of the
 finetune stage when there is one, else from the dataclass defaults; `--set` overrides them.
+`--adapters DIR` measures a finished fine-tune (e.g. ROOT/finetune/difficulty/adapters) instead,
+`--sampling` overrides the run's sampling settings (scheduler, num_inference_steps, ...), and
+`--base` measures over another base model (benchmarks/base_generator.py writes them).
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def main() -> None:
     parser.add_argument("--scales", default="6", help="difficulty guidance scales, comma-separated ('none': joint)")
     parser.add_argument("--set", action="append", default=[], help="a finetune field, e.g. difficulty_dropout=0.3")
     parser.add_argument("--out", type=Path, default=Path("control_spread"), help="adapters and results.jsonl")
+    parser.add_argument("--base", type=Path, help="the base pipeline (default: the root's pretrain_generator/pipeline)")
+    parser.add_argument("--sampling", action="append", default=[], help="a generator sampling field, e.g. scheduler=dpm++")
+    parser.add_argument("--adapters", type=Path, help="measure these saved adapters instead of fine-tuning")
     args = parser.parse_args()
     torch.set_num_threads(max(1, int(os.environ.get("THREADS", "1"))))
 
@@ -93,22 +99,28 @@ def main() -> None:
     names = json.loads((args.root / "prepare" / "metrics.json").read_text())["class_names"]
     labels = read_manifest(str(args.root / "score" / "manifest"), columns=["label", "split"])
     train_counts = np.bincount(np.asarray(labels["label"])[np.asarray(labels["split"]) == "train"], minlength=len(names))
-    base = str(args.root / "pretrain_generator" / "pipeline")
+    base = str(args.base or args.root / "pretrain_generator" / "pipeline")
+    sampling = {k: generator[k] for k in SamplingConfig.__dataclass_fields__ if k in generator}
+    for item in args.sampling:
+        key, value = item.split("=", 1)
+        sampling[key] = value if key == "scheduler" else ast.literal_eval(value)
     scorer = DifficultyScorer({"baseline": str(args.root / "train_classifier" / "model")})
     prompts = [template.format(name=n) for n in names]
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for seed in args.seeds:
+    for seed in args.seeds if args.adapters is None else ["given"]:
         directory = args.out / f"seed{seed}"
         t0 = time.time()
-        job = FinetuneJob(variant="difficulty", base=base, manifest=str(args.root / "score" / "manifest"),
-                          class_names=names, prompt_template=template, cfg=cfg, seed=seed, name=f"seed {seed}")
-        finetune_loop(LocalContext(directory=str(directory)), job)
-        pipe = load_finetuned(base, str(directory / "adapters"))
+        if args.adapters is None:
+            job = FinetuneJob(variant="difficulty", base=base, manifest=str(args.root / "score" / "manifest"),
+                              class_names=names, prompt_template=template, cfg=cfg, seed=seed, name=f"seed {seed}")
+            finetune_loop(LocalContext(directory=str(directory)), job)
+        pipe = load_finetuned(base, str(args.adapters or directory / "adapters"))
         for scale in args.scales.split(","):
-            opts = SamplingConfig(**{k: generator[k] for k in SamplingConfig.__dataclass_fields__ if k in generator})
+            opts = SamplingConfig(**sampling)
             opts.difficulty_guidance_scale = None if scale == "none" else float(scale)
-            row = {"seed": seed, "scale": scale, "set": args.set, "seconds": round(time.time() - t0)}
+            row = {"seed": seed, "scale": scale, "set": args.set, "sampling": args.sampling,
+                   "seconds": round(time.time() - t0)}
             row.update(measure(pipe, scorer, prompts, grid.grid_levels, grid.grid_seeds, opts, train_counts))
             print(json.dumps(row), flush=True)
             results.append(row)

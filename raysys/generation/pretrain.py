@@ -111,7 +111,7 @@ def pretrain_loop(ctx: "TrainContext", job: PretrainJob) -> None:
         idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=g)
         x = torch.from_numpy(np.array(fetch(idx.numpy()))).float().div_(127.5).sub_(1.0)  # [-1, 1]
         loss = diffusion_loss(pipe, scheduler, x.to(device), [prompts[int(labels[i])] for i in idx],
-                              condition_dropout=cfg.condition_dropout, generator=g)
+                              condition_dropout=cfg.condition_dropout, snr_gamma=cfg.snr_gamma, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -194,6 +194,12 @@ def test_pretrain_base_writes_a_loadable_text_to_image_model(tmp_path):
     assert asked == [1] + [16] * 5  # the size check, then one batch per step
     assert streamed["loss_start"] == held["loss_start"] and streamed["loss_end"] == held["loss_end"]
 
+    # pretrain.snr_gamma reaches the loss: min-SNR weights of an x0 loss are min(SNR, γ) <= γ = 1,
+    # below 1 on the noisy steps, so the same draws give a smaller first loss
+    weighted = pretrain_base(images, src.labels[:200], src.class_names, replace(short, snr_gamma=1.0),
+                             "a photo of the digit {name}", str(tmp_path / "weighted"), log=None)
+    assert weighted["loss_start"] < 0.9 * held["loss_start"]
+
 
 def test_encoder_fourier_features_are_configurable_and_round_trip(tmp_path):
     s = torch.linspace(0, 1, 11)

@@ -66,6 +66,8 @@ class PretrainConfig:
     """Exponential moving average of the weights that is saved (0: save the raw weights)."""
     condition_dropout: float = 0.1
     """Share of rows trained with an empty prompt (for classifier-free guidance)."""
+    snr_gamma: Optional[float] = None
+    """Min-SNR-γ loss weighting (Hang et al. 2023; null: plain MSE on the prediction_type's target)."""
     cpus: int = runtime(2)
     """CPUs reserved for the pretraining Ray Train worker (its torch threads)."""
     use_gpu: bool = runtime(False)
