@@ -39,6 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.control_spread import sampling_settings  # noqa: E402
 from raysys.core.config import PretrainConfig, SamplingConfig  # noqa: E402
 from raysys.generation.components import load_pipeline  # noqa: E402
 from raysys.generation.control import control_grid, encode_images  # noqa: E402
@@ -95,11 +96,7 @@ def main() -> None:
         p[key] = ast.literal_eval(value)
     cfg = PretrainConfig(**p)
     generator = saved.get("generator", {})
-    sampling = {k: generator[k] for k in SamplingConfig.__dataclass_fields__ if k in generator}
-    for item in args.sampling:
-        key, value = item.split("=", 1)
-        sampling[key] = value if key == "scheduler" else ast.literal_eval(value)
-    opts = replace(SamplingConfig(**sampling), difficulty_guidance_scale=None)
+    opts = replace(SamplingConfig(**sampling_settings(generator, args.sampling)), difficulty_guidance_scale=None)
     template = generator.get("prompt_template", "a photo of the digit {name}")
     channels = saved.get("data", {}).get("channels", 1)
     names = json.loads((args.root / "prepare" / "metrics.json").read_text())["class_names"]

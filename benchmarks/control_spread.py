@@ -50,6 +50,15 @@ MIN_TRAIN_IMAGES = 20
 """Classes with at least this many train images must show measured difficulty rising with s."""
 
 
+def sampling_settings(generator: dict, overrides: list[str]) -> dict:
+    """The SamplingConfig fields of a run's `generator` section, with `FIELD=VALUE` overrides."""
+    sampling = {k: generator[k] for k in SamplingConfig.__dataclass_fields__ if k in generator}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        sampling[key] = value if key == "scheduler" else ast.literal_eval(value)
+    return sampling
+
+
 def run_config(root: Path) -> dict:
     saved = root / "finetune" / "config.yaml"
     return yaml.safe_load(saved.read_text()) if saved.is_file() else {}
@@ -100,10 +109,7 @@ def main() -> None:
     labels = read_manifest(str(args.root / "score" / "manifest"), columns=["label", "split"])
     train_counts = np.bincount(np.asarray(labels["label"])[np.asarray(labels["split"]) == "train"], minlength=len(names))
     base = str(args.base or args.root / "pretrain_generator" / "pipeline")
-    sampling = {k: generator[k] for k in SamplingConfig.__dataclass_fields__ if k in generator}
-    for item in args.sampling:
-        key, value = item.split("=", 1)
-        sampling[key] = value if key == "scheduler" else ast.literal_eval(value)
+    sampling = sampling_settings(generator, args.sampling)
     scorer = DifficultyScorer({"baseline": str(args.root / "train_classifier" / "model")})
     prompts = [template.format(name=n) for n in names]
     args.out.mkdir(parents=True, exist_ok=True)
