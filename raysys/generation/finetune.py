@@ -43,18 +43,19 @@ if TYPE_CHECKING:
     from raysys.core.context import TrainContext
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-"""The UNet's attention projections (self- and cross-attention), as in diffusers' LoRA scripts."""
+"""The UNet's attention projections (self- and cross-attention), as in diffusers' LoRA scripts (the default
+`finetune.lora_targets`)."""
 ENCODER_DIR = "difficulty_encoder"
 
 
-def add_lora(pipe: DifficultyDiffusionPipeline, rank: int, alpha: float) -> None:
-    """Freeze the base UNet and text encoder; inject a trainable LoRA adapter into the UNet."""
+def add_lora(pipe: DifficultyDiffusionPipeline, rank: int, alpha: float, targets: Sequence[str] = LORA_TARGETS) -> None:
+    """Freeze the base UNet and text encoder; inject a trainable LoRA adapter into the `targets` modules of the UNet."""
     pipe.unet.requires_grad_(False)
     pipe.text_model.requires_grad_(False)
     if pipe.vae is not None:
         pipe.vae.requires_grad_(False)
     pipe.unet.add_adapter(LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS,
+        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets),
     ))
 
 
@@ -281,7 +282,7 @@ def finetune_loop(ctx: "TrainContext", job: FinetuneJob) -> None:
     torch.manual_seed(job.seed)
     pipe = load_pipeline(job.base).to(device)
     use_difficulty = job.variant == "difficulty"
-    add_lora(pipe, cfg.lora_rank, cfg.lora_alpha)
+    add_lora(pipe, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     if use_difficulty:
         add_difficulty_encoder(pipe, len(job.class_names), cfg.difficulty_tokens, cfg.class_input,
                                cfg.difficulty_frequencies)

@@ -82,15 +82,16 @@ def lora_adapter_name(unet: UNet2DConditionModel) -> Optional[str]:
 
 
 def unet_lora_layers(unet: UNet2DConditionModel) -> Optional[dict[str, torch.Tensor]]:
-    """The UNet's LoRA weights in diffusers' format (keys without the 'unet.' prefix); None if
-    the UNet has no LoRA adapter."""
+    """The UNet's LoRA weights in peft's key format (lora_A / lora_B, keys without the 'unet.' prefix), which
+    diffusers' loaders read; None if the UNet has no LoRA adapter. Not converted to diffusers' older
+    lora.down / lora.up names: those cover only attention projections, and a file that mixes both
+    formats (LoRA on convolutions too) loads without its attention LoRA."""
     name = lora_adapter_name(unet)
     if name is None:
         return None
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
+    return get_peft_model_state_dict(unet, adapter_name=name)
 
 
 def unet_lora_metadata(unet: UNet2DConditionModel) -> Optional[dict]:

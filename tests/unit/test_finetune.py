@@ -20,16 +20,17 @@ WORDS = "a photo of the digit zero one two three".split()
 PROMPTS = [f"a photo of the digit {w}" for w in ("zero", "one", "two", "three")]
 
 
-def base_pipeline(vae: bool) -> DifficultyDiffusionPipeline:
+def base_pipeline(vae: bool, cross_attention_levels=None) -> DifficultyDiffusionPipeline:
     torch.manual_seed(0)
     return build_components(ComponentSpec(image_size=16, block_out_channels=[16, 32], cross_attention_dim=32,
-                                          vae=vae, vocabulary=WORDS))
+                                          cross_attention_levels=cross_attention_levels, vae=vae, vocabulary=WORDS))
 
 
-def finetuned(vae: bool, difficulty: bool = True, use_class: bool = True) -> DifficultyDiffusionPipeline:
+def finetuned(vae: bool, difficulty: bool = True, use_class: bool = True,
+              targets=ft.LORA_TARGETS, cross_attention_levels=None) -> DifficultyDiffusionPipeline:
     """A base pipeline with LoRA (non-zero, as after training) and optionally a difficulty encoder."""
-    pipe = base_pipeline(vae)
-    ft.add_lora(pipe, rank=4, alpha=4)
+    pipe = base_pipeline(vae, cross_attention_levels)
+    ft.add_lora(pipe, rank=4, alpha=4, targets=targets)
     if difficulty:
         ft.add_difficulty_encoder(pipe, num_classes=4, num_tokens=2, use_class=use_class)
     torch.manual_seed(1)
@@ -69,7 +70,7 @@ def test_saved_lora_loads_in_plain_diffusers_stable_diffusion(tmp_path):
     from safetensors.torch import load_file
 
     keys = list(load_file(str(tmp_path / "adapters" / LORA_WEIGHTS)))
-    assert keys and all(k.startswith("unet.") and (".lora.down." in k or ".lora.up." in k) for k in keys)
+    assert keys and all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
 
     base = base_pipeline(vae=True)  # same seed: the same base weights, no LoRA
     plain = StableDiffusionPipeline(
@@ -111,13 +112,19 @@ def test_whole_pipeline_with_encoder_and_lora_round_trips(tmp_path, vae):
     assert (bare(**kwargs).images - before).abs().max() > 1e-3
 
 
-def test_load_finetuned_rebuilds_base_plus_adapters(tmp_path):
-    pipe = finetuned(vae=False)
+@pytest.mark.parametrize("targets", [ft.LORA_TARGETS, [*ft.LORA_TARGETS, "conv1", "conv2"]])
+def test_load_finetuned_rebuilds_base_plus_adapters(tmp_path, targets):
+    levels = [False, True]  # attention only at the second level, as the quickstart's: a ResNet conv comes first
+    pipe = finetuned(vae=False, targets=targets, cross_attention_levels=levels)
+    trainable = [n for n, p in pipe.unet.named_parameters() if p.requires_grad]
+    assert all(any(f".{t}.lora_" in n for n in trainable) for t in targets)
+    assert all(any(n.endswith(f".{t}") for t in targets) for n in (n.split(".lora_")[0] for n in trainable))
     ft.save_adapters(pipe, str(tmp_path / "adapters"))
-    base_pipeline(vae=False).save_pretrained(tmp_path / "base")
+    base_pipeline(False, levels).save_pretrained(tmp_path / "base")
     again = ft.load_finetuned(str(tmp_path / "base"), str(tmp_path / "adapters"))
     kwargs = dict(prompt=PROMPTS[:2], seeds=[4, 5], class_labels=[0, 3], difficulty=[0.1, 0.7],
                   num_inference_steps=3, output_type="pt")
+    # every adapted module comes back (a file that mixed key formats loaded without its attention LoRA)
     torch.testing.assert_close(again(**kwargs).images, pipe(**kwargs).images, atol=1e-5, rtol=1e-4)
     with pytest.raises(FileNotFoundError, match=LORA_WEIGHTS):
         ft.load_finetuned(str(tmp_path / "base"), str(tmp_path / "base"))

@@ -85,9 +85,13 @@ class FinetuneConfig:
     variants: list[str] = field(default_factory=lambda: ["difficulty", "plain"])
     """Models to fine-tune: difficulty (LoRA + difficulty encoder, Wang et al.) and/or plain (LoRA only, Real-Fake)."""
     lora_rank: int = 8
-    """LoRA rank on the UNet's attention projections (to_q, to_k, to_v, to_out.0)."""
+    """LoRA rank on the `lora_targets` modules."""
     lora_alpha: float = 8.0
     """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    """UNet modules that get LoRA, by name suffix (peft's target_modules): the attention projections, as in
+    diffusers' LoRA scripts; add e.g. proj_in, proj_out, ff.net.0.proj, ff.net.2 (the transformer blocks) or conv1,
+    conv2 (every ResNet block, at every resolution)."""
     difficulty_tokens: int = 4
     """k: difficulty tokens appended to the text tokens."""
     class_input: bool = True
