@@ -19,7 +19,9 @@ mix them in new combinations and strengths.
   images, r the class's rank at that camera: the label order perturbed per camera, so the
   overall tail is the high labels but each camera's tail differs.
 - `val` and `id_test`: VAL_PER_CAMERA_CLASS and ID_TEST_PER_CAMERA_CLASS images per class from
-  every training camera (so no camera is left out of validation).
+  every training camera (so no camera is left out of validation). VAL_EXTRA_PER_CAMERA_CLASS of
+  the val images are drawn last, after the unseen cameras' digits, so that validation grew
+  (to tell candidates a few points apart) without moving any other split's digits.
 - `ood_test`: OOD_PER_CAMERA_CLASS images per class from each unseen camera.
 
 Every image's domain is its camera. A digit is used once.
@@ -42,7 +44,9 @@ TRAIN_RATIO = 25.0
 """A camera's most frequent / least frequent class in train."""
 RANK_JITTER = 1.5
 """Standard deviation of the per-camera perturbation of the class ranks (label order)."""
-VAL_PER_CAMERA_CLASS = 2
+VAL_PER_CAMERA_CLASS = 10
+VAL_EXTRA_PER_CAMERA_CLASS = 8
+"""Of VAL_PER_CAMERA_CLASS, the val images drawn after every other split (the first 2 keep their place)."""
 ID_TEST_PER_CAMERA_CLASS = 5
 OOD_PER_CAMERA_CLASS = 15
 SEED = 2026
@@ -162,10 +166,13 @@ def camera_digits() -> CameraDigits:
         take(c, PRETRAIN_PER_CLASS, "pretrain", None)
     for k, camera in enumerate(TRAIN_CAMERAS):
         for c in range(NUM_CLASSES):
-            take(c, VAL_PER_CAMERA_CLASS, "val", camera)
+            take(c, VAL_PER_CAMERA_CLASS - VAL_EXTRA_PER_CAMERA_CLASS, "val", camera)
             take(c, ID_TEST_PER_CAMERA_CLASS, "id_test", camera)
             take(c, int(counts[k, c]), "train", camera)
     for camera in OOD_CAMERAS:
         for c in range(NUM_CLASSES):
             take(c, OOD_PER_CAMERA_CLASS, "ood_test", camera)
+    for camera in TRAIN_CAMERAS:
+        for c in range(NUM_CLASSES):
+            take(c, VAL_EXTRA_PER_CAMERA_CLASS, "val", camera)
     return CameraDigits(np.stack(pixels), np.asarray(labels, dtype=np.int64), splits, domains)

@@ -136,9 +136,10 @@ class CurriculumConfig:
     """[lo, hi]: keep only synthetic rows whose re-scored difficulty lies in [lo, hi]. None: every kept row."""
     loss: Literal["ce", "balanced_softmax"] = "ce"
     """ce (cross-entropy) or balanced_softmax (logits + log class prior, see balanced_softmax_prior)."""
-    balanced_softmax_prior: Literal["mix", "real"] = "mix"
-    """Class counts of Balanced Softmax's prior: the epoch's whole mix, or its real rows only (the
-    synthetic rows then train against the real data's long tail)."""
+    balanced_softmax_prior: Literal["mix", "real"] = "real"
+    """Class counts of Balanced Softmax's prior: the real rows only (the synthetic rows then train against the
+    real data's long tail), or the epoch's whole mix, which counts the synthetic tail rows as if the tail were
+    common and so cancels their rebalancing (docs/RESULTS.md)."""
     synthetic_loss_weight: float = 1.0
     """Weight of a synthetic row's loss against a real row's 1.0 (each batch's loss is the mean of the weighted rows)."""
     synthetic_pool_share: Optional[float] = None
