@@ -30,6 +30,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from raysys.core.config import FinetuneConfig
 from raysys.core.context import Checkpoint, step_seed
 from raysys.generation.components import load_pipeline
 from raysys.generation.difficulty_encoder import DifficultyEncoder
@@ -39,12 +40,10 @@ from raysys.generation.training import diffusion_loss, training_scheduler
 from raysys.data.stream import Decode, stream_refs
 
 if TYPE_CHECKING:
-    from raysys.core.config import FinetuneConfig
     from raysys.core.context import TrainContext
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-"""The UNet's attention projections (self- and cross-attention), as in diffusers' LoRA scripts (the default
-`finetune.lora_targets`)."""
+LORA_TARGETS = tuple(FinetuneConfig().lora_targets)
+"""The default `finetune.lora_targets`: the UNet's attention projections, as in diffusers' LoRA scripts."""
 ENCODER_DIR = "difficulty_encoder"
 
 
