@@ -23,6 +23,10 @@ mix them in new combinations and strengths.
   the val images are drawn last, after the unseen cameras' digits, so that validation grew
   (to tell candidates a few points apart) without moving any other split's digits.
 - `ood_test`: OOD_PER_CAMERA_CLASS images per class from each unseen camera.
+- `ood_val`: OOD_VAL_PER_CAMERA_CLASS images per class from each of three more unseen cameras
+  (cam9..cam11), neither training nor test cameras: validation out of domain, as WILDS validates
+  iWildCam on cameras of its own. Selection on `val` sees in-domain accuracy only; on `ood_val` it
+  sees the shift the test measures. Drawn last of all, so that no other split moved.
 
 Every image's domain is its camera. A digit is used once.
 """
@@ -49,8 +53,10 @@ VAL_EXTRA_PER_CAMERA_CLASS = 8
 """Of VAL_PER_CAMERA_CLASS, the val images drawn after every other split (the first 2 keep their place)."""
 ID_TEST_PER_CAMERA_CLASS = 5
 OOD_PER_CAMERA_CLASS = 15
+OOD_VAL_PER_CAMERA_CLASS = 12
+"""ood_val images per class from each OOD_VAL_CAMERAS camera (36 of class 0's 37 digits left)."""
 SEED = 2026
-SPLITS = ("pretrain", "train", "val", "id_test", "ood_test")
+SPLITS = ("pretrain", "train", "val", "id_test", "ood_test", "ood_val")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ OOD_CAMERAS = (
     Camera("cam6", light=0.35, noise=35.0, jpeg=20),
     Camera("cam7", blur=1.5, clutter=0.4, contrast=0.7),
     Camera("cam8", occlusion=0.5, contrast=0.4, noise=20.0, jpeg=25),
+)
+OOD_VAL_CAMERAS = (
+    Camera("cam9", light=0.5, blur=1.0, noise=15.0),
+    Camera("cam10", occlusion=0.4, clutter=0.3, jpeg=15),
+    Camera("cam11", contrast=0.5, blur=0.7, noise=30.0),
 )
 
 
@@ -175,4 +186,7 @@ def camera_digits() -> CameraDigits:
     for camera in TRAIN_CAMERAS:
         for c in range(NUM_CLASSES):
             take(c, VAL_EXTRA_PER_CAMERA_CLASS, "val", camera)
+    for camera in OOD_VAL_CAMERAS:
+        for c in range(NUM_CLASSES):
+            take(c, OOD_VAL_PER_CAMERA_CLASS, "ood_val", camera)
     return CameraDigits(np.stack(pixels), np.asarray(labels, dtype=np.int64), splits, domains)

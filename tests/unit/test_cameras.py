@@ -9,7 +9,7 @@ import pytest
 from raysys.report import statistics
 from raysys.core.config import DataConfig
 from raysys.data import cameras
-from raysys.data.cameras import OOD_CAMERAS, TRAIN_CAMERAS, Camera, camera_digits, degrade
+from raysys.data.cameras import OOD_CAMERAS, OOD_VAL_CAMERAS, TRAIN_CAMERAS, Camera, camera_digits, degrade
 from raysys.data.sources import list_source, read_image
 from raysys.data.splits import check_data, plan_splits
 from raysys.training.metrics import classification_metrics
@@ -28,6 +28,11 @@ def test_splits_domains_and_counts():
     for split in ("train", "val", "id_test"):
         assert set(domains[splits == split]) == train_names, split
     assert set(domains[splits == "ood_test"]) == ood_names  # cameras never seen in training
+    ood_val_names = {c.name for c in OOD_VAL_CAMERAS}  # validation out of domain: cameras of its own
+    assert set(domains[splits == "ood_val"]) == ood_val_names and not ood_val_names & (train_names | ood_names)
+    for cam in ood_val_names:
+        assert Counter(labels[(splits == "ood_val") & (domains == cam)].tolist()) == {
+            c: cameras.OOD_VAL_PER_CAMERA_CLASS for c in range(10)}
     for cam in train_names:  # every training camera in validation, with every class
         assert Counter(labels[(splits == "val") & (domains == cam)].tolist()) == {
             c: cameras.VAL_PER_CAMERA_CLASS for c in range(10)}
@@ -54,7 +59,7 @@ def test_train_is_long_tailed_and_the_tail_differs_by_camera():
 def test_cameras_degrade_and_are_deterministic():
     d = camera_digits()
     clean = d.pixels[np.asarray(d.splits) == "pretrain"][:50]
-    for camera in TRAIN_CAMERAS + OOD_CAMERAS:  # every camera changes what it sees
+    for camera in TRAIN_CAMERAS + OOD_CAMERAS + OOD_VAL_CAMERAS:  # every camera changes what it sees
         seen = np.stack([degrade(x, camera, np.random.default_rng(i)) for i, x in enumerate(clean)])
         assert np.abs(seen.astype(float) - clean).mean() > 5, camera.name
     digit = d.pixels[0]
