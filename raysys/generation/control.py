@@ -37,10 +37,13 @@ def encode_images(images: np.ndarray) -> list[bytes]:
 
 
 def check_control(c: ControlConfig) -> list[str]:
+    problems = []
     if not c.grid_levels or any(not 0 <= s <= 1 for s in c.grid_levels) or c.grid_seeds < 1:
-        return [f"control.grid_levels must be a non-empty list in [0, 1] and control.grid_seeds >= 1, "
-                f"got {c.grid_levels} and {c.grid_seeds}"]
-    return []
+        problems.append(f"control.grid_levels must be a non-empty list in [0, 1] and control.grid_seeds >= 1, "
+                        f"got {c.grid_levels} and {c.grid_seeds}")
+    if c.cpus is not None and c.cpus < 1:
+        problems.append(f"control.cpus must be null (finetune.cpus_per_worker) or >= 1, got {c.cpus}")
+    return problems
 
 
 def _generate(pipe, prompts, seeds, labels, difficulty, opts: SamplingConfig, batch_size: int) -> np.ndarray:
@@ -70,18 +73,23 @@ def control_grid(
 ) -> Grid:
     """Class x level x seed images. Seeds are shared across classes and levels, so a column of
     the grid differs only by the requested s. `with_difficulty=False` asks for no s (the plain
-    model, or the same model unconditioned), still laid out by level for comparison."""
+    model, or the same model unconditioned), still laid out by level for comparison: every level
+    would draw the same images, so one level is drawn and repeated."""
     classes = len(prompts_by_class)
     shape = (classes, len(levels), num_seeds)
-    labels = np.broadcast_to(np.arange(classes)[:, None, None], shape).ravel()
-    requested = np.broadcast_to(np.asarray(levels, dtype=np.float64)[None, :, None], shape).ravel()
-    seeds = np.broadcast_to(first_seed + np.arange(num_seeds)[None, None, :], shape).ravel()
+    drawn = (classes, len(levels) if with_difficulty else 1, num_seeds)
+    labels = np.broadcast_to(np.arange(classes)[:, None, None], drawn).ravel()
+    requested = np.broadcast_to(np.asarray(levels[:drawn[1]], dtype=np.float64)[None, :, None], drawn).ravel()
+    seeds = np.broadcast_to(first_seed + np.arange(num_seeds)[None, None, :], drawn).ravel()
     prompts = [prompts_by_class[c] for c in labels]
     difficulty = [float(s) for s in requested] if with_difficulty else None
     images = _generate(pipe, prompts, [int(s) for s in seeds], [int(c) for c in labels], difficulty, opts, batch_size)
+    images = np.repeat(images.reshape(*drawn, *images.shape[1:]), shape[1] // drawn[1], axis=1)
+    labels = np.broadcast_to(np.arange(classes)[:, None, None], shape)
+    requested = np.broadcast_to(np.asarray(levels, dtype=np.float64)[None, :, None], shape)
     if not with_difficulty:
-        requested = np.full_like(requested, np.nan)
-    return Grid(images.reshape(*shape, *images.shape[1:]), labels.reshape(shape), requested.reshape(shape))
+        requested = np.full(shape, np.nan)
+    return Grid(images, labels.copy(), requested.copy())
 
 
 def hard_factor_grid(

@@ -56,7 +56,8 @@ def _run(stage: StageRun) -> dict:
     pretrain = (manifest_rows(run_layout.real_manifest(cfg), ["pretrain"]) if run_layout.builtin_generator(cfg)
                 else None)
     t0 = time.time()
-    task = remote_task(_measure, num_cpus=f.cpus_per_worker, num_gpus=1 if f.use_gpu else 0)
+    cpus = f.cpus_per_worker if cfg.control.cpus is None else cfg.control.cpus
+    task = remote_task(_measure, num_cpus=cpus, num_gpus=1 if f.use_gpu else 0)
     with run_layout.local_base_model(cfg) as base, io.local_copy(run_layout.classifier_model(cfg)) as classifier:
         out = task(cfg, base, {v: run_layout.adapters(cfg, v) for v in f.variants}, classifier, class_names, pretrain)
     grids = out["variants"]

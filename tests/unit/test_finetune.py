@@ -196,7 +196,8 @@ def test_control_grid_layout_and_hard_factors():
     # Only s differs along a row: images change with s; seeds differ along the last axis.
     assert np.abs(grid.images[1, 0, 0].astype(int) - grid.images[1, 2, 0].astype(int)).max() > 0
     plain = control_grid(pipe, PROMPTS, levels, 2, opts, with_difficulty=False, batch_size=5)
-    assert np.isnan(plain.requested).all()
+    assert np.isnan(plain.requested).all() and plain.images.shape == grid.images.shape
+    assert (plain.labels == grid.labels).all()
     assert (plain.images[:, 0] == plain.images[:, 2]).all()  # no s: the level axis is the same image
     assert np.abs(plain.images[0, 0, 0].astype(int) - plain.images[0, 0, 1].astype(int)).max() > 0
     hard = hard_factor_grid(pipe, 4, levels, seed=0, opts=opts, batch_size=5)

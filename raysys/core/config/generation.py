@@ -117,7 +117,7 @@ class FinetuneConfig:
     use_gpu: bool = runtime(False)
     """One GPU per worker; enables bf16 autocast and gradient checkpointing below."""
     cpus_per_worker: int = runtime(2)
-    """CPUs reserved per worker (its torch threads), and for the control grid's task."""
+    """CPUs reserved per worker (its torch threads), and for the control grid's task unless control.cpus is set."""
     concurrent_variants: int = runtime(1)
     """Variants fine-tuned at once, each its own Ray Train run of num_workers workers (1: in turn)."""
     mixed_precision: Literal["bf16", "no"] = "bf16"
@@ -140,6 +140,8 @@ class ControlConfig:
     """Requested difficulties s of the grid."""
     grid_seeds: int = 4
     """Seeds per (class, s) cell of the grid."""
+    cpus: Optional[int] = runtime(None)
+    """CPUs of the stage's one task, its torch threads (null: finetune.cpus_per_worker)."""
 
 
 @dataclass
