@@ -163,12 +163,16 @@ def _quality_beside_results(ev: dict) -> list[list[str]]:
 
 
 def trace_rows(ev: dict) -> list[list[str]]:
-    """Per variant its selection of every epoch and its first run's adaptive choices."""
+    """Per variant its selection of every epoch, its first run's adaptive choices and, over every
+    seed, at how many stage boundaries the choice changed."""
     rows = []
     for name, v in ev["variants"].items():
         chosen = v["adaptive_choices"][0] if v["adaptive_choices"] and v["adaptive_choices"][0] else None
+        changes = v.get("adaptive_changes") or []
+        changed = (f" (λ changed at {', '.join(f'{k}/{n}' for k, n in changes)} stage boundaries, per seed)"
+                   if changes else "")
         rows.append([name, trace(v["trace"]),
-                     ", ".join(f"stage {k}: λ={c}" for k, c in chosen.items()) if chosen else "–"])
+                     ", ".join(f"stage {k}: λ={c}" for k, c in chosen.items()) + changed if chosen else "–"])
     return rows
 
 

@@ -65,6 +65,12 @@ def compare_splits(baseline: dict, other: dict) -> dict:
     return out
 
 
+def choice_changes(chosen: dict[str, float]) -> tuple[int, int]:
+    """An adaptive run's choices (stage -> λ): (stage boundaries where λ changed, boundaries)."""
+    levels = [chosen[k] for k in sorted(chosen, key=int)]
+    return sum(a != b for a, b in zip(levels, levels[1:])), max(len(levels) - 1, 0)
+
+
 def mean_std_of(m: dict) -> tuple:
     """(mean, std) of a {mean, std, ...} figure."""
     return m["mean"], m["std"]

@@ -10,7 +10,8 @@ a plain verdict ("beats" only if the mean difference is > 0 on both); with sever
 test splits (data.test_splits, e.g. ID and OOD), accuracy and macro-F1 of each, side by side;
 and `headroom`: each variant's headroom recovery against the `reference` run (real-only Balanced
 Softmax on train + the generator's own training images; see `headroom`), or why it cannot be
-computed; and, per variant that trains on synthetic images, `quality`: the overall figures of each of its
+computed; per adaptive variant, `adaptive_changes`: per seed, at how many stage boundaries its
+chosen λ changed; and, per variant that trains on synthetic images, `quality`: the overall figures of each of its
 plans from the `quality` stage (FID, precision, recall, copies, ...), beside its accuracy and recovery.
 Also `results.csv` (one row per variant, recovery and its plan's quality included) for other tools.
 """
@@ -22,8 +23,8 @@ from raysys.core.config import RaysysConfig
 from raysys.core.comparison import (REFERENCE, compare_variants, curriculum_configs, generator_training_split,
                                     plan_names, variants)
 from raysys.core.stage import StageRun, Stage, StageDir, run_stage, stage_named
-from raysys.report.statistics import (METRICS, QUALITY, by_test_split, compare, compare_splits, fmt, headroom,
-                                      mean_std, mean_std_of, pct, results_csv)
+from raysys.report.statistics import (METRICS, QUALITY, by_test_split, choice_changes, compare, compare_splits, fmt,
+                                      headroom, mean_std, mean_std_of, pct, results_csv)
 
 def baseline_name(cfg: RaysysConfig) -> str:
     return cfg.compare.baseline or next(iter(variants(cfg)))
@@ -55,6 +56,7 @@ def _run(stage: StageRun) -> dict:
             row[k], row[f"{k}_std"] = mean_std(row["per_seed"][k])
         row["test_splits"] = by_test_split(per_seed)
         row["quality"] = plan_quality(cfg, row["plans"])
+        row["adaptive_changes"] = [list(choice_changes(c)) for c in row["adaptive_choices"] if c]
         table[name] = row
     base = baseline_name(cfg)
     comparisons = {name: compare(table[base]["per_seed"], row["per_seed"]) for name, row in table.items() if name != base}
@@ -78,6 +80,11 @@ def _run(stage: StageRun) -> dict:
                          for split, m in row["test_splits"].items()) if len(row["test_splits"]) > 1 else ""
         print(f"[evaluate] {name:24s} acc {fmt(row['acc'], row['acc_std'])}  few {fmt(row['acc_few'], row['acc_few_std'])}"
               f"{splits}{verdict}")
+    for name, row in table.items():
+        if row["adaptive_changes"]:
+            print(f"[evaluate] {name}: its λ changed at " + ", ".join(f"{k}/{n}" for k, n in row["adaptive_changes"])
+                  + " stage boundaries (per seed); chosen: "
+                  + "; ".join(" ".join(f"{c[k]:g}" for k in sorted(c, key=int)) for c in row["adaptive_choices"]))
     h = metrics["headroom"]
     if "unavailable" in h:
         print(f"[evaluate] headroom recovery: cannot be computed: {h['unavailable']}")

@@ -108,6 +108,13 @@ def test_trace_is_run_length_encoded():
     assert page.trace(["λ=0.9", "λ=0.9", "λ=0.5", "real only"]) == "λ=0.9 ×2 → λ=0.5 ×1 → real only ×1"
 
 
+def test_adaptive_choice_changes_count_boundaries_in_stage_order():
+    # stage keys are strings, and "10" sorts before "2" as text: the order must be numeric
+    chosen = {str(k): lam for k, lam in enumerate([0.1, 0.1, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1])}
+    assert statistics.choice_changes(chosen) == (3, 10)
+    assert statistics.choice_changes({"0": 0.3}) == (0, 0) and statistics.choice_changes({}) == (0, 0)
+
+
 def test_html_escapes_and_markdown_tables_have_one_column_per_header():
     sections = [("A <b>", [("p", "x < y"), ("table", ["h1", "h2"], [["a|b", "c"]]), ("img", "f.png", "cap")])]
     html = page.to_html("t", sections)
