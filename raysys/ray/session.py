@@ -31,6 +31,9 @@ def init_ray(
     # Ray Train's controller polls workers every 2 s and each ray.train.report waits for the
     # previous one to be taken: on one machine with short epochs that poll dominates the run.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # One machine has no spot nodes to be preempted: no watcher actor per Ray Train run (its process
+    # start is CPU time taken from the short runs of a laptop).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
     return "embedded"
 
