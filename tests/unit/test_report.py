@@ -144,6 +144,9 @@ def test_variant_config_sets_the_variant_fields_seed_and_name():
     ("compare.variants={ro: {schedule: real_only, extra_real_splits: [test]}}", "extra_real_splits ['test']: train,"),
     ("compare.variants={ro: {schedule: real_only, synthetic_loss_weight: -1}}", "synthetic_loss_weight must be >= 0"),
     ("compare.seeds=[1, 1]", "compare.seeds must be a non-empty list of distinct seeds"),
+    # text rows carry no λ: a λ schedule, or all_levels beside an image-guided plan, would never draw them
+    ("compare.variants={d: {schedule: diverse_to_specific, plans: [discl, plain]}}", "curriculum.plans ['plain']: text"),
+    ("compare.variants={a: {schedule: all_levels, plans: [discl, difficulty]}}", "curriculum.plans ['difficulty']: tex"),
     ("compare.variants={ro: {seed: 3}}", "'seed' is not a curriculum field"),
 ])
 def test_bad_compare_sections_are_config_errors(override, message):
