@@ -33,9 +33,9 @@ def _all_levels(a: ScheduleArgs) -> Schedule:
     return AllLevels(levels, a.epochs, a.curriculum_epochs)
 
 
-BY_GUIDANCE = (*ORDERS, "adaptive")
-"""Schedules that draw synthetic rows by their guidance λ: rows without one (text plans') are never drawn.
-all_levels does too when the pool has image-guided rows."""
+BY_GUIDANCE = (*ORDERS, "adaptive", "all_levels")
+"""Schedules that draw synthetic rows by their guidance λ once the pool has image-guided rows: rows
+without one (text plans') are then never drawn."""
 
 _BUILDERS: dict[str, Callable[[ScheduleArgs], Schedule]] = {
     "real_only": lambda a: RealOnly(a.epochs),
@@ -117,7 +117,7 @@ def check_curriculum(cfg) -> list[str]:
         problems.append("curriculum.schedule adaptive needs curriculum.guidance_val_sources >= 1 (its measurements)")
     listed = [p for p in cfg.synthesis.plans if p.name in c.plans]
     text = [p.name for p in listed if p.kind == "text"]
-    if text and (c.schedule in BY_GUIDANCE or (c.schedule == "all_levels" and len(text) < len(listed))):
+    if text and len(text) < len(listed) and c.schedule in BY_GUIDANCE:  # beside image-guided rows
         problems.append(f"curriculum.plans {text}: text plans' rows have no guidance λ, and schedule "
                         f"'{c.schedule}' draws synthetic rows by λ here, so they would never be drawn: leave them "
                         "out, or give them a run of their own (all_levels or a difficulty schedule)")
